@@ -1,0 +1,10 @@
+"""Denoisers: plain ``nn.Module``s that know nothing about betas or Lightning.
+
+Every denoiser has the same call signature::
+
+    denoiser(x_t: Tensor (B, L, K), t: Tensor (B,) long, cond: Cond) -> Tensor (B, L, K)
+
+The output is in the prediction units of the diffusion process (eps, x0 or v). ``cond`` is a
+:class:`tsdiffusion.batch.Cond` dict. This module's exports are the registry that configs name
+with ``class_path: tsdiffusion.denoisers.<Name>``.
+"""
