@@ -4,7 +4,12 @@ Every denoiser has the same call signature::
 
     denoiser(x_t: Tensor (B, L, K), t: Tensor (B,) long, cond: Cond) -> Tensor (B, L, K)
 
-The output is in the prediction units of the diffusion process (eps, x0 or v). ``cond`` is a
-:class:`tsdiffusion.batch.Cond` dict. This module's exports are the registry that configs name
-with ``class_path: tsdiffusion.denoisers.<Name>``.
+and takes ``num_features`` (K of the full dataset) as its first constructor argument, which the CLI
+links from ``data.num_features``. The output is in the prediction units of the diffusion process
+(eps, x0 or v). ``cond`` is a :class:`tsdiffusion.batch.Cond` dict. This module's exports are the
+registry that configs name with ``class_path: tsdiffusion.denoisers.<Name>``.
 """
+
+from tsdiffusion.denoisers.csdi import CSDIDenoiser
+
+__all__ = ["CSDIDenoiser"]

@@ -1,0 +1,207 @@
+"""Speed and memory of CSDIDenoiser against the original CSDI layout, at the paper and forecasting sizes.
+
+    python benchmarks/bench_csdi_denoiser.py                      # 2 threads, every case
+    python benchmarks/bench_csdi_denoiser.py --cases paper --repeats 20
+
+Each (case, model) runs in a fresh subprocess, so that its peak resident memory (``ru_maxrss``,
+counted from just before the first call) is its own. Times are medians over ``--repeats`` calls
+after one warm-up call; "fwd+bwd" is a training call: forward in train mode (dropout on), the
+loss ``out.square().mean()`` and its backward.
+
+Models:
+    ours         CSDIDenoiser, as configured (attention dropout 0.1, as CSDI)
+    ours-ad0     CSDIDenoiser with attention_dropout=0: memory-efficient attention kernels in training
+    reference    the original CSDI layout built from nn.TransformerEncoder and Conv1d
+                 (``ReferenceCSDI`` of tests/test_denoiser_csdi.py, proven equal to ours there)
+    pypots       PyPOTS's CsdiDiffusionModel (pypots 1.5) with the side information built as PyPOTS
+                 does; only when the ``pypots`` package can be found (its layers file needs only torch)
+
+Cases (B, L, K; num_features):
+    paper           16, 48, 35; 35        PhysioNet imputation (CSDI's config)
+    forecast-train   8, 192, 64; 370      electricity training: 64 sampled series, 168 + 24 steps
+    forecast-infer   S, 192, 963; 963     traffic test window, S = --samples in one batch, forward only
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from tsdiffusion.denoisers.csdi import CSDIDenoiser
+
+ROOT = Path(__file__).resolve().parents[1]
+CASES = {  # name: (B, L, K, num_features, train)
+    "paper": (16, 48, 35, 35, True),
+    "forecast-train": (8, 192, 64, 370, True),
+    "forecast-infer": (None, 192, 963, 963, False),
+}
+MODELS = ("ours", "ours-ad0", "reference", "pypots")
+SKIP = {("forecast-infer", "reference"), ("forecast-infer", "pypots")}  # (S x S) weights: 5.7 GB per sample
+
+
+def load_reference() -> type[nn.Module]:
+    spec = importlib.util.spec_from_file_location("_csdi_reference", ROOT / "tests" / "test_denoiser_csdi.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.ReferenceCSDI
+
+
+def load_pypots_layers():
+    """PyPOTS's CSDI layers module, loaded alone (the package's __init__ imports far more), or None."""
+    spec = importlib.util.find_spec("pypots")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(spec.submodule_search_locations[0]) / "nn" / "modules" / "csdi" / "layers.py"
+    layers_spec = importlib.util.spec_from_file_location("_pypots_csdi_layers", path)
+    module = importlib.util.module_from_spec(layers_spec)
+    layers_spec.loader.exec_module(module)
+    return module
+
+
+class PyPOTSDenoiser(nn.Module):
+    """PyPOTS's CSDI denoiser with our call signature: side information built as PyPOTS's ``_CSDI``
+    (time embedding, feature embedding and mask concatenated), then ``CsdiDiffusionModel``."""
+
+    def __init__(self, layers_module, num_features: int) -> None:
+        super().__init__()
+        self.embed_layer = nn.Embedding(num_features, 16)
+        self.diff_model = layers_module.CsdiDiffusionModel(50, 128, 2, 128 + 16 + 1, 64, 8, 4)
+
+    def forward(self, x_t: Tensor, t: Tensor, cond: dict) -> Tensor:
+        B, L, K = x_t.shape
+        pos = cond["timepoints"].unsqueeze(-1)
+        pe = torch.zeros(B, L, 128)
+        div = 1 / torch.pow(10000.0, torch.arange(0, 128, 2) / 128)
+        pe[..., 0::2], pe[..., 1::2] = torch.sin(pos * div), torch.cos(pos * div)
+        feature = self.embed_layer(cond["feature_ids"]).unsqueeze(1).expand(-1, L, -1, -1)
+        side = torch.cat([pe.unsqueeze(2).expand(-1, -1, K, -1), feature], dim=-1).permute(0, 3, 2, 1)
+        mask = cond["cond_mask"].transpose(1, 2)
+        side = torch.cat([side, mask.unsqueeze(1)], dim=1)
+        x = torch.stack([mask * cond["observed"].transpose(1, 2), (1 - mask) * x_t.transpose(1, 2)], dim=1)
+        return self.diff_model(x, side, t).transpose(1, 2)
+
+
+def build(model: str, num_features: int) -> nn.Module:
+    if model == "ours":
+        return CSDIDenoiser(num_features)
+    if model == "ours-ad0":
+        return CSDIDenoiser(num_features, attention_dropout=0.0)
+    if model == "reference":
+        return load_reference()(num_features)
+    return PyPOTSDenoiser(load_pypots_layers(), num_features)
+
+
+def make_inputs(B: int, L: int, K: int, num_features: int) -> tuple[Tensor, Tensor, dict]:
+    g = torch.Generator().manual_seed(0)
+    mask = (torch.rand(B, L, K, generator=g) < 0.7).float()
+    cond = {
+        "observed": torch.randn(B, L, K, generator=g) * mask,
+        "cond_mask": mask,
+        "timepoints": torch.arange(L, dtype=torch.float32).expand(B, L),
+        "feature_ids": torch.stack([torch.randperm(num_features, generator=g)[:K] for _ in range(B)]),
+    }
+    return torch.randn(B, L, K, generator=g), torch.randint(0, 50, (B,), generator=g), cond
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _median_ms(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
+def run_child(case: str, model_name: str, samples: int, repeats: int, threads: int) -> dict:
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    B, L, K, num_features, train = CASES[case]
+    B = samples if B is None else B
+    model = build(model_name, num_features)
+    x_t, t, cond = make_inputs(B, L, K, num_features)
+    rss_before = _rss_mib()
+    row = {"case": case, "model": model_name, "B": B, "L": L, "K": K}
+    row["params"] = sum(p.numel() for p in model.parameters())
+
+    def forward() -> None:
+        with torch.no_grad():
+            model.eval()(x_t, t, cond)
+
+    def train_step() -> None:
+        model.train()(x_t, t, cond).square().mean().backward()
+
+    with FlopCounterMode(display=False) as counter:
+        forward()
+    row["gflop"] = counter.get_total_flops() / 1e9
+    row["fwd_ms"] = _median_ms(forward, repeats)
+    if train:
+        train_step()
+        row["fwdbwd_ms"] = _median_ms(train_step, repeats)
+    row["peak_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - rss_before
+    return row
+
+
+def print_table(rows: list[dict]) -> None:
+    head = f"{'case':<15}{'model':<11}{'B':>4}{'L':>5}{'K':>5}{'params':>9}{'GFLOP':>8}{'fwd ms':>10}{'fwd+bwd ms':>12}"
+    print(head + f"{'peak MiB':>10}{'speed-up':>10}")
+    base = {r["case"]: r for r in rows if r["model"] == "reference"}
+    for r in rows:
+        key = "fwdbwd_ms" if "fwdbwd_ms" in r else "fwd_ms"
+        ref = base.get(r["case"])
+        speedup = f"{ref[key] / r[key]:.2f}x" if ref else "-"
+        fb = f"{r['fwdbwd_ms']:.0f}" if "fwdbwd_ms" in r else "-"
+        print(
+            f"{r['case']:<15}{r['model']:<11}{r['B']:>4}{r['L']:>5}{r['K']:>5}{r['params']:>9,}{r['gflop']:>8.1f}"
+            f"{r['fwd_ms']:>10.0f}{fb:>12}{r['peak_mib']:>10.0f}{speedup:>10}"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cases", default=",".join(CASES), help="comma-separated, of: " + ", ".join(CASES))
+    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated, of: " + ", ".join(MODELS))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--samples", type=int, default=1, help="batch of the forecast-infer case")
+    parser.add_argument("--child", nargs=2, metavar=("CASE", "MODEL"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(run_child(*args.child, args.samples, args.repeats, args.threads)))
+        return
+    models = [m for m in args.models.split(",") if m != "pypots" or load_pypots_layers() is not None]
+    print(f"torch {torch.__version__}, {args.threads} threads, median of {args.repeats}, load {os.getloadavg()}")
+    rows = []
+    for case in args.cases.split(","):
+        for model in models:
+            if (case, model) in SKIP:
+                continue
+            cmd = [sys.executable, __file__, "--child", case, model]
+            cmd += ["--samples", str(args.samples), "--repeats", str(args.repeats), "--threads", str(args.threads)]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            if out.returncode:
+                print(f"{case} {model}: failed\n{out.stderr[-2000:]}", file=sys.stderr)
+                continue
+            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    print_table(rows)
+
+
+if __name__ == "__main__":
+    main()

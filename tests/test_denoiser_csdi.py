@@ -1,0 +1,335 @@
+"""CSDIDenoiser: shapes, faithfulness to the original architecture, no target leakage, gradients.
+
+``ReferenceCSDI`` below is CSDI laid out as the original code lays it out (Tashiro et al., 2021,
+``diff_models.py``): (B, C, K*L) tensors, 1x1 ``Conv1d``, ``nn.TransformerEncoder`` on permuted
+sequence-first copies, the side information concatenated to (B, 145, K, L) and convolved in every
+layer, the step embedding read from a precomputed table. The efficient denoiser must have the same
+parameters and compute the same function. ``benchmarks/bench_csdi_denoiser.py`` times it as the
+baseline.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from tsdiffusion.denoisers.csdi import CSDIDenoiser, CSDITransformerLayer
+from tsdiffusion.denoisers.layers import DiffusionStepEmbedding, step_sinusoids, time_sinusoids
+
+# ----------------------------------------------------------------------------- the reference
+
+
+def _conv(cin: int, cout: int) -> nn.Conv1d:
+    layer = nn.Conv1d(cin, cout, 1)
+    nn.init.kaiming_normal_(layer.weight)
+    return layer
+
+
+def _torch_transformer(channels: int, heads: int, dropout: float = 0.1) -> nn.TransformerEncoder:
+    layer = nn.TransformerEncoderLayer(channels, heads, dim_feedforward=64, dropout=dropout, activation="gelu")
+    return nn.TransformerEncoder(layer, num_layers=1, enable_nested_tensor=False)
+
+
+class _ReferenceStepEmbedding(nn.Module):
+    def __init__(self, num_steps: int = 50, dim: int = 128) -> None:
+        super().__init__()
+        half = dim // 2
+        freqs = 10.0 ** (torch.arange(float(half)) / (half - 1) * 4.0)
+        table = torch.arange(num_steps).unsqueeze(1) * freqs.unsqueeze(0)  # (T, dim/2)
+        self.register_buffer("table", torch.cat([table.sin(), table.cos()], dim=1), persistent=False)
+        self.projection1 = nn.Linear(dim, dim)
+        self.projection2 = nn.Linear(dim, dim)
+
+    def forward(self, t: Tensor) -> Tensor:
+        return F.silu(self.projection2(F.silu(self.projection1(self.table[t]))))
+
+
+class _ReferenceResidualLayer(nn.Module):
+    def __init__(self, side_dim: int, channels: int, emb_dim: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.diffusion_projection = nn.Linear(emb_dim, channels)
+        self.cond_projection = _conv(side_dim, 2 * channels)
+        self.mid_projection = _conv(channels, 2 * channels)
+        self.output_projection = _conv(channels, 2 * channels)
+        self.time_layer = _torch_transformer(channels, heads, dropout)
+        self.feature_layer = _torch_transformer(channels, heads, dropout)
+
+    def forward(self, x: Tensor, side: Tensor, emb: Tensor) -> tuple[Tensor, Tensor]:
+        B, C, K, L = x.shape
+        y = x.reshape(B, C, K * L) + self.diffusion_projection(emb).unsqueeze(-1)
+        if L > 1:  # sequence L, batch B*K
+            y = y.reshape(B, C, K, L).permute(3, 0, 2, 1).reshape(L, B * K, C)
+            y = self.time_layer(y).reshape(L, B, K, C).permute(1, 3, 2, 0).reshape(B, C, K * L)
+        if K > 1:  # sequence K, batch B*L
+            y = y.reshape(B, C, K, L).permute(2, 0, 3, 1).reshape(K, B * L, C)
+            y = self.feature_layer(y).reshape(K, B, L, C).permute(1, 3, 0, 2).reshape(B, C, K * L)
+        y = self.mid_projection(y) + self.cond_projection(side.reshape(B, side.shape[1], K * L))
+        gate, filt = y.chunk(2, dim=1)
+        residual, skip = self.output_projection(torch.sigmoid(gate) * torch.tanh(filt)).chunk(2, dim=1)
+        return (x + residual.reshape(x.shape)) / math.sqrt(2.0), skip.reshape(x.shape)
+
+
+class ReferenceCSDI(nn.Module):
+    """The original CSDI layout, same constructor arguments and call signature as CSDIDenoiser."""
+
+    def __init__(
+        self,
+        num_features: int,
+        channels: int = 64,
+        layers: int = 4,
+        heads: int = 8,
+        diffusion_embedding_dim: int = 128,
+        time_embedding_dim: int = 128,
+        feature_embedding_dim: int = 16,
+        dropout: float = 0.1,
+        unconditional: bool = False,
+        num_steps: int = 50,
+    ) -> None:
+        super().__init__()
+        self.unconditional, self.time_dim, self.channels = unconditional, time_embedding_dim, channels
+        side_dim = time_embedding_dim + feature_embedding_dim + (0 if unconditional else 1)
+        self.diffusion_embedding = _ReferenceStepEmbedding(num_steps, diffusion_embedding_dim)
+        self.feature_embedding = nn.Embedding(num_features, feature_embedding_dim)
+        self.input_projection = _conv(1 if unconditional else 2, channels)
+        self.residual_layers = nn.ModuleList(
+            _ReferenceResidualLayer(side_dim, channels, diffusion_embedding_dim, heads, dropout)
+            for _ in range(layers)
+        )
+        self.output_projection1 = _conv(channels, channels)
+        self.output_projection2 = _conv(channels, 1)
+        nn.init.zeros_(self.output_projection2.weight)
+
+    def time_embedding(self, pos: Tensor) -> Tensor:  # (B, L) -> (B, L, T)
+        pe = torch.zeros(*pos.shape, self.time_dim)
+        div = 1 / torch.pow(10000.0, torch.arange(0, self.time_dim, 2) / self.time_dim)
+        pe[..., 0::2] = torch.sin(pos.unsqueeze(-1) * div)
+        pe[..., 1::2] = torch.cos(pos.unsqueeze(-1) * div)
+        return pe
+
+    def forward(self, x_t: Tensor, t: Tensor, cond: dict) -> Tensor:
+        B, L, K = x_t.shape
+        x_t = x_t.transpose(1, 2)  # (B, K, L), the original layout
+        time = self.time_embedding(cond["timepoints"]).unsqueeze(2).expand(-1, -1, K, -1)
+        feature = self.feature_embedding(cond["feature_ids"]).unsqueeze(1).expand(-1, L, -1, -1)
+        side = torch.cat([time, feature], dim=-1).permute(0, 3, 2, 1)  # (B, T+F, K, L)
+        if self.unconditional:
+            x = x_t.unsqueeze(1)
+        else:
+            mask = cond["cond_mask"].transpose(1, 2)
+            x = torch.stack([mask * cond["observed"].transpose(1, 2), (1 - mask) * x_t], dim=1)
+            side = torch.cat([side, mask.unsqueeze(1)], dim=1)
+        x = F.relu(self.input_projection(x.reshape(B, -1, K * L))).reshape(B, self.channels, K, L)
+        emb = self.diffusion_embedding(t)
+        skips = []
+        for layer in self.residual_layers:
+            x, skip = layer(x, side, emb)
+            skips.append(skip)
+        x = torch.stack(skips).sum(0).reshape(B, self.channels, K * L) / math.sqrt(len(self.residual_layers))
+        x = self.output_projection2(F.relu(self.output_projection1(x)))
+        return x.reshape(B, K, L).transpose(1, 2)
+
+
+_TORCH_LAYER_KEYS = {
+    "in_proj.weight": "layers.0.self_attn.in_proj_weight",
+    "in_proj.bias": "layers.0.self_attn.in_proj_bias",
+    "out_proj.weight": "layers.0.self_attn.out_proj.weight",
+    "out_proj.bias": "layers.0.self_attn.out_proj.bias",
+}
+
+
+def reference_key(key: str) -> str:
+    """State-dict key of CSDIDenoiser -> the matching key of ReferenceCSDI."""
+    for layer in (".time_layer.", ".feature_layer."):
+        if layer in key:
+            head, tail = key.split(layer)
+            return head + layer + _TORCH_LAYER_KEYS.get(tail, "layers.0." + tail)
+    return key
+
+
+@torch.no_grad()
+def copy_to_reference(model: CSDIDenoiser, ref: ReferenceCSDI) -> None:
+    target = ref.state_dict()
+    source = model.state_dict()
+    assert {reference_key(k) for k in source} == set(target)
+    for key, value in source.items():
+        target[reference_key(key)].copy_(value.reshape(target[reference_key(key)].shape))
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def make_inputs(B: int, L: int, K: int, num_features: int | None = None, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x_t = torch.randn(B, L, K, generator=g)
+    mask = (torch.rand(B, L, K, generator=g) < 0.5).float()
+    ids = torch.stack([torch.randperm(num_features or K, generator=g)[:K] for _ in range(B)])
+    cond = {
+        "observed": torch.randn(B, L, K, generator=g) * mask,
+        "cond_mask": mask,
+        "timepoints": torch.arange(L).float().expand(B, L) + torch.rand(B, 1, generator=g),
+        "feature_ids": ids,
+    }
+    t = torch.randint(0, 50, (B,), generator=g)
+    return x_t, t, cond
+
+
+def small_model(unconditional: bool = False, num_features: int = 6, **kw) -> CSDIDenoiser:
+    torch.manual_seed(0)
+    model = CSDIDenoiser(num_features, channels=16, layers=2, heads=4, unconditional=unconditional, **kw)
+    nn.init.normal_(model.output_projection2.weight, std=0.5)  # the zero init hides every other input
+    return model.eval()
+
+
+# ----------------------------------------------------------------------------- tests
+
+
+@pytest.mark.parametrize("unconditional", [False, True])
+@pytest.mark.parametrize("shape", [(2, 5, 3), (1, 1, 4), (3, 6, 1), (1, 1, 1), (2, 7, 6)])
+def test_output_shape(shape: tuple[int, int, int], unconditional: bool) -> None:
+    model = small_model(unconditional)
+    x_t, t, cond = make_inputs(*shape, num_features=6)
+    out = model(x_t, t, cond)
+    assert out.shape == shape and torch.isfinite(out).all()
+
+
+def test_conditional_and_unconditional_differ_in_inputs_and_side_dims() -> None:
+    cond_model, uncond_model = small_model(False), small_model(True)
+    assert cond_model.input_projection.in_features == 2 and uncond_model.input_projection.in_features == 1
+    assert cond_model.residual_layers[0].cond_projection.in_features == 128 + 16 + 1
+    assert uncond_model.residual_layers[0].cond_projection.in_features == 128 + 16
+    x_t, t, cond = make_inputs(2, 5, 3)
+    out = uncond_model(x_t, t, {"timepoints": cond["timepoints"], "feature_ids": cond["feature_ids"]})
+    assert torch.equal(out, uncond_model(x_t, t, cond))  # the unconditional model ignores observed/mask
+    with pytest.raises(KeyError, match="cond_mask"):
+        cond_model(x_t, t, {"observed": cond["observed"]})
+
+
+@pytest.mark.parametrize("unconditional", [False, True])
+def test_parameter_count_matches_torch_reference(unconditional: bool) -> None:
+    for kw in ({}, {"channels": 32, "layers": 2, "heads": 4, "feature_embedding_dim": 8}):
+        model = CSDIDenoiser(35, unconditional=unconditional, **kw)
+        ref = ReferenceCSDI(35, unconditional=unconditional, **kw)
+        n_model = sum(p.numel() for p in model.parameters())
+        assert n_model == sum(p.numel() for p in ref.parameters())
+    default = CSDIDenoiser(35)
+    # paper config by hand: step embedding 2 * (128 * 128 + 128), features 35 * 16, input 2 * 64 + 64,
+    # 4 layers * (diffusion 128 * 64 + 64, side 145 * 128 + 128, mid and output 2 * (64 * 128 + 128),
+    # 2 transformers * (in 64 * 192 + 192, out 64 * 64 + 64, ff 2 * (64 * 64 + 64), norms 4 * 64)),
+    # output 64 * 64 + 64 and 64 + 1
+    assert sum(p.numel() for p in default.parameters()) == 33_024 + 560 + 192 + 4 * 94_016 + 4_160 + 65
+
+
+@pytest.mark.parametrize("axis", ["L", "K"])
+def test_transformer_layer_equals_torch_layer(axis: str) -> None:
+    torch.manual_seed(0)
+    ours = CSDITransformerLayer(32, 8, axis, ff_dim=64, dropout=0.0).train()
+    theirs = nn.TransformerEncoderLayer(32, 8, 64, dropout=0.0, activation="gelu", batch_first=True).train()
+    theirs.load_state_dict({_TORCH_LAYER_KEYS.get(k, k).removeprefix("layers.0."): v for k, v in ours.state_dict().items()})
+    x = torch.randn(3, 7, 5, 32, requires_grad=True)  # (B, L, K, C)
+    batch, seq = ("(b k)", "l") if axis == "L" else ("(b l)", "k")
+    to_seq, from_seq = f"b l k c -> {batch} {seq} c", f"{batch} {seq} c -> b l k c"
+
+    out_ours, out_theirs = rearrange(ours(x), to_seq), theirs(rearrange(x, to_seq))
+    torch.testing.assert_close(out_ours, out_theirs, atol=1e-5, rtol=1e-5)
+    grads_ours = torch.autograd.grad(out_ours.square().sum(), [x, *ours.parameters()])
+    grads_theirs = torch.autograd.grad(out_theirs.square().sum(), [x, *theirs.parameters()])
+    for a, b in zip(grads_ours, grads_theirs):
+        torch.testing.assert_close(a, b.reshape(a.shape), atol=1e-4, rtol=1e-4)
+    ours.eval(), theirs.eval()  # eval: PyTorch's fused fast path
+    with torch.no_grad():
+        expected = rearrange(theirs(rearrange(x, to_seq)), from_seq, b=3, l=7, k=5)
+        torch.testing.assert_close(ours(x), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("unconditional", [False, True])
+@pytest.mark.parametrize("shape", [(2, 6, 5), (1, 1, 3), (2, 4, 1)])
+def test_whole_model_equals_original_layout(shape: tuple[int, int, int], unconditional: bool) -> None:
+    torch.manual_seed(1)
+    kw = {"channels": 16, "layers": 2, "heads": 4, "unconditional": unconditional}
+    model, ref = CSDIDenoiser(7, **kw).eval(), ReferenceCSDI(7, **kw).eval()
+    nn.init.normal_(model.output_projection2.weight, std=0.5)
+    copy_to_reference(model, ref)
+    x_t, t, cond = make_inputs(*shape, num_features=7)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x_t, t, cond), ref(x_t, t, cond), atol=2e-5, rtol=1e-5)
+
+
+def test_embeddings_match_original_formulas() -> None:
+    ref = _ReferenceStepEmbedding(50, 128)
+    t = torch.arange(50)
+    assert torch.equal(step_sinusoids(t, 128), ref.table[t])
+    pos = torch.rand(3, 9) * 48
+    assert torch.equal(time_sinusoids(pos, 128), ReferenceCSDI(4).time_embedding(pos))
+    assert DiffusionStepEmbedding(128)(t).shape == (50, 128)
+
+
+def test_no_target_leakage() -> None:
+    model = small_model(False)
+    x_t, t, cond = make_inputs(2, 8, 5, num_features=6, seed=3)
+    mask = cond["cond_mask"]
+    with torch.no_grad():
+        out = model(x_t, t, cond)
+        # values of `observed` where cond_mask == 0 (the targets) must not reach the output
+        leaked = dict(cond, observed=cond["observed"] + 100.0 * torch.randn_like(x_t) * (1 - mask))
+        assert torch.equal(model(x_t, t, leaked), out)
+        # x_t where cond_mask == 1 is replaced by the given values
+        assert torch.equal(model(x_t + 100.0 * torch.randn_like(x_t) * mask, t, cond), out)
+        # ... while x_t at the targets and observed values at the conditions do matter
+        assert not torch.allclose(model(x_t + (1 - mask), t, cond), out)
+        assert not torch.allclose(model(x_t, t, dict(cond, observed=cond["observed"] + mask)), out)
+
+
+def test_gradients_reach_every_parameter() -> None:
+    for unconditional in (False, True):
+        model = small_model(unconditional).train()
+        x_t, t, cond = make_inputs(3, 6, 6, num_features=6)
+        model(x_t, t, cond).square().mean().backward()
+        for name, p in model.named_parameters():
+            assert p.grad is not None and torch.isfinite(p.grad).all(), name
+            assert p.grad.abs().sum() > 0, name
+
+
+def test_zero_initialised_output() -> None:
+    model = CSDIDenoiser(4, channels=16, layers=2, heads=4).eval()
+    x_t, t, cond = make_inputs(2, 5, 4)
+    out = model(x_t, t, cond)
+    assert torch.allclose(out, model.output_projection2.bias.expand_as(out))
+
+
+def test_feature_ids_subsets_and_permutations() -> None:
+    model = small_model(False, num_features=20)
+    x_t, t, cond = make_inputs(3, 6, 5, num_features=20, seed=5)  # each row its own 5 of 20 series
+    with torch.no_grad():
+        out = model(x_t, t, cond)
+        # permutation equivariance over features: the embedding goes by id, not by position
+        perm = torch.tensor([3, 0, 4, 1, 2])
+        permuted = {k: (v[..., perm] if k != "timepoints" else v) for k, v in cond.items()}
+        torch.testing.assert_close(model(x_t[..., perm], t, permuted), out[..., perm], atol=1e-5, rtol=1e-5)
+        # rows are independent: row 1 alone gives the same output
+        row = {k: v[1:2] for k, v in cond.items()}
+        torch.testing.assert_close(model(x_t[1:2], t[1:2], row), out[1:2], atol=1e-5, rtol=1e-5)
+        # the ids are used
+        other = dict(cond, feature_ids=(cond["feature_ids"] + 1) % 20)
+        assert not torch.allclose(model(x_t, t, other), out)
+        # without ids, the series are 0..K-1
+        first = dict(cond, feature_ids=torch.arange(5).expand(3, 5))
+        no_ids = {k: v for k, v in cond.items() if k != "feature_ids"}
+        assert torch.equal(model(x_t, t, no_ids), model(x_t, t, first))
+        no_tp = {k: v for k, v in first.items() if k != "timepoints"}
+        assert torch.equal(model(x_t, t, no_tp), model(x_t, t, dict(first, timepoints=torch.arange(6.0).expand(3, 6))))
+    with pytest.raises(ValueError, match="feature_ids"):
+        CSDIDenoiser(4)(torch.zeros(1, 3, 5), torch.zeros(1, dtype=torch.long), {"observed": torch.zeros(1, 3, 5), "cond_mask": torch.zeros(1, 3, 5)})
+
+
+def test_attention_dropout_and_memory_efficient_kernel() -> None:
+    model = CSDIDenoiser(4, channels=16, layers=1, heads=4, attention_dropout=0.0)
+    layer = model.residual_layers[0].time_layer
+    assert layer.dropout == 0.1 and layer.attention_dropout == 0.0
+    assert CSDIDenoiser(4).residual_layers[0].feature_layer.attention_dropout == 0.1  # as CSDI
+    with pytest.raises(ValueError, match="divide"):
+        CSDITransformerLayer(30, 8, "L")

@@ -1,0 +1,111 @@
+"""The command line: ``tsdiffusion fit | validate | test | predict --config FILE.yaml`` (LightningCLI).
+
+- sizes that come from the data reach the model by ``link_arguments`` (``data.num_features`` ->
+  ``model.init_args.denoiser.init_args.num_features``);
+- ``--test_after_fit true`` tests the last checkpoint when ``fit`` ends;
+- every ``test`` writes a result record ``metrics.json`` (see :mod:`tsdiffusion.records`) in its run folder;
+- a checkpoint (``last.ckpt``) is saved every epoch with the random state, so ``fit --ckpt_path last.ckpt``
+  resumes exactly; the saved ``config.yaml`` reproduces the run.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import yaml
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI
+
+from tsdiffusion.callbacks import RNGStateCallback
+from tsdiffusion.data.datamodule import TSDataModule
+from tsdiffusion.records import RECORD_NAME, make_record, write_json_atomic
+from tsdiffusion.tasks.base import DiffusionTask
+
+TRAINER_DEFAULTS = {
+    "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs", "name": "tsdiffusion"}},
+    "log_every_n_steps": 10,
+}
+
+
+class TSDiffusionCLI(LightningCLI):
+    """LightningCLI with the data-to-model links, the forced checkpoint/RNG callbacks and result records."""
+
+    def __init__(self, *args, **kwargs):
+        self._start = time.perf_counter()
+        kwargs.setdefault("seed_everything_default", 1)
+        kwargs.setdefault("trainer_defaults", TRAINER_DEFAULTS)
+        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        kwargs.setdefault("subclass_mode_model", True)
+        kwargs.setdefault("subclass_mode_data", True)
+        kwargs.setdefault("auto_configure_optimizers", False)
+        super().__init__(DiffusionTask, TSDataModule, *args, **kwargs)
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({"checkpoint.save_last": True, "checkpoint.filename": "epoch{epoch:03d}",
+                             "checkpoint.auto_insert_metric_name": False})  # fmt: skip
+        parser.add_lightning_class_args(RNGStateCallback, "rng_state")
+        parser.link_arguments(
+            "data.num_features", "model.init_args.denoiser.init_args.num_features", apply_on="instantiate"
+        )
+        parser.add_argument("--test_after_fit", type=bool, default=False, help="test the last checkpoint after fit")
+        parser.add_argument("--record_dir", type=str | None, default=None,
+                            help="where test writes metrics.json (default: the run's log folder)")  # fmt: skip
+
+    # -- hooks ----------------------------------------------------------------------------------
+    def after_fit(self) -> None:
+        if self.config.fit.test_after_fit and not self.trainer.fast_dev_run:
+            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path="last")
+            self.write_record("last")
+        elif self.config.fit.test_after_fit:
+            self.trainer.test(self.model, datamodule=self.datamodule)
+
+    def after_test(self) -> None:
+        self.write_record(self.config.test.ckpt_path)
+
+    # -- records --------------------------------------------------------------------------------
+    def run_config(self) -> dict:
+        parser = self._parser(self.subcommand)
+        return yaml.safe_load(parser.dump(self.config[self.subcommand], skip_none=False, skip_check=True))
+
+    def write_record(self, ckpt_path: str | None) -> Path | None:
+        if self.trainer.fast_dev_run or not self.trainer.is_global_zero:
+            return None
+        cfg = self.run_config()
+        metrics = {k: v for k, v in self.trainer.callback_metrics.items() if k.startswith("test/")}
+        hp, dm = self.model.hparams, self.datamodule
+        record = make_record(
+            task=type(self.model).__name__,
+            dataset=getattr(dm, "name", type(dm).__name__),
+            model=type(self.model.denoiser).__name__,
+            metrics=metrics,
+            config=cfg,
+            seed=cfg.get("seed_everything"),
+            wall_time_s=time.perf_counter() - self._start,
+            sampler=hp.get("sampler"),
+            sample_steps=hp.get("sample_steps"),
+            num_samples=hp.get("num_samples"),
+            ckpt_path=str(ckpt_path) if ckpt_path else None,
+            data=getattr(dm, "record_info", lambda: {})(),
+        )
+        folder = Path(cfg.get("record_dir") or self.trainer.log_dir or ".")
+        path = write_json_atomic(folder / RECORD_NAME, record)
+        print(f"result record: {path}", file=sys.stderr)
+        return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: ``tsdiffusion benchmark ...`` goes to the runner, the rest to LightningCLI."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "benchmark":
+        from tsdiffusion.benchmark import main as benchmark_main
+
+        benchmark_main(argv[1:])
+        return
+    TSDiffusionCLI(args=argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""Training-time conditioning masks: which observed values the model may see (CSDI, Tashiro et al. 2021, sec. 4.3).
+
+A strategy maps a batch to ``cond_mask`` (B, L, K), 1 where a value is given to the model; the loss is taken
+on ``observed_mask * (1 - cond_mask)``. Randomness comes from the global torch RNG (``seed_everything``)
+or an explicit generator. The DataModule owns the *evaluation* protocol (``target_mask``); these masks are
+only for training.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from einops import rearrange
+from torch import Tensor
+
+from tsdiffusion.batch import TSBatch
+
+MaskStrategy = Literal["random", "historical", "mix", "forecast", "none"]
+
+
+def random_mask(observed_mask: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """CSDI's random strategy: per window, a ratio r ~ U(0, 1) of the observed values is hidden.
+
+    observed_mask: (B, L, K) -> cond_mask (B, L, K). The round(r * n_observed) hidden values are the ones with
+    the smallest uniform scores, so every subset of that size is equally likely.
+    """
+    B = observed_mask.shape[0]
+    flat = rearrange(observed_mask, "b l k -> b (l k)")
+    scores = torch.rand(flat.shape, device=flat.device, generator=generator)
+    scores = torch.where(flat > 0, scores, torch.full_like(scores, 2.0))  # unobserved last
+    ratio = torch.rand(B, 1, device=flat.device, generator=generator)
+    n_hidden = (flat.sum(-1, keepdim=True) * ratio).round()
+    rank = scores.argsort(-1).argsort(-1)
+    cond = flat * (rank >= n_hidden).to(flat.dtype)
+    return cond.view_as(observed_mask)
+
+
+def historical_mask(observed_mask: Tensor, pattern_mask: Tensor | None = None) -> Tensor:
+    """CSDI's historical strategy: hide what is missing in another window of the batch.
+
+    Window i is conditioned on ``observed_mask[i] * pattern_mask[i - 1]`` (the previous window's missingness
+    pattern; ``pattern_mask`` defaults to ``observed_mask``), so training targets follow real missing patterns.
+    """
+    pattern = observed_mask if pattern_mask is None else pattern_mask
+    return observed_mask * pattern.roll(1, dims=0)
+
+
+def mix_mask(observed_mask: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """CSDI's mix strategy: for each window, random (probability 1/2) or historical."""
+    use_random = torch.rand(observed_mask.shape[0], 1, 1, device=observed_mask.device, generator=generator) < 0.5
+    return torch.where(use_random, random_mask(observed_mask, generator), historical_mask(observed_mask))
+
+
+def forecast_mask(batch: TSBatch) -> Tensor:
+    """Condition on everything observed outside the evaluation targets (the forecast horizon)."""
+    return batch["observed_mask"] * (1 - batch["target_mask"])
+
+
+def make_cond_mask(strategy: MaskStrategy, batch: TSBatch, generator: torch.Generator | None = None) -> Tensor:
+    """Dispatch a strategy by name. ``none`` conditions on nothing (unconditional generation)."""
+    observed_mask = batch["observed_mask"]
+    if strategy == "random":
+        return random_mask(observed_mask, generator)
+    if strategy == "historical":
+        return historical_mask(observed_mask)
+    if strategy == "mix":
+        return mix_mask(observed_mask, generator)
+    if strategy == "forecast":
+        return forecast_mask(batch)
+    if strategy == "none":
+        return torch.zeros_like(observed_mask)
+    raise ValueError(f"unknown mask strategy {strategy!r}: expected random, historical, mix, forecast or none")

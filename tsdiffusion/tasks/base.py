@@ -1,0 +1,176 @@
+"""The shared LightningModule: a denoiser, a diffusion process, a training mask, samplers and metrics.
+
+A task is thin: subclasses choose the training conditioning (:meth:`DiffusionTask.train_cond_mask`), the
+evaluation conditioning (:meth:`DiffusionTask.eval_cond_mask`) and the units in which metrics are scored.
+The math lives in :mod:`tsdiffusion.diffusion`, the networks in :mod:`tsdiffusion.denoisers`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import lightning as L
+import torch
+from jsonargparse import lazy_instance
+from torch import Tensor, nn
+
+from tsdiffusion.batch import Cond, TSBatch
+from tsdiffusion.diffusion import GaussianDiffusion, draw_samples, timesteps
+from tsdiffusion.diffusion.samplers import SamplerName
+from tsdiffusion.metrics import DEFAULT_METRICS, MetricName, ProbabilisticMetrics
+
+_COND_FIELDS = ("timepoints", "feature_ids", "time_features", "label")
+
+
+def make_cond(batch: TSBatch, cond_mask: Tensor) -> Cond:
+    """The denoiser's view of a batch: observed values only where ``cond_mask`` is 1, plus side information."""
+    cond: Cond = {"observed": batch["observed"] * cond_mask, "cond_mask": cond_mask}
+    for key in _COND_FIELDS:
+        if key in batch:
+            cond[key] = batch[key]
+    return cond
+
+
+class DiffusionTask(L.LightningModule):
+    """Base LightningModule of every diffusion task.
+
+    Args:
+        denoiser: any module with the signature ``denoiser(x_t (B,L,K), t (B,), cond) -> (B,L,K)``.
+        process: the forward process (schedule, number of steps, prediction type).
+        lr, weight_decay: Adam settings (CSDI: 1e-3, 1e-6).
+        lr_milestones: fractions of ``trainer.max_epochs`` at which the learning rate is multiplied by
+            ``lr_gamma`` (CSDI: 0.75 and 0.9, x0.1).
+        num_samples: S, samples per test window (CSDI: 100).
+        sampler, sample_steps, eta: ``ddpm`` (ancestral, optionally strided) or ``ddim`` with
+            ``sample_steps`` denoiser calls (None = every training step) and DDIM's ``eta``.
+        sample_batch_size: at most this many rows (windows x samples) per sampler call (memory bound).
+        sample_seed: seed of the sampling generator, so test metrics do not depend on the training RNG.
+        val_loss_steps: validation loss averaged over this many evenly spaced diffusion steps (None = all,
+            as CSDI); uses a fixed generator, so it is comparable across epochs.
+        metrics: metric names reported on test (see :mod:`tsdiffusion.metrics`).
+    """
+
+    metric_units: Literal["normalised", "original"] = "normalised"
+
+    def __init__(
+        self,
+        denoiser: nn.Module,
+        process: GaussianDiffusion = lazy_instance(GaussianDiffusion),
+        lr: float = 1e-3,
+        weight_decay: float = 1e-6,
+        lr_milestones: Sequence[float] = (0.75, 0.9),
+        lr_gamma: float = 0.1,
+        num_samples: int = 100,
+        sampler: SamplerName = "ddpm",
+        sample_steps: int | None = None,
+        eta: float = 0.0,
+        sample_batch_size: int | None = None,
+        sample_seed: int = 0,
+        val_loss_steps: int | None = None,
+        metrics: Sequence[MetricName] = DEFAULT_METRICS,
+    ):
+        super().__init__()
+        self.save_hyperparameters(ignore=["denoiser", "process"])
+        self.denoiser = denoiser
+        self.process = process
+        self.test_metrics = ProbabilisticMetrics(metrics, prefix="test/")
+
+    # -- conditioning (override in subclasses) ----------------------------------------------------
+    def train_cond_mask(self, batch: TSBatch) -> Tensor:
+        """(B, L, K): what the model sees during training."""
+        raise NotImplementedError
+
+    def eval_cond_mask(self, batch: TSBatch) -> Tensor:
+        """(B, L, K): what the model sees at evaluation: everything observed except the evaluation targets."""
+        return batch["observed_mask"] * (1 - batch["target_mask"])
+
+    # -- training -------------------------------------------------------------------------------
+    def training_step(self, batch: TSBatch, batch_idx: int) -> Tensor:
+        cond_mask = self.train_cond_mask(batch)
+        loss_mask = batch["observed_mask"] * (1 - cond_mask)
+        loss = self.process.loss(self.denoiser, batch["observed"], make_cond(batch, cond_mask), loss_mask)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["observed"]))
+        return loss
+
+    def validation_step(self, batch: TSBatch, batch_idx: int) -> Tensor:
+        cond_mask = self.eval_cond_mask(batch)
+        cond, x0 = make_cond(batch, cond_mask), batch["observed"]
+        loss_mask = batch["observed_mask"] * (1 - cond_mask)
+        gen = torch.Generator(device=x0.device).manual_seed(10_000 + batch_idx)
+        steps = timesteps(self.process.num_steps, self.hparams.val_loss_steps)
+        losses = [
+            self.process.loss(self.denoiser, x0, cond, loss_mask, t=torch.full_like(x0[:, 0, 0], t).long(),
+                              generator=gen)
+            for t in steps
+        ]  # fmt: skip
+        loss = torch.stack(losses).mean()
+        self.log("val/loss", loss, prog_bar=True, batch_size=len(x0), sync_dist=True)
+        return loss
+
+    # -- sampling -------------------------------------------------------------------------------
+    def denoise_fn(self, cond: Cond):
+        """The closure a sampler calls. Unconditional denoisers see observed values noised to step t (CSDI)."""
+        if not getattr(self.denoiser, "unconditional", False):
+            return self.denoiser
+
+        def fn(x_t: Tensor, t: Tensor, c: Cond) -> Tensor:
+            noise = torch.randn_like(x_t)
+            noisy_obs = self.process.q_sample(c["observed"], t, noise)
+            return self.denoiser(c["cond_mask"] * noisy_obs + (1 - c["cond_mask"]) * x_t, t, c)
+
+        return fn
+
+    @torch.no_grad()
+    def sample(self, batch: TSBatch, cond_mask: Tensor, num_samples: int | None = None,
+               generator: torch.Generator | None = None) -> Tensor:  # fmt: skip
+        """Samples (B, S, L, K) in normalised units, observed values kept where ``cond_mask`` is 1."""
+        hp = self.hparams
+        cond = make_cond(batch, cond_mask)
+        s = num_samples or hp.num_samples
+        samples = draw_samples(
+            self.process, self.denoise_fn(cond), cond, tuple(batch["observed"].shape), s,
+            sampler=hp.sampler, steps=hp.sample_steps, eta=hp.eta, max_batch=hp.sample_batch_size,
+            generator=generator, device=batch["observed"].device,
+        )  # fmt: skip
+        keep = cond_mask.unsqueeze(1)
+        return samples * (1 - keep) + (batch["observed"] * cond_mask).unsqueeze(1)
+
+    def _generator(self, batch_idx: int) -> torch.Generator:
+        seed = self.hparams.sample_seed + 1_000_003 * batch_idx + 7919 * self.global_rank
+        return torch.Generator(device=self.device).manual_seed(seed)
+
+    def to_units(self, x: Tensor, batch: TSBatch) -> Tensor:
+        """Normalised -> the units metrics are scored in. x: (B, ..., L, K)."""
+        if self.metric_units == "normalised" or "scale" not in batch:
+            return x
+        extra = x.dim() - 3
+        scale = batch["scale"].view(batch["scale"].shape[0], *([1] * extra), *batch["scale"].shape[1:])
+        loc = batch["loc"].view_as(scale)
+        return x * scale + loc
+
+    # -- evaluation -----------------------------------------------------------------------------
+    def test_step(self, batch: TSBatch, batch_idx: int) -> None:
+        cond_mask = self.eval_cond_mask(batch)
+        samples = self.sample(batch, cond_mask, generator=self._generator(batch_idx))
+        target = self.to_units(batch["observed"], batch)
+        self.test_metrics.update(self.to_units(samples, batch), target, batch["target_mask"])
+        self.last_test_batch = (batch, samples)
+
+    def on_test_epoch_end(self) -> None:
+        self.log_dict(self.test_metrics.compute(), sync_dist=False)
+        self.test_metrics.reset()
+
+    def predict_step(self, batch: TSBatch, batch_idx: int) -> dict[str, Tensor]:
+        cond_mask = self.eval_cond_mask(batch)
+        samples = self.sample(batch, cond_mask, generator=self._generator(batch_idx))
+        return {"samples": self.to_units(samples, batch), "cond_mask": cond_mask}
+
+    # -- optimisation ---------------------------------------------------------------------------
+    def configure_optimizers(self):
+        hp = self.hparams
+        opt = torch.optim.Adam(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        epochs = max(self.trainer.max_epochs or 1, 1)
+        milestones = sorted({max(1, int(f * epochs)) for f in hp.lr_milestones})
+        sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=hp.lr_gamma)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
