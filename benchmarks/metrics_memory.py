@@ -4,7 +4,8 @@ Each case runs in a fresh subprocess. On CPU the peak is the growth of the proce
 (``resource.getrusage().ru_maxrss``) over its resident size once the inputs exist; on CUDA it is
 ``torch.cuda.max_memory_allocated`` over the allocated memory once the inputs exist. The inputs
 themselves (samples, target, mask) are not counted. "first" is the first update + compute (the one
-whose peak is measured), "repeat" the best of ``--repeats`` more on a reset metric.
+whose peak is measured), "repeat" the best wall time of ``--repeats`` more on a fresh metric, with its
+CPU time over all threads (less sensitive than wall time to other load on the machine).
 
     PYTHONPATH=. python benchmarks/metrics_memory.py       # CPU, one traffic window (or pip install -e .)
     PYTHONPATH=. python benchmarks/metrics_memory.py --device cuda --batch 8
@@ -66,12 +67,13 @@ def run_case(name: str, inputs: tuple[torch.Tensor, ...], chunk: int) -> None:
     metric.compute()
 
 
-def timed(name: str, inputs: tuple[torch.Tensor, ...], args: argparse.Namespace) -> float:
-    start = time.perf_counter()
+def timed(name: str, inputs: tuple[torch.Tensor, ...], args: argparse.Namespace) -> tuple[float, float]:
+    """-> (wall seconds, CPU seconds of all threads)."""
+    start, cpu = time.perf_counter(), time.process_time()
     run_case(name, inputs, args.chunk)
     if args.device == "cuda":
         torch.cuda.synchronize()
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
 def child(name: str, args: argparse.Namespace) -> dict:
@@ -83,13 +85,13 @@ def child(name: str, args: argparse.Namespace) -> dict:
         torch.cuda.reset_peak_memory_stats()
     else:
         base, high_before = rss_mb(), peak_rss_mb()
-    first = timed(name, inputs, args)
+    first, _ = timed(name, inputs, args)
     if args.device == "cuda":
         peak = (torch.cuda.max_memory_allocated() - base) / 2**20
     else:
         peak = peak_rss_mb() - base
-    repeat = min(timed(name, inputs, args) for _ in range(args.repeats))
-    out = {"peak_mb": peak, "first_s": first, "repeat_s": repeat}
+    repeat, repeat_cpu = min(timed(name, inputs, args) for _ in range(args.repeats))
+    out = {"peak_mb": peak, "first_s": first, "repeat_s": repeat, "repeat_cpu_s": repeat_cpu}
     if args.device == "cpu":
         out["high_water_before_mb"] = high_before - base  # ~0 means the baseline is clean
     return out
@@ -114,8 +116,8 @@ def main() -> None:
     print(f"B={args.batch} S={args.samples} L={args.length} K={args.features} on {args.device}, "
           f"{torch.get_num_threads()} threads, chunk_elements={args.chunk}; "
           f"samples tensor {in_mb:.0f} MiB (float32), not counted below")
-    print(f"| {'case':<40} | peak extra MiB | first s | repeat s |")
-    print(f"|{'-' * 42}|---------------:|--------:|---------:|")
+    print(f"| {'case':<40} | peak extra MiB | first s | repeat s | repeat CPU s |")
+    print(f"|{'-' * 42}|---------------:|--------:|---------:|-------------:|")
     for name in CASES:
         argv = [sys.executable, __file__, "--child", name, *sys.argv[1:]]
         proc = subprocess.run(argv, capture_output=True, text=True)
@@ -123,7 +125,8 @@ def main() -> None:
             print(f"| {name:<40} | failed: {proc.stderr.strip().splitlines()[-1]}")
             continue
         r = json.loads(proc.stdout.strip().splitlines()[-1])
-        print(f"| {name:<40} | {r['peak_mb']:14.0f} | {r['first_s']:7.2f} | {r['repeat_s']:8.2f} |")
+        row = f"{r['peak_mb']:14.0f} | {r['first_s']:7.2f} | {r['repeat_s']:8.2f} | {r['repeat_cpu_s']:12.2f}"
+        print(f"| {name:<40} | {row} |")
 
 
 if __name__ == "__main__":

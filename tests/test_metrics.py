@@ -251,6 +251,14 @@ def values_of(batches):
     return out | {k: run(metric, batches).item() for k, metric in extra.items()}
 
 
+def test_float32_inputs_agree_with_float64():
+    batches = make_batches()
+    single = [tuple(t.float() for t in batch) for batch in batches]
+    want, got = values_of(batches), values_of(single)
+    for name, value in want.items():
+        assert got[name] == pytest.approx(value, rel=1e-5), name
+
+
 def test_masked_points_change_nothing():
     batches = make_batches()
     g = torch.Generator().manual_seed(5)
@@ -258,7 +266,9 @@ def test_masked_points_change_nothing():
     for x, y, m in batches:
         off = m == 0
         y2 = y.masked_fill(off, float("nan"))
-        x2 = torch.where(off[:, None], 1e6 * torch.randn(x.shape, generator=g, dtype=x.dtype), x)
+        junk = 1e6 * torch.randn(x.shape, generator=g, dtype=x.dtype)
+        junk[:, ::2] = float("nan")  # half the samples NaN, half huge
+        x2 = torch.where(off[:, None], junk, x)
         noisy.append((x2, y2, m))
     clean, dirty = values_of(batches), values_of(noisy)
     for name, value in clean.items():
@@ -313,3 +323,30 @@ def test_nearest_interpolation_equals_torch_quantile():
     want = torch.quantile(x, levels, dim=1, interpolation="nearest")
     got = sample_quantiles(x, DEFAULT_QUANTILES, interpolation="nearest", chunk_elements=53)
     assert torch.equal(got, want)
+
+
+def test_collection_logs_through_lightning(tmp_path):
+    """``self.log_dict(collection)`` in a test_step logs each member's value over the whole set."""
+    import lightning as L
+
+    batches = make_batches()
+
+    class Task(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.metrics = ProbabilisticMetrics(prefix="test/")
+
+        def test_step(self, batch, batch_idx):
+            self.metrics.update(*batch)
+            self.log_dict(self.metrics, batch_size=batch[0].shape[0])
+
+    trainer = L.Trainer(
+        default_root_dir=tmp_path, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, accelerator="cpu", devices=1,
+    )  # fmt: skip
+    loader = torch.utils.data.DataLoader(batches, batch_size=None)
+    logged = trainer.test(Task(), dataloaders=loader, verbose=False)[0]
+    want = run(ProbabilisticMetrics(prefix="test/"), batches)
+    assert sorted(logged) == sorted(want)
+    for name, value in want.items():
+        assert logged[name] == pytest.approx(value.item(), rel=1e-6), name

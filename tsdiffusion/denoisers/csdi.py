@@ -93,8 +93,22 @@ class CSDITransformerLayer(nn.Module):
             for w, b in zip(weights, biases)
         )
         p = self.attention_dropout if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
+        if p > 0 and q.device.type == "cpu":
+            out = _attention_with_dropout(q, k, v, p)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
         return self.out_proj(rearrange(out, _FROM_HEADS[self.axis], b=x.shape[0], h=self.heads))
+
+
+def _attention_with_dropout(q: Tensor, k: Tensor, v: Tensor, p: float) -> Tensor:
+    """softmax(q k^T / sqrt(d)) with dropout p, times v: (N, H, S, d) -> (N, H, S, d).
+
+    What ``scaled_dot_product_attention`` computes on CPU when dropout is on (its math kernel, the
+    only one with dropout there), without that kernel's guard for fully masked rows (an ``isneginf``,
+    ``all`` and ``where`` over the (S x S) weights, a sixth of a training step at CSDI's config).
+    """
+    scores = torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-1, -2))  # (N, H, S, S)
+    return torch.matmul(F.dropout(scores.softmax(dim=-1), p, training=True), v)
 
 
 class CSDIResidualLayer(nn.Module):

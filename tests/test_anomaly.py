@@ -1,0 +1,271 @@
+"""Anomaly detection: readers on fixtures in the real formats, windows and stitching aligned with labels,
+thresholds that never read test labels, point adjustment, a trained task that finds injected spikes,
+and every experiment config through fast_dev_run."""
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from tsdiffusion.anomaly_baselines import RollingMedianScorer, rolling_mad_score
+from tsdiffusion.cli import TSDiffusionCLI
+from tsdiffusion.data.anomaly import (
+    AnomalyDataModule,
+    AnomalySeries,
+    NABDataModule,
+    SMAPMSLDataModule,
+    read_nab,
+    read_smap_msl,
+    window_starts,
+)
+from tsdiffusion.data.download import DataSourceError
+from tsdiffusion.denoisers import CSDIDenoiser
+from tsdiffusion.diffusion import GaussianDiffusion
+from tsdiffusion.plots_anomaly import label_segments
+from tsdiffusion.tasks.anomaly import (
+    AnomalyTask,
+    anomaly_metrics,
+    mask_patterns,
+    point_adjust,
+    pot_threshold,
+    quantile_threshold,
+    stitch_windows,
+)
+
+CONFIGS = sorted((Path(__file__).resolve().parent.parent / "experiments" / "anomaly").glob("*/*.yaml"))
+SMAP_CHANNELS = {"P-1": 25, "S-1": 25, "E-1": 25, "P-2": 25}
+MSL_CHANNELS = {"M-6": 55, "M-1": 55, "M-2": 55, "S-2": 55, "P-10": 55}
+NAB_SERIES = ["realKnownCause/nyc_taxi", "realKnownCause/ambient_temperature_system_failure",
+              "realKnownCause/ec2_request_latency_system_failure", "realKnownCause/rogue_agent_key_hold"]  # fmt: skip
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _npy(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, a)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def smap_archive(tmp_path_factory) -> Path:
+    """telemanom's layout: labeled_anomalies.csv (P-2 twice, as the original), train/ and test/ arrays."""
+    rng = np.random.default_rng(0)
+    path = tmp_path_factory.mktemp("smap") / "SMAP_MSL.tar.gz"
+    rows = ["chan_id,spacecraft,anomaly_sequences,class,num_values"]
+    with tarfile.open(path, "w:gz") as tar:
+        for chan, d in {**SMAP_CHANNELS, **MSL_CHANNELS}.items():
+            craft = "SMAP" if chan in SMAP_CHANNELS else "MSL"
+            train, test = rng.normal(size=(240, d)), rng.normal(size=(180, d))
+            test[100:111, 0] += 6.0
+            _add(tar, f"SMAP_MSL/train/{chan}.npy", _npy(train))
+            _add(tar, f"SMAP_MSL/test/{chan}.npy", _npy(test))
+            rows.append(f'{chan},{craft},"[[100, 110], [170, 175]]","[point, point]",180')
+        rows.append('P-2,SMAP,"[[0, 5]]",[point],180')  # the duplicate row of the original; ignored
+        _add(tar, "SMAP_MSL/labeled_anomalies.csv", ("\n".join(rows) + "\n").encode())
+    return path
+
+
+@pytest.fixture(scope="module")
+def nab_archive(tmp_path_factory) -> Path:
+    """NAB's layout: data/<category>/<name>.csv and labels/combined_windows.json."""
+    rng = np.random.default_rng(1)
+    path = tmp_path_factory.mktemp("nab") / "NAB.tar.gz"
+    windows = {}
+    with tarfile.open(path, "w:gz") as tar:
+        for name in NAB_SERIES:
+            ts = pd.date_range("2014-07-01", periods=400, freq="5min")
+            frame = pd.DataFrame({"timestamp": ts.strftime("%Y-%m-%d %H:%M:%S"), "value": rng.normal(size=400)})
+            _add(tar, f"NAB/data/{name}.csv", frame.to_csv(index=False).encode())
+            windows[f"{name}.csv"] = [[f"{ts[300]}.000000", f"{ts[309]}.000000"]]
+        _add(tar, "NAB/labels/combined_windows.json", json.dumps(windows).encode())
+    return path
+
+
+# -- readers ------------------------------------------------------------------------------------------
+
+
+def test_smap_msl_reader_labels_and_channels(smap_archive):
+    series = read_smap_msl(smap_archive, "MSL", ["S-2", "M-6"])
+    assert [s.name for s in series] == ["S-2", "M-6"]
+    s = series[0]
+    assert s.train.shape == (240, 55) and s.test.shape == (180, 55) and s.labels.shape == (180,)
+    # inclusive ranges [100, 110] and [170, 175]
+    assert s.labels.sum() == 11 + 6 and s.labels[100] == s.labels[110] == 1 and s.labels[111] == s.labels[99] == 0
+    smap = read_smap_msl(smap_archive, "SMAP")
+    assert [s.name for s in smap] == ["P-1", "S-1", "E-1", "P-2"]
+    assert smap[3].labels[0] == 0  # the first P-2 row wins
+    with pytest.raises(DataSourceError, match="not MSL channels"):
+        read_smap_msl(smap_archive, "MSL", ["P-1"])
+
+
+def test_nab_reader_windows_are_inclusive(nab_archive):
+    data = read_nab(nab_archive, ["realKnownCause/nyc_taxi"])
+    frame, windows = data["realKnownCause/nyc_taxi.csv"]
+    assert len(frame) == 400 and len(windows) == 1
+    dm = NABDataModule(series=["realKnownCause/nyc_taxi"], path=str(nab_archive), train_fraction=0.5,
+                       window_length=32, stride=4)  # fmt: skip
+    dm.setup()
+    labels = dm.series[0].labels
+    assert len(labels) == 200 and labels.sum() == 10 and labels[100] == labels[109] == 1 and labels[110] == 0
+
+
+# -- windows, normalisation, stitching ------------------------------------------------------------
+
+
+def test_windows_cover_every_step_and_normalise_from_train_only(smap_archive, tmp_path):
+    kw = dict(spacecraft="MSL", channels=["M-6", "S-2"], path=str(smap_archive), window_length=32, stride=3,
+              test_stride=20, features="telemetry")  # fmt: skip
+    dm = SMAPMSLDataModule(**kw)
+    dm.setup()
+    test = dm.datasets["test"].fields
+    assert dm.num_features == 1 and test["point_label"].shape == (len(test["observed"]), 32)
+    raw = read_smap_msl(smap_archive, "MSL", ["M-6"])[0]
+    loc, scale = raw.train[:, :1].mean(0), raw.train[:, :1].std(0)
+    rows = test["series_index"] == 0
+    assert torch.allclose(test["loc"][rows][0, 0], torch.tensor(loc, dtype=torch.float32))
+    assert torch.allclose(test["scale"][rows][0, 0], torch.tensor(scale, dtype=torch.float32))
+    # labels and values land on the right steps: window i, step l is series step window_start[i] + l
+    start = test["window_start"][rows].numpy()
+    pos = start[:, None] + np.arange(32)
+    assert np.array_equal(test["point_label"][rows].numpy(), raw.labels[pos])
+    assert np.allclose(test["observed"][rows][..., 0].numpy(), ((raw.test[:, 0] - loc) / scale)[pos], atol=1e-5)
+    assert set(pos.ravel()) == set(range(180))  # every test step is covered
+    assert list(window_starts(100, 32, 30)) == [0, 30, 60, 68]
+
+
+def test_stitching_puts_scores_on_the_right_steps(smap_archive):
+    dm = SMAPMSLDataModule(spacecraft="MSL", channels=["M-6", "S-2"], path=str(smap_archive), window_length=32,
+                           test_stride=12, features="telemetry")  # fmt: skip
+    dm.setup()
+    f = dm.datasets["test"].fields
+    index, start = f["series_index"].numpy(), f["window_start"].numpy()
+    absolute = 1000 * index[:, None] + start[:, None] + np.arange(32)  # each window's own time index
+    stitched = stitch_windows(index, start, absolute.astype(float), np.ones_like(absolute))
+    for s in (0, 1):
+        assert np.array_equal(stitched[s], 1000 * s + np.arange(180))
+    labels = stitch_windows(index, start, f["point_label"].numpy(), np.ones_like(absolute))
+    assert np.array_equal(labels[0], dm.series[0].labels)
+    # overlapping values are averaged: steps 2-3 are covered by windows 0 (value 1) and 1 (value 3)
+    avg = stitch_windows(np.zeros(2, int), np.array([0, 2]), np.array([[1.0] * 4, [3.0] * 4]), np.ones((2, 4)))
+    assert np.array_equal(avg[0], [1, 1, 2, 2, 3, 3])
+
+
+# -- thresholds, point adjustment, metrics -----------------------------------------------------------
+
+
+def test_point_adjustment_hand_worked():
+    label = np.array([0, 1, 1, 1, 0, 0, 0, 0, 1, 1])
+    pred = np.array([0, 1, 0, 0, 0, 0, 1, 0, 0, 1])
+    assert point_adjust(pred, label).astype(int).tolist() == [0, 1, 1, 1, 0, 0, 1, 0, 1, 1]
+    m = anomaly_metrics([pred.astype(float)], [label.astype(float)], threshold=0.5)
+    # raw: TP 2, FP 1, FN 3 -> P 2/3, R 2/5, F1 1/2; adjusted: TP 5, FP 1, FN 0 -> P 5/6, R 1, F1 10/11
+    assert m["precision"] == pytest.approx(2 / 3) and m["recall"] == pytest.approx(0.4) and m["f1"] == pytest.approx(0.5)
+    assert m["pa_precision"] == pytest.approx(5 / 6) and m["pa_recall"] == 1 and m["pa_f1"] == pytest.approx(10 / 11)
+
+
+def test_auroc_is_exact_for_large_scores():
+    # torchmetrics squashes scores outside [0, 1] with a sigmoid; large scores must not tie
+    scores, labels = np.array([100.0, 200.0, 300.0, 400.0]), np.array([0.0, 1.0, 0.0, 1.0])
+    assert anomaly_metrics([scores], [labels], 250.0)["auroc"] == pytest.approx(0.75)
+
+
+def test_pot_and_quantile_thresholds():
+    x = np.random.default_rng(0).exponential(size=200_000)
+    assert pot_threshold(x, level=0.9, risk=1e-3) == pytest.approx(-np.log(1e-3), abs=0.3)  # exponential tail
+    assert quantile_threshold(x, 0.5) == pytest.approx(np.log(2), abs=0.02)
+
+
+def test_mask_patterns_partition_the_window():
+    for kind, block in (("interleaved", 1), ("blocks", 8)):
+        p = mask_patterns(64, 3, kind, block)
+        assert p.shape == (3, 64) and torch.equal(p.sum(0), torch.ones(64))
+    assert mask_patterns(16, 2, "blocks", 4)[0].tolist() == [1] * 4 + [0] * 4 + [1] * 4 + [0] * 4
+
+
+def _trainer(tmp_path, **kw) -> L.Trainer:
+    return L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                     enable_model_summary=False, default_root_dir=tmp_path, **kw)  # fmt: skip
+
+
+def test_threshold_never_reads_test_labels(smap_archive, tmp_path):
+    dm = SMAPMSLDataModule(spacecraft="MSL", channels=["M-6", "S-2"], path=str(smap_archive), window_length=32,
+                           features="telemetry", eval_batch_size=64)  # fmt: skip
+    task = AnomalyTask(RollingMedianScorer(1, width=25), num_samples=2)
+    first = _trainer(tmp_path).test(task, datamodule=dm, verbose=False)[0]
+    labels = dm.datasets["test"].fields["point_label"]
+    perm = torch.randperm(labels.numel(), generator=torch.Generator().manual_seed(0))
+    dm.datasets["test"].fields["point_label"] = labels.flatten()[perm].view_as(labels)
+    second = _trainer(tmp_path).test(task, datamodule=dm, verbose=False)[0]
+    assert second["test/threshold"] == first["test/threshold"]
+    assert second["test/auroc"] != first["test/auroc"]  # the labels did change what is scored
+    assert first["test/auroc"] > 0.75  # the +6 plateau on steps 100-110 (170-175 is labelled but clean)
+
+
+# -- a quickly trained task ranks injected spikes above normal points -----------------------------
+
+
+class SpikeDataModule(AnomalyDataModule):
+    """A sine of period 16 with noise; the test part has 12 spikes of +-2.5 (within the normal range)."""
+
+    name = "spikes"
+
+    def load_series(self) -> list[AnomalySeries]:
+        rng = np.random.default_rng(0)
+        t = np.arange(2400)
+        x = np.sin(2 * np.pi * t / 16) + 0.05 * rng.normal(size=len(t))
+        train, test = x[:2000, None].copy(), x[2000:, None].copy()
+        labels = np.zeros(400, dtype=np.float32)
+        spikes = rng.choice(np.arange(10, 390), 12, replace=False)
+        test[spikes, 0] -= 2.5 * np.sign(test[spikes, 0] + 1e-9)
+        labels[spikes] = 1
+        return [AnomalySeries("spikes", train, test, labels)]
+
+
+def test_trained_task_ranks_spikes_above_normal_points(tmp_path):
+    L.seed_everything(0)
+    dm = SpikeDataModule(window_length=32, stride=2, test_stride=16, batch_size=64, eval_batch_size=64)
+    denoiser = CSDIDenoiser(1, channels=16, layers=1, heads=2, diffusion_embedding_dim=16, time_embedding_dim=16,
+                            feature_embedding_dim=4)  # fmt: skip
+    task = AnomalyTask(denoiser, GaussianDiffusion(num_steps=20), lr=3e-3, num_samples=4, sampler="ddim",
+                       sample_steps=5, val_loss_steps=2, pattern="interleaved")  # fmt: skip
+    _trainer(tmp_path, max_epochs=6, num_sanity_val_steps=0, limit_val_batches=0).fit(task, datamodule=dm)
+    metrics = _trainer(tmp_path).test(task, datamodule=dm, verbose=False)[0]
+    assert metrics["test/auroc"] > 0.9
+    assert 0 < metrics["test/threshold"] < np.inf
+
+
+def test_rolling_median_scorer_flags_an_outlier():
+    x = torch.zeros(1, 30, 2)
+    x[0, 15, 1] = 5.0
+    score = rolling_mad_score(x, torch.ones_like(x), width=7, eps=0.1)
+    assert score[0, 15, 1] == score.max() and score[0, :, 0].abs().max() == 0
+    assert label_segments(np.array([0, 1, 1, 0, 1])) == [(1, 3), (4, 5)]
+
+
+# -- every experiment config ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_config_fast_dev_run(config, smap_archive, nab_archive, tmp_path):
+    data = str(nab_archive if config.parent.name == "nab" else smap_archive)
+    cli = TSDiffusionCLI(args=[
+        "fit", "--config", str(config), "--trainer.fast_dev_run", "true",
+        "--trainer.default_root_dir", str(tmp_path), "--trainer.logger.init_args.save_dir", str(tmp_path),
+        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+        "--data.init_args.path", data, "--data.init_args.batch_size", "4", "--data.init_args.eval_batch_size", "4",
+        "--model.init_args.num_samples", "2", "--model.init_args.sample_steps", "2",
+        "--model.init_args.plot_series", "0",
+    ])  # fmt: skip
+    assert isinstance(cli.model, AnomalyTask)
+    assert {"test/auroc", "test/pa_f1", "test/threshold"} <= set(cli.trainer.callback_metrics)

@@ -1,0 +1,125 @@
+"""The command line: fit saves a reproducible config and checkpoints, test restores and reproduces metrics,
+bad configs are rejected, and resumption from a checkpoint is exact."""
+
+import json
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+import yaml
+
+from tsdiffusion.callbacks import RNGStateCallback
+from tsdiffusion.cli import TSDiffusionCLI
+from tsdiffusion.data import PhysioNetDataModule
+from tsdiffusion.denoisers import CSDIDenoiser
+from tsdiffusion.diffusion import GaussianDiffusion
+from tsdiffusion.tasks import ImputationTask
+
+
+def tiny_config(tmp_path: Path, **trainer) -> Path:
+    cfg = {
+        "seed_everything": 3,
+        "trainer": {
+            "max_epochs": 2, "accelerator": "cpu", "enable_progress_bar": False, "enable_model_summary": False,
+            "limit_train_batches": 2, "limit_val_batches": 1, "limit_test_batches": 1,
+            "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
+                       "init_args": {"save_dir": str(tmp_path / "runs"), "name": "tiny"}},
+            **trainer,
+        },
+        "model": {
+            "class_path": "tsdiffusion.tasks.ImputationTask",
+            "init_args": {
+                "denoiser": {"class_path": "tsdiffusion.denoisers.CSDIDenoiser",
+                             "init_args": {"channels": 8, "layers": 1, "heads": 2, "diffusion_embedding_dim": 16,
+                                           "time_embedding_dim": 16, "feature_embedding_dim": 4}},
+                "process": {"class_path": "tsdiffusion.diffusion.GaussianDiffusion", "init_args": {"num_steps": 10}},
+                "num_samples": 3, "sampler": "ddim", "sample_steps": 3, "val_loss_steps": 2,
+            },
+        },
+        "data": {
+            "class_path": "tsdiffusion.data.PhysioNetDataModule",
+            "init_args": {"path": "embedded", "max_records": 40, "cache_dir": str(tmp_path / "cache"), "batch_size": 8},
+        },
+    }  # fmt: skip
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def run_cli(*args: str) -> TSDiffusionCLI:
+    return TSDiffusionCLI(args=list(args))
+
+
+def test_fit_saves_config_and_checkpoint_and_test_reproduces_metrics(tmp_path):
+    cli = run_cli("fit", "--config", str(tiny_config(tmp_path)), "--test_after_fit", "true")
+    run_dir = Path(cli.trainer.log_dir)
+    assert (run_dir / "config.yaml").exists() and (run_dir / "checkpoints" / "last.ckpt").exists()
+    assert cli.model.denoiser.num_features == 35  # linked from data.num_features
+    record = json.loads((run_dir / "metrics.json").read_text())
+    assert record["task"] == "ImputationTask" and record["dataset"] == "physionet" and record["seed"] == 3
+    assert record["model"] == "CSDIDenoiser" and record["wall_time_s"] > 0 and "crps" in record["metrics"]
+    assert record["metrics"]["crps"] > 0
+    # the saved config + checkpoint reproduce the test metrics in a fresh CLI run
+    cli2 = run_cli("test", "--config", str(run_dir / "config.yaml"),
+                   "--ckpt_path", str(run_dir / "checkpoints" / "last.ckpt"),
+                   "--record_dir", str(tmp_path / "rerun"))  # fmt: skip
+    again = json.loads((tmp_path / "rerun" / "metrics.json").read_text())
+    assert again["metrics"] == pytest.approx(record["metrics"], rel=1e-9)
+    assert cli2.trainer.state.fn == "test"
+
+
+def test_invalid_config_key_is_rejected(tmp_path, capsys):
+    cfg = yaml.safe_load(tiny_config(tmp_path).read_text())
+    cfg["model"]["init_args"]["num_sampels"] = 5
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(SystemExit) as err:
+        run_cli("fit", "--config", str(bad))
+    assert err.value.code != 0
+    assert "num_sampels" in capsys.readouterr().err
+
+
+def test_invalid_option_value_is_rejected(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        run_cli("fit", "--config", str(tiny_config(tmp_path)), "--model.init_args.sampler", "euler")
+    assert "euler" in capsys.readouterr().err
+
+
+class StopAfter(L.Callback):
+    def __init__(self, epochs: int):
+        self.epochs = epochs
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.current_epoch + 1 >= self.epochs:
+            trainer.should_stop = True
+
+
+def _fit(tmp_path: Path, name: str, stop_after: int | None = None, ckpt_path: str | None = None):
+    L.seed_everything(7)
+    dm = PhysioNetDataModule(path="embedded", max_records=40, cache_dir=str(tmp_path / "cache"), batch_size=8)
+    task = ImputationTask(
+        CSDIDenoiser(35, channels=8, layers=1, heads=2, diffusion_embedding_dim=16, time_embedding_dim=16,
+                     feature_embedding_dim=4),
+        GaussianDiffusion(num_steps=10), val_loss_steps=2, lr_milestones=(0.5,),
+    )  # fmt: skip
+    ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / name, save_last=True)
+    callbacks = [ckpt, RNGStateCallback()] + ([StopAfter(stop_after)] if stop_after else [])
+    trainer = L.Trainer(
+        max_epochs=4, accelerator="cpu", deterministic=True, logger=False, enable_progress_bar=False,
+        enable_model_summary=False, limit_train_batches=3, limit_val_batches=1, callbacks=callbacks,
+        default_root_dir=tmp_path,
+    )  # fmt: skip
+    trainer.fit(task, datamodule=dm, ckpt_path=ckpt_path)
+    return task, trainer
+
+
+def test_resume_from_last_checkpoint_gives_the_same_weights(tmp_path):
+    full, _ = _fit(tmp_path, "full")
+    _, stopped = _fit(tmp_path, "part", stop_after=2)
+    assert stopped.current_epoch == 2
+    resumed, trainer = _fit(tmp_path, "part2", ckpt_path=str(tmp_path / "part" / "last.ckpt"))
+    assert trainer.current_epoch == 4
+    assert resumed.lr_schedulers().last_epoch == 4 and resumed.lr_schedulers().get_last_lr()[0] == pytest.approx(1e-4)
+    for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)

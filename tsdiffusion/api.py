@@ -1,0 +1,498 @@
+"""A short Python API on the LightningModules, the CLI's config format and :class:`FrameDataModule`.
+
+    >>> model = Model.create("csdi-imputation", window_length=30, max_epochs=20)
+    >>> model.fit(df)                                   # a wide/long DataFrame, an array or a file path
+    >>> result = model.impute(df_with_gaps)             # median and quantiles as DataFrames
+    >>> fc = model.forecast(df, horizon=10)             # sample paths and quantiles
+    >>> model.save("my_model"); Model.load("my_model")  # config.yaml + model.pt (state_dict) + fitted.yaml
+
+Nothing here re-implements a model: a :class:`Model` holds a config in the CLI's format (``model``,
+``data``, ``trainer``, ``seed_everything``), instantiates the task with jsonargparse as ``tsdiffusion fit``
+does, builds a :class:`tsdiffusion.data.frame.FrameDataModule` from the data it is given and trains with
+a Lightning ``Trainer``. Samples come from the task's own ``sample`` (anomaly scores from
+``AnomalyTask.score_batch``). Weights are stored as a plain ``state_dict`` and read with
+``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import inspect
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+from einops import rearrange
+from jsonargparse import ArgumentParser
+
+from tsdiffusion.data.frame import FrameDataModule, Panel, Windows, make_window_fields, panel_time_features
+from tsdiffusion.data.time_features import parse_freq
+from tsdiffusion.tasks.base import DiffusionTask
+
+FRAME_DATA = "tsdiffusion.data.frame.FrameDataModule"
+CONFIG_FILE, WEIGHTS_FILE, FITTED_FILE = "config.yaml", "model.pt", "fitted.yaml"
+Data = pd.DataFrame | np.ndarray | str | Path
+
+
+# -- presets ----------------------------------------------------------------------------------------
+
+
+def _csdi(task: str, protocol: str, **task_args: Any) -> dict[str, Any]:
+    """CSDI (Tashiro et al. 2021) at a CPU-friendly size: 4 layers x 64 channels, 50 quad steps."""
+    denoiser = {"channels": 64, "layers": 4, "heads": 8, "diffusion_embedding_dim": 128,
+                "time_embedding_dim": 128, "feature_embedding_dim": 16}  # fmt: skip
+    process = {"num_steps": 50, "schedule": "quad", "beta_start": 1e-4, "beta_end": 0.5, "prediction": "eps"}
+    return {
+        "seed_everything": 1,
+        "trainer": {"max_epochs": 50, "gradient_clip_val": None},
+        "model": {
+            "class_path": task,
+            "init_args": {
+                "denoiser": {"class_path": "tsdiffusion.denoisers.CSDIDenoiser", "init_args": denoiser},
+                "process": {"class_path": "tsdiffusion.diffusion.GaussianDiffusion", "init_args": process},
+                "num_samples": 50,
+                **task_args,
+            },
+        },
+        "data": {"class_path": FRAME_DATA, "init_args": {"protocol": protocol, "window_length": 48}},
+    }
+
+
+PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
+    "csdi-imputation": ("tsdiffusion.tasks.imputation.ImputationTask", {"protocol": "imputation"}),
+    "csdi-forecasting": ("tsdiffusion.tasks.forecasting.ForecastingTask", {"protocol": "forecast"}),
+    "csdi-anomaly": ("tsdiffusion.tasks.anomaly.AnomalyTask", {"protocol": "imputation"}),
+}
+
+
+def available_presets() -> list[str]:
+    """Names for :meth:`Model.create` whose task class exists in this installation."""
+    return [name for name, (path, _) in PRESETS.items() if _import(path, missing_ok=True) is not None]
+
+
+def preset_config(name: str) -> dict[str, Any]:
+    """The full config of a preset, in the CLI's format."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown model {name!r}; available: {available_presets()}")
+    task, data = PRESETS[name]
+    if _import(task, missing_ok=True) is None:
+        raise ValueError(f"model {name!r} needs {task}, which this installation does not have")
+    return _csdi(task, data["protocol"])
+
+
+def _import(path: str, missing_ok: bool = False) -> Any:
+    module, _, attr = path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError):
+        if missing_ok:
+            return None
+        raise
+
+
+# -- overrides --------------------------------------------------------------------------------------
+
+
+def _sections(config: dict[str, Any]) -> dict[str, tuple[dict[str, Any], set[str]]]:
+    """Each overridable section of a config: its argument dict and the names its class accepts."""
+    model = config["model"]["init_args"]
+    out = {"model": (model, _parameters(_import(config["model"]["class_path"])))}
+    for part in ("denoiser", "process"):
+        if isinstance(model.get(part), dict) and "class_path" in model[part]:
+            spec = model[part].setdefault("init_args", {})
+            out[part] = (spec, _parameters(_import(model[part]["class_path"])))
+    out["data"] = (config["data"].setdefault("init_args", {}), _parameters(FrameDataModule))
+    out["trainer"] = (config.setdefault("trainer", {}), _parameters(L.Trainer))
+    return out
+
+
+def _parameters(cls: type) -> set[str]:
+    """Constructor argument names, following ``*args, **kwargs`` up the class hierarchy."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        params = inspect.signature(klass.__init__).parameters.values()
+        names |= {
+            p.name for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and p.name != "self"
+        }
+        if not any(p.kind == p.VAR_KEYWORD for p in params):
+            break
+    return names
+
+
+def apply_overrides(config: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Set ``name=value`` in the one section whose class accepts ``name`` (``model``, ``denoiser``,
+    ``process``, ``data``, ``trainer``), or ``"section.name"`` explicitly. Unknown and ambiguous names are
+    errors. ``num_features`` is linked from the data and cannot be set."""
+    config = copy.deepcopy(config)
+    sections = _sections(config)
+    for key, value in overrides.items():
+        if key == "seed_everything":
+            config[key] = value
+            continue
+        section, _, name = key.rpartition(".")
+        owners = [section] if section else [s for s, (_, names) in sections.items() if name in names]
+        owners = [s for s in owners if s in sections and name in sections[s][1] and name != "num_features"]
+        if len(owners) != 1:
+            where = "is accepted by " + ", ".join(owners) if owners else "is not an argument of any section"
+            raise ValueError(f"override {key!r} {where}; write it as '<section>.{name}' with a section of "
+                             f"{sorted(sections)} that accepts it")  # fmt: skip
+        sections[owners[0]][0][name] = value
+    return config
+
+
+# -- results ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Imputation:
+    """Imputed values in original units on the data's regular grid (T rows, K columns).
+
+    median: the per-value median of the samples (observed values are kept as given);
+    quantiles: ``{q: DataFrame}``; samples: (S, T, K); observed: True where the input had a value.
+    """
+
+    median: pd.DataFrame
+    quantiles: dict[float, pd.DataFrame]
+    samples: np.ndarray
+    observed: pd.DataFrame
+
+
+@dataclass
+class Forecast:
+    """Forecasts in original units for the H steps after the data's last time stamp.
+
+    samples: (S, H, K) sample paths; median / mean / quantiles: DataFrames indexed by the H future steps.
+    """
+
+    samples: np.ndarray
+    median: pd.DataFrame
+    mean: pd.DataFrame
+    quantiles: dict[float, pd.DataFrame]
+
+
+def _frames(samples: np.ndarray, index: pd.Index, columns: Sequence[str], quantiles: Sequence[float]):
+    """(S, T, K) -> median DataFrame and ``{q: DataFrame}``."""
+    qs = sorted({0.5, *quantiles})
+    values = np.quantile(samples, qs, axis=0)  # (Q, T, K)
+    frames = {q: pd.DataFrame(v, index=index, columns=list(columns)) for q, v in zip(qs, values)}
+    return frames[0.5], {q: frames[q] for q in quantiles}
+
+
+# -- the model --------------------------------------------------------------------------------------
+
+
+class Model:
+    """A diffusion model for your own data: a config, a task (LightningModule) and the fitted normalisation.
+
+    Create it with :meth:`create` (by name) or :meth:`from_config` (a CLI yaml or dict); the task is built
+    when :meth:`fit` sees the data (the number of series K comes from it) or when :meth:`load` reads it.
+    """
+
+    def __init__(self, config: Mapping[str, Any]):
+        config = copy.deepcopy(dict(config))
+        if "model" not in config:
+            raise ValueError(f"a model config needs a 'model' section (have {sorted(config)})")
+        data = config.setdefault("data", {"class_path": FRAME_DATA, "init_args": {}})
+        if data.get("class_path", FRAME_DATA) not in (FRAME_DATA, "tsdiffusion.data.FrameDataModule"):
+            raise ValueError(
+                f"the Python API reads data with {FRAME_DATA}, got data.class_path={data['class_path']!r}"
+            )
+        data["class_path"] = FRAME_DATA
+        data.setdefault("init_args", {})
+        _check_data_args(data["init_args"])
+        self.config = config
+        self.task: DiffusionTask | None = None
+        self.fitted: dict[str, Any] | None = None
+        self.trainer: L.Trainer | None = None
+
+    # -- construction -------------------------------------------------------------------------------
+    @classmethod
+    def create(cls, name: str, **overrides: Any) -> Model:
+        """A preset by name (see :func:`available_presets`), with ``overrides`` (see :func:`apply_overrides`),
+        e.g. ``Model.create("csdi-imputation", window_length=30, channels=32, max_epochs=10)``."""
+        return cls(apply_overrides(preset_config(name), overrides))
+
+    @classmethod
+    def from_config(cls, config: str | Path | Mapping[str, Any], **overrides: Any) -> Model:
+        """From a CLI config (a yaml path or a dict), e.g. ``experiments/own_data/csdi_exchange.yaml``."""
+        if not isinstance(config, Mapping):
+            config = yaml.safe_load(Path(config).read_text())
+        return cls(apply_overrides(dict(config), overrides))
+
+    @property
+    def data_args(self) -> dict[str, Any]:
+        """The FrameDataModule arguments (without ``path``, which :meth:`fit` replaces with its data)."""
+        return {k: v for k, v in self.config["data"]["init_args"].items() if k != "path"}
+
+    def build_task(self, num_features: int) -> DiffusionTask:
+        """Instantiate the task of ``config["model"]`` (the CLI's way: jsonargparse) for K series."""
+        model_cfg = copy.deepcopy(self.config["model"])
+        model_cfg["init_args"]["denoiser"].setdefault("init_args", {})["num_features"] = int(num_features)
+        parser = ArgumentParser(exit_on_error=False)
+        parser.add_subclass_arguments(DiffusionTask, "model", required=True)
+        namespace = parser.parse_object({"model": model_cfg})
+        self.config["model"] = yaml.safe_load(parser.dump(namespace, skip_none=False))["model"]
+        self.task = parser.instantiate_classes(namespace).model
+        return self.task
+
+    def datamodule(self, data: Data | FrameDataModule, **data_args: Any) -> FrameDataModule:
+        """A FrameDataModule of ``data`` (DataFrame, array, or file path) with the config's arguments."""
+        if isinstance(data, FrameDataModule):
+            return data
+        args = {**self.data_args, **data_args}
+        if isinstance(data, pd.DataFrame):
+            return FrameDataModule.from_dataframe(data, **args)
+        if isinstance(data, np.ndarray):
+            return FrameDataModule.from_array(data, **args)
+        if isinstance(data, str | Path):
+            return FrameDataModule(path=str(data), **args)
+        raise TypeError(f"data must be a DataFrame, a numpy array or a file path, got {type(data).__name__}")
+
+    # -- training -----------------------------------------------------------------------------------
+    def fit(
+        self,
+        data: Data | FrameDataModule,
+        *,
+        max_epochs: int | None = None,
+        trainer: Mapping[str, Any] | None = None,
+        seed: int | None = None,
+        root_dir: str | Path | None = None,
+    ) -> Model:
+        """Train on ``data`` with a Lightning ``Trainer`` (the config's plain ``trainer`` settings, then
+        ``trainer``; no logger or checkpoints unless given). Returns ``self``."""
+        seed = self.config.get("seed_everything", 1) if seed is None else seed
+        L.seed_everything(seed, verbose=False)
+        dm = self.datamodule(data)
+        dm.setup("fit")
+        if self.task is None:
+            self.build_task(dm.num_features)
+        self._check_series(dm.panel())
+        self.fitted = {"series": list(dm.series_names), "freq": dm.freq, "loc": dm.loc.tolist(),
+                       "scale": dm.scale.tolist(), "univariate": dm.univariate}  # fmt: skip
+        settings = {k: v for k, v in self.config.get("trainer", {}).items() if not isinstance(v, dict | list)}
+        defaults = {"accelerator": "cpu", "logger": False, "enable_checkpointing": False,
+                    "enable_progress_bar": False, "enable_model_summary": False}  # fmt: skip
+        kwargs = {**defaults, **settings, **(trainer or {})}
+        if max_epochs is not None:
+            kwargs["max_epochs"] = max_epochs
+        if root_dir is not None:
+            kwargs["default_root_dir"] = str(root_dir)
+        self.trainer = L.Trainer(**kwargs)
+        self.trainer.fit(self.task, datamodule=dm)
+        return self
+
+    # -- inference ----------------------------------------------------------------------------------
+    def sample(self, data: Data, num_samples: int | None = None, seed: int = 0) -> np.ndarray:
+        """Samples (S, T, K) in original units on the regular grid of ``data``, given its observed values
+        (missing values are drawn; observed ones are kept). An (N, L, K) array gives (N, S, T, K)."""
+        panel = self._panel(data)
+        samples = self._sample_panel(panel, num_samples, seed)  # (N, S, T, K)
+        if self.fitted["univariate"]:
+            return rearrange(samples, "k s t 1 -> s t k")
+        return samples[0] if panel.values.shape[0] == 1 and np.ndim(data) != 3 else samples
+
+    def impute(
+        self,
+        data: Data,
+        num_samples: int | None = None,
+        quantiles: Sequence[float] = (0.05, 0.95),
+        seed: int = 0,
+    ) -> Imputation:
+        """Fill the missing values of ``data`` (NaN, or steps missing from the grid): median and quantiles."""
+        panel = self._panel(data)
+        self._require_one_series(panel, "impute")
+        samples = self.sample(data, num_samples, seed)
+        names = self._column_names(panel)
+        median, qs = _frames(samples, panel.index, names, quantiles)
+        observed = pd.DataFrame(self._grid_values(panel), index=panel.index, columns=names).notna()
+        return Imputation(median, qs, samples, observed)
+
+    def forecast(
+        self,
+        data: Data,
+        horizon: int | None = None,
+        num_samples: int | None = None,
+        quantiles: Sequence[float] = (0.05, 0.95),
+        seed: int = 0,
+    ) -> Forecast:
+        """Sample paths for the ``horizon`` steps after the end of ``data``, conditioned on its last
+        ``window_length - horizon`` steps (default horizon: the data's ``prediction_length``)."""
+        panel = self._panel(data)
+        self._require_one_series(panel, "forecast")
+        L_ = int(self.data_args.get("window_length", 48))
+        H = int(horizon or self.data_args.get("prediction_length", 24))
+        if not 1 <= H < L_:
+            raise ValueError(f"horizon must be in [1, window_length={L_}), got {H}")
+        future = _extend(panel, L_ - H, H)
+        samples = self._sample_panel(future, num_samples, seed)[..., -H:, :]  # (N, S, H, K)
+        samples = rearrange(samples, "k s h 1 -> s h k") if self.fitted["univariate"] else samples[0]
+        names, index = self._column_names(panel), future.index[-H:]
+        median, qs = _frames(samples, index, names, quantiles)
+        mean = pd.DataFrame(samples.mean(axis=0), index=index, columns=names)
+        return Forecast(samples, median, mean, qs)
+
+    def anomaly_scores(self, data: Data, seed: int = 0) -> pd.Series:
+        """Per time step anomaly score of ``data`` (``csdi-anomaly``: ``AnomalyTask.score_batch``, averaged
+        over the observed series and over overlapping windows)."""
+        score_batch = getattr(self._require_task(), "score_batch", None)
+        if score_batch is None:
+            raise TypeError(
+                f"{type(self.task).__name__} has no anomaly scores; use Model.create('csdi-anomaly')"
+            )
+        panel = self._panel(data)
+        self._require_one_series(panel, "anomaly_scores")
+        total, count = np.zeros(len(panel.index)), np.zeros(len(panel.index))
+        gen = torch.Generator().manual_seed(seed)
+        for batch, _, steps in self._window_batches(panel):
+            with torch.no_grad():
+                scores = score_batch(batch, gen).cpu().double().numpy()  # (B, L)
+            valid = batch["observed_mask"].amax(-1).cpu().numpy() > 0
+            np.add.at(total, steps[valid], scores[valid])
+            np.add.at(count, steps[valid], 1)
+        return pd.Series(
+            np.where(count > 0, total / np.maximum(count, 1), np.nan), index=panel.index, name="score"
+        )
+
+    # -- persistence --------------------------------------------------------------------------------
+    def save(self, directory: str | Path) -> Path:
+        """Write ``config.yaml`` (the CLI config), ``fitted.yaml`` (series, frequency, train loc/scale) and
+        ``model.pt`` (the task's ``state_dict``, tensors only)."""
+        task = self._require_task()
+        folder = Path(directory)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / CONFIG_FILE).write_text(yaml.safe_dump(self.config, sort_keys=False))
+        (folder / FITTED_FILE).write_text(yaml.safe_dump(self.fitted, sort_keys=False))
+        torch.save({k: v.detach().cpu() for k, v in task.state_dict().items()}, folder / WEIGHTS_FILE)
+        return folder
+
+    @classmethod
+    def load(cls, directory: str | Path) -> Model:
+        """Rebuild from ``config.yaml`` and load ``model.pt`` with ``torch.load(weights_only=True)``."""
+        folder = Path(directory)
+        for name in (CONFIG_FILE, FITTED_FILE, WEIGHTS_FILE):
+            if not (folder / name).is_file():
+                raise FileNotFoundError(f"{folder / name}: not found (Model.save writes it)")
+        model = cls.from_config(folder / CONFIG_FILE)
+        model.fitted = yaml.safe_load((folder / FITTED_FILE).read_text())
+        num_features = 1 if model.fitted["univariate"] else len(model.fitted["series"])
+        task = model.build_task(num_features)
+        state = torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+        task.load_state_dict(state)
+        return model
+
+    # -- helpers ------------------------------------------------------------------------------------
+    def _require_task(self) -> DiffusionTask:
+        if self.task is None or self.fitted is None:
+            raise RuntimeError("the model is not trained: call fit() or Model.load() first")
+        return self.task
+
+    def _panel(self, data: Data) -> Panel:
+        self._require_task()
+        args = {k: v for k, v in self.data_args.items() if k in ("layout", "timestamp_column", "item_column",
+                "value_column", "series", "label_column", "univariate")}  # fmt: skip
+        args["freq"] = self.fitted["freq"]
+        panel = self.datamodule(data, **args).panel()
+        self._check_series(panel)
+        return panel
+
+    def _check_series(self, panel: Panel) -> None:
+        if self.fitted is None:
+            return
+        have = list(panel.items if self.fitted["univariate"] else panel.series)
+        if have != list(self.fitted["series"]):
+            raise ValueError(
+                f"the data has series {have[:10]}, the model was fitted on {self.fitted['series'][:10]}"
+            )
+
+    def _column_names(self, panel: Panel) -> list[str]:
+        return list(panel.items if self.fitted["univariate"] else panel.series)
+
+    def _grid_values(self, panel: Panel) -> np.ndarray:
+        """(T, K) values of a one-series panel (univariate items back as columns)."""
+        if self.fitted["univariate"]:
+            return rearrange(panel.values, "k t 1 -> t k")
+        return panel.values[0]
+
+    def _require_one_series(self, panel: Panel, what: str) -> None:
+        if panel.values.shape[0] > 1 and not self.fitted["univariate"]:
+            raise ValueError(
+                f"{what} takes one multivariate series (T, K); for an (N, L, K) array use sample()"
+            )
+
+    def _window_batches(self, panel: Panel, chunk: int = 64):
+        """Windows tiling the panel (the last one ends at its end; a panel shorter than a window is padded
+        with missing steps in front) as batches. Yields ``(batch, items (B,), steps (B, L))``, the steps on
+        the panel's grid (negative for padding)."""
+        task, L_ = self._require_task(), int(self.data_args.get("window_length", 48))
+        T = len(panel.index)
+        padded = _extend(panel, max(T, L_), 0)
+        pad = len(padded.index) - T
+        ends = sorted({*range(L_, T + pad + 1, L_), T + pad})
+        grid = np.meshgrid(np.arange(panel.values.shape[0]), np.asarray(ends), indexing="ij")
+        windows = Windows(grid[0].ravel(), grid[1].ravel(), np.zeros(grid[0].size, dtype=np.int64))
+        loc, scale = np.asarray(self.fitted["loc"]), np.asarray(self.fitted["scale"])
+        target = np.zeros(padded.values.shape, dtype=bool)
+        fields = make_window_fields(
+            padded.values, target, windows, L_, loc, scale, panel_time_features(padded)
+        )
+        steps = windows.end[:, None] - L_ + np.arange(L_)[None, :] - pad
+        device = next(task.parameters()).device
+        for start in range(0, len(windows.item), chunk):
+            part = slice(start, start + chunk)
+            batch = {k: torch.as_tensor(np.asarray(v[part])).to(device) for k, v in fields.items()}
+            batch = {k: v.long() if k == "feature_ids" else v.float() for k, v in batch.items()}
+            yield batch, windows.item[part], steps[part]
+
+    def _sample_panel(self, panel: Panel, num_samples: int | None, seed: int) -> np.ndarray:
+        """(N, S, T, K) samples in original units on the panel's grid; later windows overwrite overlaps."""
+        task = self._require_task()
+        task.eval()
+        S = int(num_samples or task.hparams.num_samples)
+        N, T, K = panel.values.shape
+        out = np.zeros((N, S, T, K))
+        gen = torch.Generator(device=next(task.parameters()).device).manual_seed(seed)
+        for batch, items, steps in self._window_batches(panel):
+            draws = task.sample(batch, batch["observed_mask"], S, gen).cpu().double().numpy()  # (B, S, L, K)
+            loc, scale = (batch[k].cpu().double().numpy()[:, None] for k in ("loc", "scale"))  # (B, 1, 1, K)
+            draws = draws * scale + loc
+            for b, (n, window_steps) in enumerate(zip(items, steps)):
+                keep = window_steps >= 0
+                out[n][:, window_steps[keep]] = draws[b][:, keep]
+        return out
+
+
+def _extend(panel: Panel, before: int, after: int) -> Panel:
+    """Keep the last ``before`` steps of the panel (padding missing steps in front when it is shorter) and
+    append ``after`` missing steps; dates continue on the grid's frequency."""
+    N, T, K = panel.values.shape
+    pad = max(before - T, 0)
+    values = np.concatenate(
+        [np.full((N, pad, K), np.nan), panel.values[:, max(T - before, 0) :], np.full((N, after, K), np.nan)],
+        axis=1,
+    )
+    first = panel.index[max(T - before, 0)]
+    total = values.shape[1]
+    if isinstance(panel.index, pd.DatetimeIndex):
+        offset = parse_freq(panel.freq)
+        index: pd.Index = pd.date_range(first - pad * offset, periods=total, freq=offset)
+    else:
+        step = int(panel.index[1] - panel.index[0]) if len(panel.index) > 1 else 1
+        index = pd.Index(np.arange(total) * step + int(first) - pad * step)
+    point = None if panel.point_label is None else np.zeros((N, total))
+    return Panel(values, index, panel.freq, panel.series, panel.items, point, panel.label, panel.source)
+
+
+def _check_data_args(args: Mapping[str, Any]) -> None:
+    """The config's data arguments must be FrameDataModule's (a typo is an error, as in the CLI)."""
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(FrameDataModule)
+    parser.parse_object(dict(args))

@@ -1,0 +1,45 @@
+"""The benchmark runner: sweeps of experiment configs x override grids x seeds, run locally (one run per GPU
+group or N CPU workers) or on SLURM (submitit), resumable, and reported against published numbers.
+
+``tsdiffusion benchmark SPEC.yaml [--gpus auto | --workers N | --executor slurm] [--dry-run]``,
+``tsdiffusion benchmark report SWEEP_DIR``; see :mod:`tsdiffusion.benchmark.spec` for the spec format.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from tsdiffusion.benchmark.executors import LocalExecutor, Progress, SlurmExecutor, SlurmOptions
+from tsdiffusion.benchmark.loading import load_run
+from tsdiffusion.benchmark.report import collect, group_records, report
+from tsdiffusion.benchmark.runner import main as _main
+from tsdiffusion.benchmark.runner import plan, run_sweep
+from tsdiffusion.benchmark.spec import Run, SweepSpec, expand, load_spec, parse_spec, run_id
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``tsdiffusion benchmark ...``; exits with status 1 when a run of the sweep is not done."""
+    code = _main(argv)
+    if code:
+        raise SystemExit(code)
+
+
+__all__ = [
+    "LocalExecutor",
+    "Progress",
+    "Run",
+    "SlurmExecutor",
+    "SlurmOptions",
+    "SweepSpec",
+    "collect",
+    "expand",
+    "group_records",
+    "load_run",
+    "load_spec",
+    "main",
+    "parse_spec",
+    "plan",
+    "report",
+    "run_id",
+    "run_sweep",
+]

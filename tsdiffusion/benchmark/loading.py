@@ -1,0 +1,35 @@
+"""Load a finished run (its record's config and ``checkpoints/last.ckpt``) back into a task and its data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+#: Keys of a saved ``fit`` config that are not constructor arguments of the model, data or trainer.
+_RUN_ONLY_KEYS = ("ckpt_path", "config")
+
+
+def load_run(run_dir: str | Path, ckpt: str | Path | None = None) -> tuple[Any, Any, dict[str, Any]]:
+    """(task with the checkpoint's weights in eval mode, its DataModule set up for ``test``, the record).
+
+    The config comes from the run's ``metrics.json`` (the exact configuration that produced the numbers);
+    ``ckpt`` defaults to ``<run_dir>/checkpoints/last.ckpt`` (the one the record was tested with).
+    """
+    import torch
+
+    from tsdiffusion.cli import TSDiffusionCLI
+
+    run_dir = Path(run_dir)
+    record = json.loads((run_dir / "metrics.json").read_text())
+    cfg = {k: v for k, v in record["config"].items() if k not in _RUN_ONLY_KEYS}
+    cfg["trainer"] = {**cfg.get("trainer", {}), "logger": False, "enable_progress_bar": False}
+    cli = TSDiffusionCLI(args=cfg, run=False)
+    ckpt_path = Path(ckpt) if ckpt else Path(record.get("ckpt_path") or "")
+    if not ckpt_path.is_file():
+        ckpt_path = run_dir / "checkpoints" / "last.ckpt"
+    state = torch.load(ckpt_path, map_location="cpu", weights_only=False)["state_dict"]
+    cli.model.load_state_dict(state)
+    cli.model.eval()
+    cli.datamodule.setup("test")
+    return cli.model, cli.datamodule, record

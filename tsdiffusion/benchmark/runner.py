@@ -1,0 +1,248 @@
+"""``tsdiffusion benchmark SPEC.yaml [options]`` and ``tsdiffusion benchmark report SWEEP_DIR``.
+
+A sweep folder (default ``runs/benchmarks/<spec name>``) holds ``sweep.json`` (the expanded plan),
+``runs/<run id>/`` (one folder per run, see :mod:`tsdiffusion.benchmark.runs`) and the report files.
+Rerunning the same spec on the same folder skips ``done`` runs and resumes the others from their last
+checkpoint; a lock file keeps two sweep processes off one folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import os
+import shlex
+import sys
+from collections.abc import Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from tsdiffusion.benchmark.executors import (
+    Item,
+    LocalExecutor,
+    Progress,
+    SlurmExecutor,
+    SlurmOptions,
+    cpu_slots,
+    gpu_slots,
+    parse_gpus,
+)
+from tsdiffusion.benchmark.report import report
+from tsdiffusion.benchmark.runs import (
+    LoggerChoice,
+    build_command,
+    describe_run,
+    is_done,
+    last_checkpoint,
+    read_status,
+    run_dir,
+    write_json_atomic,
+    write_status,
+)
+from tsdiffusion.benchmark.spec import Run, SweepSpec, expand, load_spec
+
+
+class SweepLockedError(RuntimeError):
+    """Another sweep process works on the same folder."""
+
+
+@contextmanager
+def sweep_lock(sweep_dir: Path):
+    """An exclusive ``flock`` on ``<sweep_dir>/.lock`` for the lifetime of a sweep (released on any exit)."""
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    with open(sweep_dir / ".lock", "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as err:
+            raise SweepLockedError(f"{sweep_dir} is in use by another sweep process") from err
+        f.write(str(os.getpid()))
+        f.flush()
+        yield
+
+
+def default_sweep_dir(spec: SweepSpec) -> Path:
+    return Path("runs") / "benchmarks" / spec.name
+
+
+def plan(spec: SweepSpec, sweep_dir: Path) -> list[tuple[Run, Path, str]]:
+    """Every run with its folder and what the sweep will do with it: ``skip`` (done), ``run``, ``resume``."""
+    out = []
+    for run in expand(spec):
+        folder = run_dir(sweep_dir, run)
+        action = "skip" if is_done(folder) else ("resume" if last_checkpoint(folder) else "run")
+        out.append((run, folder, action))
+    return out
+
+
+def plan_table(rows: list[tuple[Run, Path, str]]) -> str:
+    """A plain-text table of the plan (``--dry-run``)."""
+    header = ("run id", "config", "seed", "setting", "state", "action")
+    body = [
+        (r.id, r.config, str(r.seed), r.setting() or "-", read_status(f).get("state", "pending"), a)
+        for r, f, a in rows
+    ]
+    widths = [max(len(x[i]) for x in [header, *body]) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in [header, *body]]
+    todo = sum(a != "skip" for *_, a in rows)
+    return "\n".join([*lines, f"{len(rows)} runs, {todo} to run, {len(rows) - todo} done"])
+
+
+def write_plan(spec: SweepSpec, sweep_dir: Path, runs: list[Run]) -> None:
+    ref = spec.reference_path()
+    write_json_atomic(
+        sweep_dir / "sweep.json",
+        {
+            "name": spec.name,
+            "spec": str(spec.path) if spec.path else None,
+            "reference": str(ref) if ref else None,
+            "configs": list(spec.configs),
+            "seeds": list(spec.seeds),
+            "grid": spec.grid,
+            "overrides": spec.overrides,
+            "runs": [{"id": r.id, "config": r.config, "seed": r.seed, "setting": r.setting()} for r in runs],
+        },
+    )
+
+
+def run_sweep(
+    spec: SweepSpec,
+    sweep_dir: Path,
+    executor: LocalExecutor | SlurmExecutor,
+    *,
+    logger: LoggerChoice = "config",
+    devices: int | None = None,
+    num_nodes: int = 1,
+    skip_failed: bool = False,
+    entry: Sequence[str] | None = None,
+    stream: Any = None,
+) -> Progress:
+    """Run every unfinished run of ``spec`` in ``sweep_dir`` with ``executor``; returns the final counts."""
+    with sweep_lock(sweep_dir):
+        rows = plan(spec, sweep_dir)
+        write_plan(spec, sweep_dir, [r for r, _, _ in rows])
+        items = []
+        for run, folder, action in rows:
+            if action == "skip" or (skip_failed and read_status(folder).get("state") == "failed"):
+                continue
+            folder.mkdir(parents=True, exist_ok=True)
+            cmd = build_command(
+                run, spec, folder, logger=logger, devices=devices, num_nodes=num_nodes, entry=entry
+            )
+            describe_run(run, spec, folder, cmd)
+            if read_status(folder).get("state") != "failed":
+                write_status(folder, "pending")
+            items.append(Item(run, folder, cmd))
+        progress = Progress(total=len(rows), done=sum(a == "skip" for *_, a in rows), stream=stream)
+        progress.show(f"sweep {spec.name}: {len(rows)} runs, {len(items)} to run, folder {sweep_dir}")
+        if isinstance(executor, SlurmExecutor):
+            executor.run(items, progress, name=spec.name)
+        else:
+            executor.run(items, progress)
+        return progress
+
+
+# -- command line ---------------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tsdiffusion benchmark",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("spec", help="sweep spec yaml (see benchmarks/quick.yaml)")
+    p.add_argument("--out", type=Path, help="sweep folder (default runs/benchmarks/<name>)")
+    p.add_argument("--executor", choices=("local", "slurm"), default="local")
+    p.add_argument("--gpus", help="GPU ids '0,1,2,3' or 'auto' (one run per GPU group); default: auto")
+    p.add_argument("--workers", type=int, default=1, help="concurrent runs on CPU when no GPU is used")
+    p.add_argument("--devices-per-run", type=int, default=1, help="GPUs per run (DDP inside a run when > 1)")
+    p.add_argument(
+        "--logger",
+        choices=("config", "csv", "wandb"),
+        default="config",
+        help="config: the yaml's logger in the run folder; wandb: offline, group=sweep, name=run id",
+    )
+    p.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    p.add_argument("--skip-failed", action="store_true", help="do not retry runs that failed before")
+    p.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+    p.add_argument("--metrics", help="comma-separated metrics for the Markdown table")
+    p.add_argument("--launcher", help="command that replaces 'python -m tsdiffusion.cli' for each run")
+    s = p.add_argument_group("slurm (submitit)")
+    s.add_argument("--partition")
+    s.add_argument("--time-min", type=int, default=240)
+    s.add_argument("--nodes", type=int, default=1, help="nodes per run (multi-node DDP)")
+    s.add_argument("--cpus-per-task", type=int, default=8)
+    s.add_argument("--mem-gb", type=int)
+    s.add_argument("--account")
+    s.add_argument("--qos")
+    s.add_argument("--constraint")
+    s.add_argument("--array-parallelism", type=int, default=64)
+    s.add_argument("--no-wait", action="store_true", help="return after submitting")
+    s.add_argument("--cluster", help=argparse.SUPPRESS)  # submitit cluster override: debug | local (tests)
+    return p
+
+
+def _report_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tsdiffusion benchmark report",
+        description="aggregate a sweep folder into results.md / .csv / .png",
+    )
+    p.add_argument("sweep_dir", type=Path)
+    p.add_argument("--reference", type=Path, help="reference yaml (default: the sweep's)")
+    p.add_argument("--metrics", help="comma-separated metrics for the Markdown table")
+    return p
+
+
+def _executor(args: argparse.Namespace, sweep_dir: Path) -> tuple[LocalExecutor | SlurmExecutor, int | None]:
+    """The executor and the GPUs per run (None: CPU, the config decides)."""
+    if args.executor == "slurm":
+        opts = SlurmOptions(
+            partition=args.partition,
+            time_min=args.time_min,
+            devices_per_run=args.devices_per_run,
+            nodes=args.nodes,
+            cpus_per_task=args.cpus_per_task,
+            mem_gb=args.mem_gb,
+            array_parallelism=args.array_parallelism,
+            account=args.account,
+            qos=args.qos,
+            constraint=args.constraint,
+        )
+        ex = SlurmExecutor(sweep_dir / "slurm", opts, cluster=args.cluster, wait=not args.no_wait)
+        return ex, args.devices_per_run
+    gpus = parse_gpus(args.gpus or ("auto" if args.workers <= 1 else None))
+    if gpus:
+        return LocalExecutor(gpu_slots(gpus, args.devices_per_run)), args.devices_per_run
+    return LocalExecutor(cpu_slots(args.workers)), None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``tsdiffusion benchmark``; returns 0 when every run is done, 1 otherwise."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "report":
+        args = _report_parser().parse_args(argv[1:])
+        metrics = args.metrics.split(",") if args.metrics else None
+        print(report(args.sweep_dir, args.reference, metrics))
+        return 0
+    args = _parser().parse_args(argv)
+    spec = load_spec(args.spec)
+    sweep_dir = (args.out or default_sweep_dir(spec)).resolve()
+    if args.dry_run:
+        print(plan_table(plan(spec, sweep_dir)))
+        return 0
+    executor, devices = _executor(args, sweep_dir)
+    progress = run_sweep(
+        spec,
+        sweep_dir,
+        executor,
+        logger=args.logger,
+        devices=devices,
+        num_nodes=args.nodes,
+        skip_failed=args.skip_failed,
+        entry=shlex.split(args.launcher) if args.launcher else None,
+    )
+    if not args.no_report and not (args.executor == "slurm" and args.no_wait):
+        print(report(sweep_dir, metrics=args.metrics.split(",") if args.metrics else None))
+        print(f"report: {sweep_dir}/results.md, results.csv, results.png", file=sys.stderr)
+    return 0 if progress.done == progress.total else 1

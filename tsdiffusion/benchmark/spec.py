@@ -1,0 +1,181 @@
+"""Sweep specs: a yaml that names experiment configs, seeds and override grids, expanded into runs.
+
+A spec::
+
+    name: quick                      # the sweep's name (folder, wandb group)
+    configs:                         # experiments/ yaml files (relative to the working directory or the spec)
+      - experiments/quick/csdi_physionet.yaml
+    seeds: [1, 2]
+    grid:                            # ablations: every combination of these CLI overrides
+      model.init_args.sample_steps: [5, 10]
+    overrides:                       # applied to every run (e.g. a small budget)
+      trainer.max_epochs: 2
+    reference: reference.yaml        # optional: published numbers (default: reference.yaml next to the spec)
+
+expands into ``len(configs) x prod(len(grid values)) x len(seeds)`` runs. A run's id is a readable prefix
+(config folder and name, seed) plus a hash of the config path as written, all overrides and the seed, so
+the same spec always gives the same ids, and changing a budget gives new ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SPEC_KEYS = {"name", "configs", "seeds", "grid", "overrides", "reference", "description"}
+_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+class SpecError(ValueError):
+    """A sweep spec that cannot be expanded (unknown key, missing config, bad value)."""
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """A parsed sweep spec; ``path`` is the spec file (None when built in code)."""
+
+    name: str
+    configs: tuple[str, ...]
+    seeds: tuple[int, ...] = (1,)
+    grid: dict[str, list[Any]] = field(default_factory=dict)
+    overrides: dict[str, Any] = field(default_factory=dict)
+    reference: str | None = None
+    path: Path | None = None
+
+    def resolve(self, config: str) -> Path:
+        """A config path as written -> an existing file (working directory first, then the spec's folder)."""
+        candidates = [Path(config)]
+        if self.path is not None:
+            candidates.append(self.path.parent / config)
+        for c in candidates:
+            if c.is_file():
+                return c.resolve()
+        raise SpecError(f"config {config!r} not found (looked in {[str(c) for c in candidates]})")
+
+    def reference_path(self) -> Path | None:
+        """The reference table: ``reference`` (relative to the spec), else ``reference.yaml`` beside it."""
+        base = self.path.parent if self.path is not None else Path.cwd()
+        path = base / (self.reference or "reference.yaml")
+        return path if path.is_file() else None
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training + test run of a sweep.
+
+    ``overrides`` are the spec's common overrides followed by this run's grid values (CLI keys -> values);
+    ``grid`` holds only the grid part (what distinguishes the run's setting in the results table).
+    """
+
+    id: str
+    config: str
+    seed: int
+    overrides: dict[str, Any]
+    grid: dict[str, Any]
+
+    def setting(self) -> str:
+        """A short label of the grid values, e.g. ``sample_steps=5``."""
+        return ", ".join(f"{short_key(k, self.grid)}={format_value(v)}" for k, v in self.grid.items())
+
+
+def load_spec(path: str | Path) -> SweepSpec:
+    """Read and check a sweep spec yaml."""
+    path = Path(path)
+    raw = yaml.safe_load(path.read_text())
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path}: a sweep spec is a mapping with keys {sorted(SPEC_KEYS)}")
+    return parse_spec(raw, path=path)
+
+
+def parse_spec(raw: dict[str, Any], path: Path | None = None) -> SweepSpec:
+    """Check a spec mapping (unknown keys are errors, so a typo does not silently shrink a sweep)."""
+    where = str(path or "spec")
+    unknown = set(raw) - SPEC_KEYS
+    if unknown:
+        raise SpecError(f"{where}: unknown keys {sorted(unknown)}; allowed: {sorted(SPEC_KEYS)}")
+    name = str(raw.get("name") or (path.stem if path else ""))
+    if not _NAME.match(name):
+        raise SpecError(f"{where}: name {name!r} must be letters, digits, '_', '-' or '.'")
+    configs = raw.get("configs") or []
+    if isinstance(configs, str) or not configs:
+        raise SpecError(f"{where}: 'configs' must be a non-empty list of experiment yaml paths")
+    seeds = raw.get("seeds", [1])
+    seeds = [seeds] if isinstance(seeds, int) else list(seeds)
+    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise SpecError(f"{where}: 'seeds' must be a non-empty list of integers, got {seeds!r}")
+    grid = dict(raw.get("grid") or {})
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise SpecError(f"{where}: grid values of {key!r} must be a non-empty list, got {values!r}")
+    return SweepSpec(
+        name=name,
+        configs=tuple(str(c) for c in configs),
+        seeds=tuple(seeds),
+        grid=grid,
+        overrides=dict(raw.get("overrides") or {}),
+        reference=raw.get("reference"),
+        path=path.resolve() if path else None,
+    )
+
+
+def expand(spec: SweepSpec) -> list[Run]:
+    """All runs of a spec, in the order configs x grid combinations x seeds; ids are unique and stable."""
+    keys = list(spec.grid)
+    combos = list(itertools.product(*(spec.grid[k] for k in keys)))
+    runs = []
+    for config in spec.configs:
+        for combo in combos:
+            grid = dict(zip(keys, combo))
+            for seed in spec.seeds:
+                overrides = {**spec.overrides, **grid}
+                runs.append(Run(run_id(config, overrides, seed), config, seed, overrides, grid))
+    ids = [r.id for r in runs]
+    if len(set(ids)) != len(ids):
+        raise SpecError("the spec expands to duplicate runs (a config or seed listed twice?)")
+    return runs
+
+
+def run_id(config: str, overrides: dict[str, Any], seed: int) -> str:
+    """``<folder>-<config stem>-s<seed>-<8 hex>``; the hash covers the config path, overrides and seed."""
+    payload = json.dumps(
+        {"config": Path(config).as_posix(), "overrides": sorted(overrides.items()), "seed": seed},
+        sort_keys=True,
+        default=str,
+    )
+    digest = hashlib.sha256(payload.encode()).hexdigest()[:8]
+    p = Path(config)
+    prefix = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{p.parent.name}-{p.stem}" if p.parent.name else p.stem)
+    return f"{prefix}-s{seed}-{digest}"
+
+
+def format_value(value: Any) -> str:
+    """A value as the CLI reads it (jsonargparse parses it as yaml): booleans lower case, lists as JSON."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, dict | list | tuple):
+        return json.dumps(value)
+    return str(value)
+
+
+def short_key(key: str, keys: dict[str, Any]) -> str:
+    """The last component of a dotted key, unless another key of ``keys`` ends the same way."""
+    last = key.rsplit(".", 1)[-1]
+    clashes = [k for k in keys if k.rsplit(".", 1)[-1] == last]
+    return last if len(clashes) == 1 else key
+
+
+def override_args(overrides: dict[str, Any]) -> list[str]:
+    """``{"trainer.max_epochs": 2}`` -> ``["--trainer.max_epochs", "2"]``."""
+    args: list[str] = []
+    for key, value in overrides.items():
+        args += [f"--{key}", format_value(value)]
+    return args

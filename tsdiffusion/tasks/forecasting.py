@@ -1,0 +1,236 @@
+"""Probabilistic forecasting: CSDI's forecasting setting and TimeGrad, scored in original units.
+
+* :class:`ForecastingTask` (CSDI, Tashiro et al. 2021, §6.2 and App. E.3): a denoiser of the whole window
+  conditioned on the context (the forecast mask); the loss is taken on the horizon. In training a random
+  subset of ``num_train_features`` series per window is modelled (CSDI: 64), ``feature_ids`` selecting their
+  embeddings; at test all series at once.
+* :class:`TimeGradTask` (Rasul et al. 2021): an RNN (:class:`tsdiffusion.denoisers.TimeGradEncoder`) over
+  lagged targets gives h_t for every step; the eps-network denoises each step's K-vector given h_t. Training
+  uses every step of the window in parallel (teacher forcing, eq. 9); forecasting is autoregressive over the
+  horizon (Algorithm 2), all samples in one batch.
+
+Metrics are computed in original units (``observed * scale + loc``), as both papers report them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from einops import rearrange
+from torch import Tensor, nn
+
+from tsdiffusion.batch import TSBatch
+from tsdiffusion.denoisers.timegrad import TimeGradEncoder, repeat_state, slice_state
+from tsdiffusion.diffusion import GaussianDiffusion, sample_ddim, sample_ddpm, timesteps
+from tsdiffusion.masking import forecast_mask
+from tsdiffusion.plots import fan_chart, first_window
+from tsdiffusion.tasks.base import DiffusionTask
+
+_PER_FEATURE = ("observed", "observed_mask", "target_mask", "loc", "scale")
+
+
+def subsample_features(batch: TSBatch, n: int, generator: torch.Generator | None = None) -> TSBatch:
+    """A random subset of ``n`` series per window (CSDI ``sample_features``); ``feature_ids`` keep their identity.
+
+    Fields (B, L, K), (B, 1, K) and feature_ids (B, K) -> the same with K = n. No-op when K <= n.
+    """
+    B, L, K = batch["observed"].shape
+    if K <= n:
+        return batch
+    device = batch["observed"].device
+    idx = torch.rand(B, K, device=device, generator=generator).argsort(dim=-1)[:, :n]  # (B, n)
+    ids = batch.get("feature_ids", torch.arange(K, device=device).expand(B, K))
+    out = dict(batch, feature_ids=torch.gather(ids, 1, idx))
+    for key in _PER_FEATURE:
+        if key in batch:
+            v = batch[key]
+            out[key] = torch.gather(v, 2, idx[:, None, :].expand(B, v.shape[1], n))
+    return out
+
+
+class _FanChartMixin:
+    """Saves a fan chart of the last test batch's first window into the run folder after testing."""
+
+    def _save_fan_chart(self) -> None:
+        n, trainer = self.hparams.get("plot_series", 0), self._trainer
+        if not n or trainer is None or trainer.log_dir is None or not hasattr(self, "last_test_batch"):
+            return
+        if trainer.fast_dev_run or not trainer.is_global_zero:
+            return
+        batch, samples = self.last_test_batch
+        observed, draws, target_mask = first_window(batch, samples, self.to_units)
+        title = f"{type(self).__name__}: last test batch, window 0"
+        fig = fan_chart(observed, draws, target_mask, range(n), path=f"{trainer.log_dir}/fan_chart.png", title=title)
+        fig.clear()
+
+
+class ForecastingTask(_FanChartMixin, DiffusionTask):
+    """CSDI-style forecasting: condition on the context, score the horizon (original units).
+
+    Args:
+        num_train_features: series modelled per training window, drawn at random (CSDI: 64); ``None``
+            models all of them. Validation and test always use every series.
+        plot_series: series shown in the fan chart saved as ``fan_chart.png`` after ``test`` (0: none).
+        **DiffusionTask arguments** (see :class:`tsdiffusion.tasks.base.DiffusionTask`).
+    """
+
+    metric_units = "original"
+
+    def __init__(self, *args, num_train_features: int | None = 64, plot_series: int = 4, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.save_hyperparameters(ignore=["denoiser", "process"])
+
+    def train_cond_mask(self, batch: TSBatch) -> Tensor:
+        return forecast_mask(batch)
+
+    def training_step(self, batch: TSBatch, batch_idx: int) -> Tensor:
+        n = self.hparams.num_train_features
+        return super().training_step(subsample_features(batch, n) if n else batch, batch_idx)
+
+    def on_test_epoch_end(self) -> None:
+        super().on_test_epoch_end()
+        self._save_fan_chart()
+
+
+def timegrad_process() -> GaussianDiffusion:
+    """TimeGrad's diffusion: 100 steps, linear betas 1e-4..0.1 (Rasul et al. 2021, App. A)."""
+    return GaussianDiffusion(num_steps=100, schedule="linear", beta_start=1e-4, beta_end=0.1, prediction="eps")
+
+
+def horizon_start(cond_mask: Tensor) -> int:
+    """The first step after the last one where any value is conditioned on. cond_mask: (B, L, K)."""
+    seen = torch.nonzero(cond_mask.amax(dim=(0, 2)) > 0).flatten()
+    return int(seen[-1]) + 1 if len(seen) else 0
+
+
+class TimeGradTask(_FanChartMixin, DiffusionTask):
+    """TimeGrad: RNN encoder + per-step eps-network; autoregressive forecasts (Rasul et al. 2021).
+
+    Expects mean-scaled windows (``GluonTSDataModule(scaling="mean", max_lag >= max(lags))``) with
+    ``time_features`` and ``feature_ids``. Steps ``[max(lags), L)`` of each window are modelled: in training
+    all of them in parallel, each with its own diffusion step (the ``(b l)`` rows of
+    :class:`tsdiffusion.denoisers.TimeGradDenoiser`); at test the RNN runs over the context, its state is
+    repeated S times, and each horizon step is drawn by a full DDPM/DDIM chain (L = 1) before it is fed back.
+
+    Args:
+        denoiser: a TimeGrad eps-network (``num_features``, ``cond_dim`` attributes).
+        process: defaults to TimeGrad's (100 linear steps, 1e-4..0.1).
+        num_time_features: F of the data (GluonTS features: 4 hourly, 3 business-daily).
+        lags: lagged targets fed to the RNN (TimeGrad: hourly [1, 24, 168], business-daily [1, 2]).
+        cell, rnn_layers, rnn_hidden, rnn_dropout, embedding_dim: the encoder (TimeGrad: LSTM 2 x 40, 0.1, 1).
+        plot_series: series in the fan chart saved after ``test`` (0: none).
+        **DiffusionTask arguments**; ``sample_batch_size`` bounds the rows (windows x samples) per chain.
+    """
+
+    metric_units = "original"
+
+    def __init__(
+        self,
+        denoiser: nn.Module,
+        process: GaussianDiffusion | None = None,
+        *,
+        num_time_features: int = 4,
+        lags: Sequence[int] = (1, 24, 168),
+        cell: Literal["LSTM", "GRU"] = "LSTM",
+        rnn_layers: int = 2,
+        rnn_hidden: int = 40,
+        rnn_dropout: float = 0.1,
+        embedding_dim: int = 1,
+        plot_series: int = 4,
+        **kwargs,
+    ):
+        super().__init__(denoiser, process or timegrad_process(), **kwargs)
+        self.save_hyperparameters(ignore=["denoiser", "process"])
+        self.encoder = TimeGradEncoder(
+            denoiser.num_features, num_time_features, lags, cell, rnn_layers, rnn_hidden, rnn_dropout,
+            embedding_dim, cond_dim=denoiser.cond_dim,
+        )  # fmt: skip
+
+    # -- training -------------------------------------------------------------------------------
+    def _inputs(self, batch: TSBatch) -> tuple[Tensor, Tensor, Tensor]:
+        """Scaled values (0 where missing), time features and feature ids of a batch."""
+        x = batch["observed"] * batch["observed_mask"]
+        B, L, K = x.shape
+        if L <= self.encoder.max_lag:
+            raise ValueError(
+                f"TimeGradTask: windows of L={L} steps leave nothing after the largest lag {self.encoder.max_lag}; "
+                "set the DataModule's max_lag to max(lags)"
+            )
+        if "time_features" not in batch:
+            raise KeyError("TimeGradTask: the batch needs 'time_features' (B, L, F)")
+        ids = batch.get("feature_ids", torch.arange(K, device=x.device).expand(B, K))
+        return x, batch["time_features"], ids
+
+    def window_loss(self, batch: TSBatch, t: int | None = None, generator: torch.Generator | None = None) -> Tensor:
+        """Denoising loss (eq. 9) on every step of ``[max(lags), L)``, one diffusion step per (b l) row."""
+        x, tf, ids = self._inputs(batch)
+        positions = torch.arange(self.encoder.max_lag, x.shape[1], device=x.device)
+        hidden, _ = self.encoder(x, positions, tf, ids)
+        x0 = rearrange(x[:, positions], "b l k -> (b l) 1 k")
+        mask = rearrange(batch["observed_mask"][:, positions], "b l k -> (b l) 1 k")
+        cond = {"hidden": rearrange(hidden, "b l h -> (b l) 1 h")}
+        steps = None if t is None else torch.full((len(x0),), t, device=x.device, dtype=torch.long)
+        return self.process.loss(self.denoiser, x0, cond, mask, t=steps, generator=generator)
+
+    def training_step(self, batch: TSBatch, batch_idx: int) -> Tensor:
+        loss = self.window_loss(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["observed"]))
+        return loss
+
+    def validation_step(self, batch: TSBatch, batch_idx: int) -> Tensor:
+        gen = torch.Generator(device=batch["observed"].device).manual_seed(10_000 + batch_idx)
+        steps = timesteps(self.process.num_steps, self.hparams.val_loss_steps)
+        loss = torch.stack([self.window_loss(batch, t, gen) for t in steps]).mean()
+        self.log("val/loss", loss, prog_bar=True, batch_size=len(batch["observed"]), sync_dist=True)
+        return loss
+
+    # -- forecasting ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(self, batch: TSBatch, cond_mask: Tensor, num_samples: int | None = None,
+               generator: torch.Generator | None = None) -> Tensor:  # fmt: skip
+        """Autoregressive samples (B, S, L, K), normalised; steps before the horizon are the conditioning values.
+
+        Only ``observed * cond_mask`` is read, so values on the horizon never reach the model.
+        """
+        S = num_samples or self.hparams.num_samples
+        x, tf, ids = self._inputs({**batch, "observed": batch["observed"] * cond_mask})
+        B, L, K = x.shape
+        start = max(horizon_start(cond_mask), self.encoder.max_lag)
+        context = torch.arange(self.encoder.max_lag, start, device=x.device)
+        _, state = self.encoder(x, context, tf, ids) if len(context) else (None, None)
+        rows = B * S
+        chunk = self.hparams.sample_batch_size or rows
+        paths = x.repeat_interleave(S, dim=0)  # (B S) L K, filled in place step by step
+        tf, ids = tf.repeat_interleave(S, dim=0), ids.repeat_interleave(S, dim=0)
+        state = None if state is None else repeat_state(state, S)
+        for r0 in range(0, rows, chunk):
+            r = slice(r0, min(r0 + chunk, rows))
+            st = None if state is None else slice_state(state, r)
+            self._forecast(paths[r], tf[r], ids[r], st, start, generator)
+        samples = rearrange(paths, "(b s) l k -> b s l k", s=S)
+        keep = cond_mask.unsqueeze(1)
+        return samples * (1 - keep) + (x * cond_mask).unsqueeze(1)
+
+    def _forecast(self, paths: Tensor, tf: Tensor, ids: Tensor, state, start: int, generator) -> None:
+        """Fill ``paths[:, start:]`` (N, L, K) in place, one step at a time (TimeGrad, Algorithm 2)."""
+        N, L, K = paths.shape
+        for p in range(start, L):
+            pos = torch.tensor([p], device=paths.device)
+            hidden, state = self.encoder(paths, pos, tf, ids, state)  # (N, 1, H)
+            x_T = torch.randn((N, 1, K), device=paths.device, dtype=paths.dtype, generator=generator)
+            paths[:, p] = self._chain(x_T, hidden, generator)[:, 0]
+
+    def _chain(self, x_T: Tensor, hidden: Tensor, generator) -> Tensor:
+        """One reverse diffusion chain for (N, 1, K) given h_t (N, 1, H), DDPM or DDIM."""
+        hp = self.hparams
+        fn = lambda x_t, t: self.denoiser(x_t, t, {"hidden": hidden})  # noqa: E731
+        if hp.sampler == "ddim":
+            steps = hp.sample_steps or self.process.num_steps
+            return sample_ddim(self.process, fn, x_T, steps=steps, eta=hp.eta, generator=generator)
+        return sample_ddpm(self.process, fn, x_T, steps=hp.sample_steps, generator=generator)
+
+    def on_test_epoch_end(self) -> None:
+        super().on_test_epoch_end()
+        self._save_fan_chart()
