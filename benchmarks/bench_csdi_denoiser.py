@@ -2,15 +2,21 @@
 
     python benchmarks/bench_csdi_denoiser.py                      # 2 threads, every case
     python benchmarks/bench_csdi_denoiser.py --cases paper --repeats 20
+    python benchmarks/bench_csdi_denoiser.py --threads 1 --clock cpu   # on a machine shared with others
 
 Each (case, model) runs in a fresh subprocess, so that its peak resident memory (``ru_maxrss``,
-counted from just before the first call) is its own. Times are medians over ``--repeats`` calls
-after one warm-up call; "fwd+bwd" is a training call: forward in train mode (dropout on), the
-loss ``out.square().mean()`` and its backward.
+counted from just before the first call) is its own; the subprocess sets ``MALLOC_MMAP_THRESHOLD_``
+so that glibc returns freed tensors to the system and the peak is that of live tensors. Times are
+medians over ``--repeats`` calls after one warm-up call; "fwd+bwd" is a training call: forward in
+train mode (dropout on), the loss ``out.square().mean()`` and its backward. ``--clock cpu`` times
+with ``time.process_time`` (CPU seconds of the process): with one thread, the cost of a call
+without the time spent waiting for a core that other processes hold. GFLOP: one forward, as
+``torch.utils.flop_counter`` counts it (matrix products, attention included).
 
 Models:
     ours         CSDIDenoiser, as configured (attention dropout 0.1, as CSDI)
     ours-ad0     CSDIDenoiser with attention_dropout=0: memory-efficient attention kernels in training
+    ours-ckpt    ours-ad0 with checkpointing=True (each residual layer recomputed in the backward)
     reference    the original CSDI layout built from nn.TransformerEncoder and Conv1d
                  (``ReferenceCSDI`` of tests/test_denoiser_csdi.py, proven equal to ours there)
     pypots       PyPOTS's CsdiDiffusionModel (pypots 1.5) with the side information built as PyPOTS
@@ -36,7 +42,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -48,8 +53,16 @@ CASES = {  # name: (B, L, K, num_features, train)
     "forecast-train": (8, 192, 64, 370, True),
     "forecast-infer": (None, 192, 963, 963, False),
 }
-MODELS = ("ours", "ours-ad0", "reference", "pypots")
-SKIP = {("forecast-infer", "reference"), ("forecast-infer", "pypots")}  # (S x S) weights: 5.7 GB per sample
+MODELS = ("ours", "ours-ad0", "ours-ckpt", "reference", "pypots")
+# What runs by default. Attention dropout holds (S x S) weights (and a mask and a dropped copy) for the
+# backward: at forecast-train that is ~7 GB for ours, reference and pypots, so they run only when named
+# in --models. forecast-infer is eval mode (no dropout): one model; the reference would hold 5.7 GB of
+# (K x K) weights per sample and layer.
+DEFAULT_MODELS = {
+    "paper": ("ours", "ours-ad0", "ours-ckpt", "reference", "pypots"),
+    "forecast-train": ("ours-ad0", "ours-ckpt"),
+    "forecast-infer": ("ours",),
+}
 
 
 def load_reference() -> type[nn.Module]:
@@ -99,6 +112,8 @@ def build(model: str, num_features: int) -> nn.Module:
         return CSDIDenoiser(num_features)
     if model == "ours-ad0":
         return CSDIDenoiser(num_features, attention_dropout=0.0)
+    if model == "ours-ckpt":
+        return CSDIDenoiser(num_features, attention_dropout=0.0, checkpointing=True)
     if model == "reference":
         return load_reference()(num_features)
     return PyPOTSDenoiser(load_pypots_layers(), num_features)
@@ -121,17 +136,29 @@ def _rss_mib() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def _median_ms(fn, repeats: int) -> float:
+def _median_ms(fn, repeats: int, clock) -> float:
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = clock()
         fn()
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     return 1e3 * statistics.median(times)
 
 
-def run_child(case: str, model_name: str, samples: int, repeats: int, threads: int) -> dict:
+def count_gflop(model_name: str, B: int, L: int, K: int, num_features: int) -> float:
+    """FLOPs of one forward, counted on the meta device, where attention decomposes into matrix
+    products that the counter sees (it has no formula for the fused CPU kernel)."""
+    x_t, t, cond = make_inputs(B, L, K, num_features)
+    meta = {k: v.to("meta") for k, v in cond.items()}
+    with torch.device("meta"), torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model = build(model_name, num_features).train()  # train: the reference's eval fast path is fused too
+        model(x_t.to("meta"), t.to("meta"), meta)
+    return counter.get_total_flops() / 1e9
+
+
+def run_child(case: str, model_name: str, samples: int, repeats: int, threads: int, clock_name: str) -> dict:
     torch.set_num_threads(threads)
+    clock = time.process_time if clock_name == "cpu" else time.perf_counter
     torch.manual_seed(0)
     B, L, K, num_features, train = CASES[case]
     B = samples if B is None else B
@@ -148,13 +175,11 @@ def run_child(case: str, model_name: str, samples: int, repeats: int, threads: i
     def train_step() -> None:
         model.train()(x_t, t, cond).square().mean().backward()
 
-    with FlopCounterMode(display=False) as counter:
-        forward()
-    row["gflop"] = counter.get_total_flops() / 1e9
-    row["fwd_ms"] = _median_ms(forward, repeats)
+    row["gflop"] = count_gflop(model_name, B, L, K, num_features)
+    row["fwd_ms"] = _median_ms(forward, repeats, clock)
     if train:
         train_step()
-        row["fwdbwd_ms"] = _median_ms(train_step, repeats)
+        row["fwdbwd_ms"] = _median_ms(train_step, repeats, clock)
     row["peak_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - rss_before
     return row
 
@@ -177,25 +202,31 @@ def print_table(rows: list[dict]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", default=",".join(CASES), help="comma-separated, of: " + ", ".join(CASES))
-    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated, of: " + ", ".join(MODELS))
+    parser.add_argument("--models", help="comma-separated, of: " + ", ".join(MODELS) + " (default: per case)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall")
     parser.add_argument("--samples", type=int, default=1, help="batch of the forecast-infer case")
     parser.add_argument("--child", nargs=2, metavar=("CASE", "MODEL"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(run_child(*args.child, args.samples, args.repeats, args.threads)))
+        print(json.dumps(run_child(*args.child, args.samples, args.repeats, args.threads, args.clock)))
         return
-    models = [m for m in args.models.split(",") if m != "pypots" or load_pypots_layers() is not None]
-    print(f"torch {torch.__version__}, {args.threads} threads, median of {args.repeats}, load {os.getloadavg()}")
+    have_pypots = load_pypots_layers() is not None
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(
+        f"torch {torch.__version__}, {args.threads} threads, {args.clock} clock, median of {args.repeats}, load {load}"
+    )
     rows = []
     for case in args.cases.split(","):
-        for model in models:
-            if (case, model) in SKIP:
+        for model in args.models.split(",") if args.models else DEFAULT_MODELS[case]:
+            if model == "pypots" and not have_pypots:
                 continue
             cmd = [sys.executable, __file__, "--child", case, model]
             cmd += ["--samples", str(args.samples), "--repeats", str(args.repeats), "--threads", str(args.threads)]
-            out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            cmd += ["--clock", args.clock]
+            env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072")
+            out = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
             if out.returncode:
                 print(f"{case} {model}: failed\n{out.stderr[-2000:]}", file=sys.stderr)
                 continue

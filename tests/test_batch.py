@@ -72,7 +72,7 @@ CASES = [
 def test_bad_batches_are_rejected_with_a_clear_message(batch, message):
     with pytest.raises(BatchError, match=message):
         check_batch(batch, source="my.csv")
-    with pytest.raises(BatchError, match="^my.csv: "):
+    with pytest.raises(BatchError, match=r"^my\.csv: "):
         check_batch(batch, source="my.csv")
 
 

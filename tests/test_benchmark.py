@@ -79,9 +79,13 @@ def calls(folder: Path) -> list[str]:
 
 
 def test_spec_expansion_and_stable_ids(tmp_path):
-    raw = {"name": "abl", "configs": ["a/x.yaml", "b/y.yaml"], "seeds": [1, 2, 3],
-           "grid": {"model.init_args.sample_steps": [5, 10], "model.init_args.sampler": ["ddpm", "ddim"]},
-           "overrides": {"trainer.max_epochs": 2}}  # fmt: skip
+    raw = {
+        "name": "abl",
+        "configs": ["a/x.yaml", "b/y.yaml"],
+        "seeds": [1, 2, 3],
+        "grid": {"model.init_args.sample_steps": [5, 10], "model.init_args.sampler": ["ddpm", "ddim"]},
+        "overrides": {"trainer.max_epochs": 2},
+    }
     runs = expand(parse_spec(raw))
     assert len(runs) == 2 * 2 * 2 * 3
     assert len({r.id for r in runs}) == len(runs)
@@ -105,17 +109,30 @@ def test_spec_expansion_and_stable_ids(tmp_path):
 def test_command_resume_logger_and_slots(tmp_path):
     cfg = tmp_path / "exp.yaml"
     cfg.write_text("trainer:\n  max_epochs: 1\n")
-    spec = load_spec(write_spec(tmp_path, name="s", configs=[str(cfg)], grid={"model.init_args.eta": [0.5]},
-                                overrides={"trainer.limit_train_batches": 2, "data.init_args.fold": None}))  # fmt: skip
+    spec = load_spec(
+        write_spec(
+            tmp_path,
+            name="s",
+            configs=[str(cfg)],
+            grid={"model.init_args.eta": [0.5]},
+            overrides={"trainer.limit_train_batches": 2, "data.init_args.fold": None},
+        )
+    )
     run = expand(spec)[0]
     folder = run_dir(tmp_path / "sweep", run)
     cmd = build_command(run, spec, folder)
     joined = " ".join(cmd)
     assert cmd[1:4] == ["-m", "tsdiffusion.cli", "fit"] and f"--config {cfg.resolve()}" in joined
-    for part in ["--seed_everything 1", "--model.init_args.eta 0.5", "--trainer.limit_train_batches 2",
-                 "--data.init_args.fold null", "--test_after_fit true", f"--record_dir {folder}",
-                 f"--checkpoint.dirpath {folder / 'checkpoints'}",
-                 f"--trainer.logger.init_args.save_dir {folder / 'logs'}"]:  # fmt: skip
+    for part in [
+        "--seed_everything 1",
+        "--model.init_args.eta 0.5",
+        "--trainer.limit_train_batches 2",
+        "--data.init_args.fold null",
+        "--test_after_fit true",
+        f"--record_dir {folder}",
+        f"--checkpoint.dirpath {folder / 'checkpoints'}",
+        f"--trainer.logger.init_args.save_dir {folder / 'logs'}",
+    ]:
         assert part in joined
     assert "--ckpt_path" not in cmd and "--trainer.devices" not in cmd
     (folder / "checkpoints").mkdir(parents=True)
@@ -127,7 +144,11 @@ def test_command_resume_logger_and_slots(tmp_path):
     assert logger["init_args"] == {"save_dir": str(folder / "logs"), "name": run.id, "group": "s"}
     assert cmd[cmd.index("--trainer.devices") + 1] == "2"
     assert gpu_slots([0, 1, 2, 3, 4], 2) == [{"CUDA_VISIBLE_DEVICES": "0,1"}, {"CUDA_VISIBLE_DEVICES": "2,3"}]
-    assert cpu_slots(2, cores=4)[1] == {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}
+    assert cpu_slots(2, cores=4)[1] == {
+        "CUDA_VISIBLE_DEVICES": "",
+        "OMP_NUM_THREADS": "2",
+        "MKL_NUM_THREADS": "2",
+    }
     assert "CUDA_VISIBLE_DEVICES" not in os.environ or os.environ["CUDA_VISIBLE_DEVICES"] != "0,1"
 
 
@@ -154,8 +175,19 @@ def test_killed_sweep_resumes_without_redoing_finished_runs(tmp_path, fake):
     launcher, config = fake
     spec_path = write_spec(tmp_path, name="k", configs=[config("fast"), config("slow", hang=True)], seeds=[1, 2])
     out = tmp_path / "sweep"
-    cmd = [sys.executable, "-m", "tsdiffusion.benchmark", str(spec_path), "--out", str(out), "--workers", "2",
-           "--launcher", " ".join(launcher), "--no-report"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "tsdiffusion.benchmark",
+        str(spec_path),
+        "--out",
+        str(out),
+        "--workers",
+        "2",
+        "--launcher",
+        " ".join(launcher),
+        "--no-report",
+    ]
     proc = subprocess.Popen(cmd, cwd=tmp_path, start_new_session=True, stderr=subprocess.DEVNULL)
     runs = expand(load_spec(spec_path))
     fast, slow = [run_dir(out, r) for r in runs[:2]], [run_dir(out, r) for r in runs[2:]]
@@ -198,9 +230,14 @@ def _fake_run(sweep: Path, rid: str, config: str, setting: str, crps: float | No
     (folder / "run.json").write_text(json.dumps({"id": rid, "config": config, "setting": setting}))
     (folder / "status.json").write_text(json.dumps({"state": state, "error": "exit code 1"}))
     if crps is not None:
-        record = {"task": "ImputationTask", "dataset": "physionet", "model": "CSDIDenoiser", "seed": 1,
-                  "config": {"data": {"init_args": {"missing_ratio": 0.1, "path": "set-a.tar.gz"}}},
-                  "metrics": {"crps": crps, "mae_median": 2 * crps}}  # fmt: skip
+        record = {
+            "task": "ImputationTask",
+            "dataset": "physionet",
+            "model": "CSDIDenoiser",
+            "seed": 1,
+            "config": {"data": {"init_args": {"missing_ratio": 0.1, "path": "set-a.tar.gz"}}},
+            "metrics": {"crps": crps, "mae_median": 2 * crps},
+        }
         (folder / "metrics.json").write_text(json.dumps(record))
 
 
@@ -211,14 +248,33 @@ def test_report_mean_std_and_reference(tmp_path):
     _fake_run(sweep, "b0", "exp/csdi_10.yaml", "sample_steps=10", 0.3)
     _fake_run(sweep, "c0", "exp/csdi_10.yaml", "sample_steps=10", None, state="failed")
     ref = tmp_path / "reference.yaml"
-    ref.write_text(yaml.safe_dump({
-        "sources": {"csdi": {"paper": "Tashiro et al. 2021 (CSDI)"}},
-        "entries": [{"source": "csdi", "table": "Table 2", "task": "ImputationTask", "dataset": "physionet",
-                     "model": "CSDIDenoiser", "where": {"config.data.init_args.missing_ratio": 0.1},
-                     "metrics": {"crps": 0.238}},
-                    {"source": "csdi", "table": "Table 2", "task": "ImputationTask", "dataset": "physionet",
-                     "model": "CSDIDenoiser", "where": {"config.data.init_args.missing_ratio": 0.5},
-                     "metrics": {"crps": 0.330}}]}))  # fmt: skip
+    ref.write_text(
+        yaml.safe_dump(
+            {
+                "sources": {"csdi": {"paper": "Tashiro et al. 2021 (CSDI)"}},
+                "entries": [
+                    {
+                        "source": "csdi",
+                        "table": "Table 2",
+                        "task": "ImputationTask",
+                        "dataset": "physionet",
+                        "model": "CSDIDenoiser",
+                        "where": {"config.data.init_args.missing_ratio": 0.1},
+                        "metrics": {"crps": 0.238},
+                    },
+                    {
+                        "source": "csdi",
+                        "table": "Table 2",
+                        "task": "ImputationTask",
+                        "dataset": "physionet",
+                        "model": "CSDIDenoiser",
+                        "where": {"config.data.init_args.missing_ratio": 0.5},
+                        "metrics": {"crps": 0.330},
+                    },
+                ],
+            }
+        )
+    )
     md = report(sweep, reference=ref)
     assert "| ImputationTask | physionet | CSDIDenoiser | csdi_10 | sample_steps=5 | 3 | 0.4 ± 0.2 | 0.238 [1] |" in md
     assert "| sample_steps=10 | 1 | 0.3 | 0.238 [1] | 0.6 |" in md  # one seed: no std
@@ -251,9 +307,17 @@ def test_slurm_submission_without_a_cluster(tmp_path, fake, monkeypatch):
     ex = SlurmExecutor(tmp_path / "slurm", opts, cluster="slurm", wait=False)
     run_sweep(spec, tmp_path / "sweep", ex, devices=2, num_nodes=2, entry=launcher)
     script = (tmp_path / "submitted.sh").read_text()
-    for line in ["#SBATCH --partition=gpu", "#SBATCH --time=30", "#SBATCH --nodes=2", "#SBATCH --gpus-per-node=2",
-                 "#SBATCH --ntasks-per-node=2", "#SBATCH --cpus-per-task=4", "#SBATCH --mem=64GB",
-                 "#SBATCH --array=0-1%2", "#SBATCH --job-name=cluster"]:  # fmt: skip
+    for line in [
+        "#SBATCH --partition=gpu",
+        "#SBATCH --time=30",
+        "#SBATCH --nodes=2",
+        "#SBATCH --gpus-per-node=2",
+        "#SBATCH --ntasks-per-node=2",
+        "#SBATCH --cpus-per-task=4",
+        "#SBATCH --mem=64GB",
+        "#SBATCH --array=0-1%2",
+        "#SBATCH --job-name=cluster",
+    ]:
         assert line in script
     folders = [run_dir(tmp_path / "sweep", r) for r in expand(spec)]
     assert [read_status(f)["job_id"] for f in folders] == ["4242_0", "4242_1"]
@@ -268,3 +332,122 @@ def test_slurm_submission_without_a_cluster(tmp_path, fake, monkeypatch):
     debug = SlurmExecutor(tmp_path / "slurm_debug", SlurmOptions(), cluster="debug", poll_s=0.01)
     progress = run_sweep(spec, tmp_path / "sweep", debug, entry=launcher)
     assert progress.done == 2 and [read_status(f)["state"] for f in folders] == ["done", "done"]
+
+
+# -- real tiny runs -------------------------------------------------------------------------------------
+
+
+def tiny_config(root: Path) -> Path:
+    """CSDI imputation on 40 embedded PhysioNet records: 1 epoch of 2 batches, 2 samples, DDIM 2 steps."""
+    cfg = {
+        "trainer": {
+            "max_epochs": 1,
+            "limit_train_batches": 2,
+            "limit_val_batches": 1,
+            "limit_test_batches": 1,
+            "accelerator": "cpu",
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+        },
+        "model": {
+            "class_path": "tsdiffusion.tasks.ImputationTask",
+            "init_args": {
+                "denoiser": {
+                    "class_path": "tsdiffusion.denoisers.CSDIDenoiser",
+                    "init_args": {
+                        "channels": 8,
+                        "layers": 1,
+                        "heads": 1,
+                        "diffusion_embedding_dim": 16,
+                        "time_embedding_dim": 16,
+                        "feature_embedding_dim": 4,
+                    },
+                },
+                "process": {"class_path": "tsdiffusion.diffusion.GaussianDiffusion", "init_args": {"num_steps": 10}},
+                "num_samples": 2,
+                "sampler": "ddim",
+                "sample_steps": 2,
+                "val_loss_steps": 1,
+            },
+        },
+        "data": {
+            "class_path": "tsdiffusion.data.PhysioNetDataModule",
+            "init_args": {"path": "embedded", "max_records": 40, "cache_dir": str(root / "cache"), "batch_size": 8},
+        },
+    }
+    path = root / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_sweep(tmp_path_factory):
+    """4 real runs (2 seeds x 2 sampler settings) on 2 CPU workers: (spec, sweep folder, progress)."""
+    root = tmp_path_factory.mktemp("tiny_sweep")
+    spec = load_spec(
+        write_spec(
+            root,
+            name="tiny",
+            configs=[str(tiny_config(root))],
+            seeds=[1, 2],
+            grid={"model.init_args.sample_steps": [1, 2]},
+        )
+    )
+    out = root / "sweep"
+    progress = run_sweep(spec, out, LocalExecutor(cpu_slots(2), poll_s=0.2))
+    return spec, out, progress
+
+
+def test_sweep_of_tiny_runs_on_two_workers(tiny_sweep):
+    spec, out, progress = tiny_sweep
+    assert (progress.done, progress.failed, progress.total) == (4, 0, 4)
+    for run in expand(spec):
+        folder = run_dir(out, run)
+        record = json.loads((folder / "metrics.json").read_text())
+        assert record["task"] == "ImputationTask" and record["seed"] == run.seed
+        assert record["sample_steps"] == run.grid["model.init_args.sample_steps"]
+        assert math.isfinite(record["metrics"]["crps"])
+        assert (folder / "checkpoints" / "last.ckpt").is_file() and list((folder / "logs").rglob("config.yaml"))
+        assert read_status(folder)["attempts"] == 1
+    md = report(out)
+    assert md.count("| ImputationTask | physionet (embedded subset) | CSDIDenoiser | tiny | sample_steps=") == 2
+    logs = {f: f.read_text() for f in out.rglob("log.txt")}
+    again = run_sweep(spec, out, LocalExecutor(cpu_slots(2)))  # a rerun of a finished sweep starts nothing
+    assert (again.done, again.total) == (4, 4)
+    assert {f: f.read_text() for f in out.rglob("log.txt")} == logs
+
+
+def test_quickstart_notebook_runs(tiny_sweep, tmp_path, monkeypatch):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    pytest.importorskip("ipykernel")
+    _, out, _ = tiny_sweep
+    kernels = tmp_path / "jupyter" / "kernels" / "tsdiffusion-test"  # a kernel running this interpreter
+    kernels.mkdir(parents=True)
+    argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    (kernels / "kernel.json").write_text(json.dumps({"argv": argv, "display_name": "test", "language": "python"}))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    monkeypatch.setenv("TSDIFFUSION_SWEEP_DIR", str(out))
+    monkeypatch.setenv("TSDIFFUSION_NUM_SAMPLES", "2")
+    nb = nbformat.read(ROOT / "notebooks" / "quickstart.ipynb", as_version=4)
+    client = nbclient.NotebookClient(
+        nb, kernel_name="tsdiffusion-test", timeout=120, resources={"metadata": {"path": str(tmp_path)}}
+    )
+    client.execute()
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    text = " ".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/markdown", "")) for o in outputs)
+    assert "| ImputationTask | physionet (embedded subset) |" in text and "samples (8, 2, 48, 35)" in text
+    assert sum("image/png" in o.get("data", {}) for o in outputs) >= 1
+
+
+@pytest.mark.parametrize("config", sorted((ROOT / "experiments" / "quick").glob("*.yaml")), ids=lambda p: p.stem)
+def test_quick_config_fast_dev_run(config, tmp_path):
+    from tsdiffusion.cli import TSDiffusionCLI
+
+    cli = TSDiffusionCLI(args=[
+        "fit", "--config", str(config), "--trainer.fast_dev_run", "true",
+        "--trainer.default_root_dir", str(tmp_path), "--trainer.logger.init_args.save_dir", str(tmp_path),
+        "--data.init_args.cache_dir", str(tmp_path / "cache"),
+        "--model.init_args.num_samples", "2", "--model.init_args.sample_steps", "2",
+    ])  # fmt: skip
+    assert "test/crps" in cli.trainer.callback_metrics

@@ -123,3 +123,15 @@ def test_resume_from_last_checkpoint_gives_the_same_weights(tmp_path):
     assert resumed.lr_schedulers().last_epoch == 4 and resumed.lr_schedulers().get_last_lr()[0] == pytest.approx(1e-4)
     for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)
+
+
+def test_test_command_honours_overrides_over_checkpoint_hparams(tmp_path):
+    cli = run_cli("fit", "--config", str(tiny_config(tmp_path)))
+    run_dir = Path(cli.trainer.log_dir)
+    cli2 = run_cli(
+        "test", "--config", str(run_dir / "config.yaml"), "--ckpt_path", str(run_dir / "checkpoints" / "last.ckpt"),
+        "--model.init_args.sampler", "ddpm", "--model.init_args.num_samples", "2", "--record_dir", str(tmp_path / "o"),
+    )  # fmt: skip
+    assert cli2.model.hparams.sampler == "ddpm" and cli2.model.hparams.num_samples == 2
+    record = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    assert record["sampler"] == "ddpm" and record["num_samples"] == 2 and record["ckpt_path"].endswith("last.ckpt")

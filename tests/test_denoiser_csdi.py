@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from tsdiffusion.denoisers.csdi import CSDIDenoiser, CSDITransformerLayer
+from tsdiffusion.denoisers.csdi import CSDIDenoiser, CSDITransformerLayer, _dropout, convert_original_state_dict
 from tsdiffusion.denoisers.layers import DiffusionStepEmbedding, step_sinusoids, time_sinusoids
 
 # ----------------------------------------------------------------------------- the reference
@@ -97,8 +97,7 @@ class ReferenceCSDI(nn.Module):
         self.feature_embedding = nn.Embedding(num_features, feature_embedding_dim)
         self.input_projection = _conv(1 if unconditional else 2, channels)
         self.residual_layers = nn.ModuleList(
-            _ReferenceResidualLayer(side_dim, channels, diffusion_embedding_dim, heads, dropout)
-            for _ in range(layers)
+            _ReferenceResidualLayer(side_dim, channels, diffusion_embedding_dim, heads, dropout) for _ in range(layers)
         )
         self.output_projection1 = _conv(channels, channels)
         self.output_projection2 = _conv(channels, 1)
@@ -161,6 +160,15 @@ def copy_to_reference(model: CSDIDenoiser, ref: ReferenceCSDI) -> None:
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: a second thread only adds synchronisation (seconds per test on a loaded machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def make_inputs(B: int, L: int, K: int, num_features: int | None = None, seed: int = 0):
@@ -229,7 +237,9 @@ def test_transformer_layer_equals_torch_layer(axis: str) -> None:
     torch.manual_seed(0)
     ours = CSDITransformerLayer(32, 8, axis, ff_dim=64, dropout=0.0).train()
     theirs = nn.TransformerEncoderLayer(32, 8, 64, dropout=0.0, activation="gelu", batch_first=True).train()
-    theirs.load_state_dict({_TORCH_LAYER_KEYS.get(k, k).removeprefix("layers.0."): v for k, v in ours.state_dict().items()})
+    theirs.load_state_dict(
+        {_TORCH_LAYER_KEYS.get(k, k).removeprefix("layers.0."): v for k, v in ours.state_dict().items()}
+    )
     x = torch.randn(3, 7, 5, 32, requires_grad=True)  # (B, L, K, C)
     batch, seq = ("(b k)", "l") if axis == "L" else ("(b l)", "k")
     to_seq, from_seq = f"b l k c -> {batch} {seq} c", f"{batch} {seq} c -> b l k c"
@@ -323,7 +333,17 @@ def test_feature_ids_subsets_and_permutations() -> None:
         no_tp = {k: v for k, v in first.items() if k != "timepoints"}
         assert torch.equal(model(x_t, t, no_tp), model(x_t, t, dict(first, timepoints=torch.arange(6.0).expand(3, 6))))
     with pytest.raises(ValueError, match="feature_ids"):
-        CSDIDenoiser(4)(torch.zeros(1, 3, 5), torch.zeros(1, dtype=torch.long), {"observed": torch.zeros(1, 3, 5), "cond_mask": torch.zeros(1, 3, 5)})
+        CSDIDenoiser(4)(
+            torch.zeros(1, 3, 5),
+            torch.zeros(1, dtype=torch.long),
+            {"observed": torch.zeros(1, 3, 5), "cond_mask": torch.zeros(1, 3, 5)},
+        )
+
+
+def _ops(model: nn.Module, *inputs) -> set[str]:
+    with torch.profiler.profile() as prof:
+        model(*inputs).sum().backward() if model.training else model(*inputs)
+    return {e.key for e in prof.key_averages()}
 
 
 def test_attention_dropout_and_memory_efficient_kernel() -> None:
@@ -331,5 +351,65 @@ def test_attention_dropout_and_memory_efficient_kernel() -> None:
     layer = model.residual_layers[0].time_layer
     assert layer.dropout == 0.1 and layer.attention_dropout == 0.0
     assert CSDIDenoiser(4).residual_layers[0].feature_layer.attention_dropout == 0.1  # as CSDI
+    # no (S x S) weights (softmax over them) in evaluation, nor in training without attention dropout
+    inputs = make_inputs(2, 5, 4)
+    flash = "aten::_scaled_dot_product_flash_attention_for_cpu"
+    assert flash in _ops(model.eval(), *inputs) and "aten::_softmax" not in _ops(model.eval(), *inputs)
+    assert "aten::_softmax" not in _ops(model.train(), *inputs)
+    assert "aten::_softmax" in _ops(CSDIDenoiser(4, channels=16, layers=1, heads=4).train(), *inputs)
     with pytest.raises(ValueError, match="divide"):
         CSDITransformerLayer(30, 8, "L")
+
+
+def test_dropout_statistics_and_gradient() -> None:
+    torch.manual_seed(0)
+    x = torch.ones(400_000, requires_grad=True)
+    y = _dropout(x, 0.1)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.9) < 0.003
+    assert abs(y.mean().item() - 1.0) < 0.004
+    torch.testing.assert_close(y[kept], torch.full_like(y[kept], 65536 / (65536 - 6554)))
+    y.sum().backward()
+    assert torch.equal(x.grad, y.detach())  # d(x * keep * scale)/dx = keep * scale
+    assert _dropout(x, 0.0) is x
+    assert _dropout(torch.ones(5, 3).t(), 0.5).shape == (3, 5)  # non-contiguous input
+
+
+def test_train_mode_without_dropout_is_deterministic_and_equals_eval() -> None:
+    model = small_model(False, dropout=0.0)
+    x_t, t, cond = make_inputs(2, 6, 5, num_features=6)
+    with torch.no_grad():
+        torch.testing.assert_close(model.train()(x_t, t, cond), model.eval()(x_t, t, cond), atol=1e-5, rtol=1e-5)
+    model = small_model(False)  # dropout 0.1 in attention and residuals: random in training only
+    with torch.no_grad():
+        assert not torch.equal(model.train()(x_t, t, cond), model.train()(x_t, t, cond))
+        assert torch.equal(model.eval()(x_t, t, cond), model.eval()(x_t, t, cond))
+
+
+def test_checkpointing_gives_the_same_gradients() -> None:
+    x_t, t, cond = make_inputs(2, 6, 5, num_features=6)
+    grads = []
+    for checkpointing in (False, True):
+        model = small_model(False, checkpointing=checkpointing).train()  # same weights: same seed
+        torch.manual_seed(7)  # same dropout draws
+        model(x_t, t, cond).square().mean().backward()
+        grads.append([p.grad for p in model.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)
+
+
+def test_original_checkpoint_layout_converts() -> None:
+    """ReferenceCSDI uses the original's module names; the original's CSDI_base adds ``diffmodel.`` and
+    calls the feature embedding ``embed_layer``."""
+    torch.manual_seed(2)
+    ref = ReferenceCSDI(5, channels=16, layers=2, heads=4).eval()
+    nn.init.normal_(ref.output_projection2.weight, std=0.5)
+    original = {
+        ("embed_layer.weight" if k.startswith("feature_embedding") else "diffmodel." + k): v
+        for k, v in ref.state_dict().items()
+    }
+    model = CSDIDenoiser(5, channels=16, layers=2, heads=4).eval()
+    model.load_state_dict(convert_original_state_dict(original))
+    x_t, t, cond = make_inputs(2, 6, 5)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x_t, t, cond), ref(x_t, t, cond), atol=2e-5, rtol=1e-5)

@@ -42,8 +42,10 @@ def as_numpy(datasets: dict) -> dict:
 @pytest.mark.parametrize("protocol", ["imputation", "forecast"])
 def test_wide_and_long_layouts_give_the_same_tensors(protocol):
     wide = wide_frame()
-    _, a = built(wide, protocol=protocol, prediction_length=4)
-    _, b = built(to_long(wide).sample(frac=1.0, random_state=0), protocol=protocol, prediction_length=4)  # shuffled
+    long = to_long(wide).sample(frac=1.0, random_state=0)  # shuffled rows: series in order of appearance
+    dm_long, b = built(long, protocol=protocol, prediction_length=4)
+    _, a = built(wide[["timestamp", *dm_long.series_names]], protocol=protocol, prediction_length=4)
+    assert list(dm_long.series_names) == list(pd.unique(long["item_id"]))
     a, b = as_numpy(a), as_numpy(b)
     assert a.keys() == b.keys() and len(a["train"]["observed"]) > 0
     for split in a:
@@ -101,8 +103,10 @@ def test_time_features_follow_the_frequency():
 # -- splits ------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("protocol", "length", "stride"), [("imputation", 12, 4), ("imputation", 30, 7),
-                                                              ("forecast", 16, 3), ("forecast", 30, 1)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("protocol", "length", "stride"),
+    [("imputation", 12, 4), ("imputation", 30, 7), ("forecast", 16, 3), ("forecast", 30, 1)],
+)
 def test_time_split_never_leaks_the_future(protocol, length, stride):
     H = 5
     dm, datasets = built(wide_frame(), window_length=length, stride=stride, protocol=protocol, prediction_length=H)
@@ -118,7 +122,9 @@ def test_time_split_never_leaks_the_future(protocol, length, stride):
         assert scored_steps.min() >= regions[split][0] and scored_steps.max() < regions[split][1]
         if protocol == "forecast":
             assert target[:, : length - H].sum() == 0
-            np.testing.assert_array_equal(target[:, length - H :], datasets[split].fields["observed_mask"][:, length - H :])
+            np.testing.assert_array_equal(
+                target[:, length - H :], datasets[split].fields["observed_mask"][:, length - H :]
+            )
 
 
 def test_series_split_keeps_items_apart_and_carries_labels():
@@ -230,8 +236,9 @@ def test_window_longer_than_the_series_and_empty_splits():
     with pytest.raises(FrameDataError, match=r"window_length=200 is longer than the series \(120 grid steps\)"):
         FrameDataModule.from_dataframe(wide_frame(), window_length=200).build()
     with pytest.raises(FrameDataError, match=r"the val split .* holds no window"):
-        FrameDataModule.from_dataframe(wide_frame(), window_length=30, protocol="forecast", prediction_length=20,
-                                       val_fraction=0.1).build()  # fmt: skip
+        FrameDataModule.from_dataframe(
+            wide_frame(), window_length=30, protocol="forecast", prediction_length=20, val_fraction=0.1
+        ).build()
 
 
 def test_nan_only_series_is_named():
@@ -253,7 +260,7 @@ def test_unknown_column_is_named_with_the_columns(kwargs, column):
 
 
 def test_bad_files_and_arguments(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nope.csv"):
+    with pytest.raises(FileNotFoundError, match=r"nope\.csv"):
         FrameDataModule(path=str(tmp_path / "nope.csv")).panel()
     (tmp_path / "data.xlsx").write_text("x")
     with pytest.raises(FrameDataError, match=r"unsupported file type '.xlsx'"):

@@ -51,13 +51,14 @@ def _csdi(task: str, protocol: str, **task_args: Any) -> dict[str, Any]:
     process = {"num_steps": 50, "schedule": "quad", "beta_start": 1e-4, "beta_end": 0.5, "prediction": "eps"}
     return {
         "seed_everything": 1,
-        "trainer": {"max_epochs": 50, "gradient_clip_val": None},
+        "trainer": {"max_epochs": 50, "check_val_every_n_epoch": 5, "gradient_clip_val": None},
         "model": {
             "class_path": task,
             "init_args": {
                 "denoiser": {"class_path": "tsdiffusion.denoisers.CSDIDenoiser", "init_args": denoiser},
                 "process": {"class_path": "tsdiffusion.diffusion.GaussianDiffusion", "init_args": process},
                 "num_samples": 50,
+                "val_loss_steps": 10,
                 **task_args,
             },
         },
@@ -120,9 +121,7 @@ def _parameters(cls: type) -> set[str]:
         if "__init__" not in vars(klass):
             continue
         params = inspect.signature(klass.__init__).parameters.values()
-        names |= {
-            p.name for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and p.name != "self"
-        }
+        names |= {p.name for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and p.name != "self"}
         if not any(p.kind == p.VAR_KEYWORD for p in params):
             break
     return names
@@ -203,9 +202,7 @@ class Model:
             raise ValueError(f"a model config needs a 'model' section (have {sorted(config)})")
         data = config.setdefault("data", {"class_path": FRAME_DATA, "init_args": {}})
         if data.get("class_path", FRAME_DATA) not in (FRAME_DATA, "tsdiffusion.data.FrameDataModule"):
-            raise ValueError(
-                f"the Python API reads data with {FRAME_DATA}, got data.class_path={data['class_path']!r}"
-            )
+            raise ValueError(f"the Python API reads data with {FRAME_DATA}, got data.class_path={data['class_path']!r}")
         data["class_path"] = FRAME_DATA
         data.setdefault("init_args", {})
         _check_data_args(data["init_args"])
@@ -223,7 +220,7 @@ class Model:
 
     @classmethod
     def from_config(cls, config: str | Path | Mapping[str, Any], **overrides: Any) -> Model:
-        """From a CLI config (a yaml path or a dict), e.g. ``experiments/own_data/csdi_exchange.yaml``."""
+        """From a CLI config (a yaml path or a dict), e.g. ``experiments/own_data/csdi_imputation.yaml``."""
         if not isinstance(config, Mapping):
             config = yaml.safe_load(Path(config).read_text())
         return cls(apply_overrides(dict(config), overrides))
@@ -276,10 +273,11 @@ class Model:
         if self.task is None:
             self.build_task(dm.num_features)
         self._check_series(dm.panel())
-        self.fitted = {"series": list(dm.series_names), "freq": dm.freq, "loc": dm.loc.tolist(),
+        names = dm.panel().items if dm.univariate else dm.series_names
+        self.fitted = {"series": list(names), "freq": dm.freq, "loc": dm.loc.tolist(),
                        "scale": dm.scale.tolist(), "univariate": dm.univariate}  # fmt: skip
         settings = {k: v for k, v in self.config.get("trainer", {}).items() if not isinstance(v, dict | list)}
-        defaults = {"accelerator": "cpu", "logger": False, "enable_checkpointing": False,
+        defaults = {"accelerator": "auto", "logger": False, "enable_checkpointing": False,
                     "enable_progress_bar": False, "enable_model_summary": False}  # fmt: skip
         kwargs = {**defaults, **settings, **(trainer or {})}
         if max_epochs is not None:
@@ -345,11 +343,10 @@ class Model:
         over the observed series and over overlapping windows)."""
         score_batch = getattr(self._require_task(), "score_batch", None)
         if score_batch is None:
-            raise TypeError(
-                f"{type(self.task).__name__} has no anomaly scores; use Model.create('csdi-anomaly')"
-            )
+            raise TypeError(f"{type(self.task).__name__} has no anomaly scores; use Model.create('csdi-anomaly')")
         panel = self._panel(data)
         self._require_one_series(panel, "anomaly_scores")
+        self.task.eval()
         total, count = np.zeros(len(panel.index)), np.zeros(len(panel.index))
         gen = torch.Generator().manual_seed(seed)
         for batch, _, steps in self._window_batches(panel):
@@ -358,9 +355,28 @@ class Model:
             valid = batch["observed_mask"].amax(-1).cpu().numpy() > 0
             np.add.at(total, steps[valid], scores[valid])
             np.add.at(count, steps[valid], 1)
-        return pd.Series(
-            np.where(count > 0, total / np.maximum(count, 1), np.nan), index=panel.index, name="score"
-        )
+        return pd.Series(np.where(count > 0, total / np.maximum(count, 1), np.nan), index=panel.index, name="score")
+
+    def generate(self, num_windows: int, seed: int = 0) -> np.ndarray:
+        """(N, L, K) synthetic windows in original units (``GenerationTask.generate``, nothing conditioned on)."""
+        task = self._require_task()
+        if not hasattr(task, "generate"):
+            raise TypeError(f"{type(task).__name__} does not generate; use a tsdiffusion.tasks.generation config")
+        task.eval()
+        device = next(task.parameters()).device
+        gen = torch.Generator(device=device).manual_seed(seed)
+        windows = task.generate(num_windows, int(self.data_args.get("window_length", 48)), generator=gen)
+        return windows.cpu().double().numpy() * np.asarray(self.fitted["scale"]) + np.asarray(self.fitted["loc"])
+
+    def embed(self, data: Data) -> np.ndarray:
+        """(W, H) features of the windows that tile ``data`` (``RepresentationTask.features``); an (N, L, K)
+        array with ``window_length = L`` gives one row per item."""
+        task = self._require_task()
+        if not hasattr(task, "features"):
+            raise TypeError(f"{type(task).__name__} has no features; use a tsdiffusion.tasks.representation config")
+        task.eval()
+        batches = self._window_batches(self._panel(data))
+        return np.concatenate([task.features(batch, i).cpu().numpy() for i, (batch, _, _) in enumerate(batches)])
 
     # -- persistence --------------------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:
@@ -396,10 +412,13 @@ class Model:
         return self.task
 
     def _panel(self, data: Data) -> Panel:
+        """``data`` on the fitted grid frequency, read with the config's column arguments (a label column
+        the data does not have is not required, and no label file is read)."""
         self._require_task()
-        args = {k: v for k, v in self.data_args.items() if k in ("layout", "timestamp_column", "item_column",
-                "value_column", "series", "label_column", "univariate")}  # fmt: skip
-        args["freq"] = self.fitted["freq"]
+        args: dict[str, Any] = {"freq": self.fitted["freq"], "label_path": None}
+        label = self.data_args.get("label_column")
+        if label is not None and isinstance(data, pd.DataFrame) and label not in data.columns:
+            args["label_column"] = None
         panel = self.datamodule(data, **args).panel()
         self._check_series(panel)
         return panel
@@ -409,9 +428,7 @@ class Model:
             return
         have = list(panel.items if self.fitted["univariate"] else panel.series)
         if have != list(self.fitted["series"]):
-            raise ValueError(
-                f"the data has series {have[:10]}, the model was fitted on {self.fitted['series'][:10]}"
-            )
+            raise ValueError(f"the data has series {have[:10]}, the model was fitted on {self.fitted['series'][:10]}")
 
     def _column_names(self, panel: Panel) -> list[str]:
         return list(panel.items if self.fitted["univariate"] else panel.series)
@@ -424,9 +441,7 @@ class Model:
 
     def _require_one_series(self, panel: Panel, what: str) -> None:
         if panel.values.shape[0] > 1 and not self.fitted["univariate"]:
-            raise ValueError(
-                f"{what} takes one multivariate series (T, K); for an (N, L, K) array use sample()"
-            )
+            raise ValueError(f"{what} takes one multivariate series (T, K); for an (N, L, K) array use sample()")
 
     def _window_batches(self, panel: Panel, chunk: int = 64):
         """Windows tiling the panel (the last one ends at its end; a panel shorter than a window is padded
@@ -441,9 +456,7 @@ class Model:
         windows = Windows(grid[0].ravel(), grid[1].ravel(), np.zeros(grid[0].size, dtype=np.int64))
         loc, scale = np.asarray(self.fitted["loc"]), np.asarray(self.fitted["scale"])
         target = np.zeros(padded.values.shape, dtype=bool)
-        fields = make_window_fields(
-            padded.values, target, windows, L_, loc, scale, panel_time_features(padded)
-        )
+        fields = make_window_fields(padded.values, target, windows, L_, loc, scale, panel_time_features(padded))
         steps = windows.end[:, None] - L_ + np.arange(L_)[None, :] - pad
         device = next(task.parameters()).device
         for start in range(0, len(windows.item), chunk):

@@ -31,7 +31,7 @@ class RNGStateCallback(L.Callback):
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         state: dict[str, Any] = {
             "python": random.getstate(),
-            "numpy": _numpy_state_to_safe(np.random.get_state()),
+            "numpy": _numpy_state_to_safe(np.random.get_state()),  # noqa: NPY002 (the legacy global RNG is what we save)
             "torch": torch.get_rng_state(),
         }
         if torch.cuda.is_available():
@@ -43,7 +43,7 @@ class RNGStateCallback(L.Callback):
         if state is None:
             return
         random.setstate(state["python"])
-        np.random.set_state(_numpy_state_from_safe(state["numpy"]))
+        np.random.set_state(_numpy_state_from_safe(state["numpy"]))  # noqa: NPY002
         torch.set_rng_state(state["torch"])
         if "cuda" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda"])

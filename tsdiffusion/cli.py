@@ -24,7 +24,10 @@ from tsdiffusion.records import RECORD_NAME, make_record, write_json_atomic
 from tsdiffusion.tasks.base import DiffusionTask
 
 TRAINER_DEFAULTS = {
-    "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs", "name": "tsdiffusion"}},
+    "logger": {
+        "class_path": "lightning.pytorch.loggers.CSVLogger",
+        "init_args": {"save_dir": "runs", "name": "tsdiffusion"},
+    },
     "log_every_n_steps": 10,
 }
 
@@ -54,16 +57,21 @@ class TSDiffusionCLI(LightningCLI):
         parser.add_argument("--record_dir", type=str | None, default=None,
                             help="where test writes metrics.json (default: the run's log folder)")  # fmt: skip
 
+    def _parse_ckpt_path(self) -> None:
+        """Lightning would overwrite the config with the hyperparameters stored in ``--ckpt_path``, silently
+        discarding command-line overrides such as ``--model.init_args.sampler ddim``. Here the config (e.g. the
+        run's saved ``config.yaml``) plus explicit overrides is the single source of truth."""
+
     # -- hooks ----------------------------------------------------------------------------------
     def after_fit(self) -> None:
         if self.config.fit.test_after_fit and not self.trainer.fast_dev_run:
             self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path="last")
-            self.write_record("last")
+            self.write_record(self.trainer.ckpt_path)
         elif self.config.fit.test_after_fit:
             self.trainer.test(self.model, datamodule=self.datamodule)
 
     def after_test(self) -> None:
-        self.write_record(self.config.test.ckpt_path)
+        self.write_record(self.trainer.ckpt_path or self.config.test.ckpt_path)
 
     # -- records --------------------------------------------------------------------------------
     def run_config(self) -> dict:

@@ -9,8 +9,8 @@ missing values) in the same units.
   Generation", ICLR 2024, Tables 1-2): both sets min-max scaled with the real set's per-feature range,
   a 1-layer GRU, 80/20 splits.
 - :func:`marginal_distance` and :func:`acf_distance` are the histogram marginal and autocorrelation
-  metrics of Ni et al. ("Sig-Wasserstein GANs for time series generation", ICAIF 2021, sec. 5), also
-  used in the Diffusion-TS appendix figures as marginal histograms.
+  metrics of Ni et al. ("Sig-Wasserstein GANs for time series generation", ICAIF 2021, sec. 5);
+  Diffusion-TS compares the same marginals visually, as kernel density plots.
 - :func:`baseline_sets` builds the floor: the real set shuffled in time (same marginals, no dynamics) and
   Gaussian noise with the real per-feature mean and std.
 """
@@ -80,13 +80,19 @@ def _hidden(K: int, hidden: int | None) -> int:
 
 def _split(n: int, train_fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     idx = rng.permutation(n)
-    cut = int(round(train_fraction * n))
+    cut = round(train_fraction * n)
     return idx[:cut], idx[cut:]
 
 
-def _fit(model: nn.Module, loss_fn, n: int, iterations: int, batch_size: int, gen: torch.Generator) -> None:
-    """Adam (lr 1e-3, TimeGAN's default) on random mini-batches of indices into ``n`` training items."""
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+def _with_grad(fn):
+    """Run ``fn`` with autograd on, also inside Lightning's test loop (inference mode)."""
+    return torch.inference_mode(False)(torch.enable_grad()(fn))
+
+
+@_with_grad
+def _fit(model: nn.Module, loss_fn, n: int, iterations: int, batch_size: int, lr: float, gen: torch.Generator) -> None:
+    """Adam (TimeGAN: lr 1e-3) on random mini-batches of indices into ``n`` training items."""
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
     for _ in range(iterations):
         idx = torch.randint(0, n, (min(batch_size, n),), generator=gen)
         opt.zero_grad()
@@ -101,6 +107,7 @@ def discriminative_score(
     hidden: int | None = None,
     iterations: int = 2000,
     batch_size: int = 128,
+    lr: float = 1e-3,
     train_fraction: float = 0.8,
     repeats: int = 1,
     seed: int = 0,
@@ -112,12 +119,13 @@ def discriminative_score(
     rest; 0 means indistinguishable, 0.5 perfectly separable. ``repeats`` > 1 averages over fresh splits.
     """
     r, s = minmax_scale(*_check_pair(real, synth))
-    scores = [_disc_once(r, s, _hidden(r.shape[-1], hidden), iterations, batch_size, train_fraction, seed + i)
-              for i in range(repeats)]  # fmt: skip
+    h = _hidden(r.shape[-1], hidden)
+    scores = [_disc_once(r, s, h, iterations, batch_size, lr, train_fraction, seed + i) for i in range(repeats)]
     return float(np.mean(scores))
 
 
-def _disc_once(r, s, hidden, iterations, batch_size, train_fraction, seed) -> float:
+@_with_grad
+def _disc_once(r, s, hidden, iterations, batch_size, lr, train_fraction, seed) -> float:
     rng, gen = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
     (r_tr, r_te), (s_tr, s_te) = _split(len(r), train_fraction, rng), _split(len(s), train_fraction, rng)
     x_tr = torch.from_numpy(np.concatenate([r[r_tr], s[s_tr]]))
@@ -126,12 +134,13 @@ def _disc_once(r, s, hidden, iterations, batch_size, train_fraction, seed) -> fl
     y_te = torch.cat([torch.ones(len(r_te)), torch.zeros(len(s_te))])
     model = _seeded_gru(r.shape[-1], hidden, 1, seed)
     bce = nn.BCEWithLogitsLoss()
-    _fit(model, lambda i: bce(model(x_tr[i])[:, -1, 0], y_tr[i]), len(x_tr), iterations, batch_size, gen)
+    _fit(model, lambda i: bce(model(x_tr[i])[:, -1, 0], y_tr[i]), len(x_tr), iterations, batch_size, lr, gen)
     with torch.no_grad():
         pred = (model(x_te)[:, -1, 0] > 0).float()
     return abs(float((pred == y_te).float().mean()) - 0.5)
 
 
+@_with_grad
 def predictive_score(
     real: ArrayLike,
     synth: ArrayLike,
@@ -139,6 +148,7 @@ def predictive_score(
     hidden: int | None = None,
     iterations: int = 2000,
     batch_size: int = 128,
+    lr: float = 1e-3,
     seed: int = 0,
 ) -> float:
     """Train on synthetic, test on real (TSTR): MAE of a GRU one-step-ahead predictor (TimeGAN).
@@ -155,8 +165,8 @@ def predictive_score(
     K = r.shape[-1]
     model = _seeded_gru(K, _hidden(K, hidden), K, seed)
     xs = torch.from_numpy(s)
-    mae = lambda x: (model(x[:, :-1]) - x[:, 1:]).abs().mean()  # noqa: E731
-    _fit(model, lambda i: mae(xs[i]), len(xs), iterations, batch_size, gen)
+    mae = lambda x: (model(x[:, :-1]) - x[:, 1:]).abs().mean()
+    _fit(model, lambda i: mae(xs[i]), len(xs), iterations, batch_size, lr, gen)
     with torch.no_grad():
         return float(mae(torch.from_numpy(r)))
 
@@ -164,18 +174,19 @@ def predictive_score(
 def marginal_distance(real: ArrayLike, synth: ArrayLike, *, bins: int = 50) -> np.ndarray:
     """Per-feature distance between the marginal histograms (values pooled over windows and steps), (K,).
 
-    The bins split the real set's range of each feature into ``bins`` equal parts (synthetic values
-    outside it fall into the end bins); the distance is the total variation ``0.5 * sum |p_real - p_synth|``
+    The bins split the real set's range of each feature into ``bins`` equal parts, plus one overflow bin on
+    each side for synthetic values outside it (so disjoint supports give 1); the distance is the total
+    variation ``0.5 * sum |p_real - p_synth|``
     of the two normalised histograms, in [0, 1] (Ni et al. 2021 average ``|p_real - p_synth|`` of
     histogram densities; total variation is the same up to a bin-width factor and reads without units).
     """
     r, s = _check_pair(real, synth)
     out = np.empty(r.shape[-1])
     for k in range(r.shape[-1]):
-        edges = np.linspace(r[..., k].min(), r[..., k].max() + 1e-12, bins + 1)
-        clip = np.clip(s[..., k], edges[0], edges[-1])
-        p = np.histogram(r[..., k], edges)[0] / r[..., k].size
-        q = np.histogram(clip, edges)[0] / clip.size
+        lo, hi = float(r[..., k].min()), float(r[..., k].max())
+        edges = np.linspace(lo, np.nextafter(hi, np.inf), bins + 1)
+        p = np.bincount(np.searchsorted(edges, r[..., k].ravel(), side="right"), minlength=bins + 2) / r[..., k].size
+        q = np.bincount(np.searchsorted(edges, s[..., k].ravel(), side="right"), minlength=bins + 2) / s[..., k].size
         out[k] = 0.5 * np.abs(p - q).sum()
     return out
 
@@ -183,13 +194,15 @@ def marginal_distance(real: ArrayLike, synth: ArrayLike, *, bins: int = 50) -> n
 def autocorrelation(x: ArrayLike, max_lag: int) -> np.ndarray:
     """Autocorrelation of each feature at lags 1..max_lag, averaged over windows: (N, L, K) -> (max_lag, K).
 
-    Each window is centred on its own mean; the normalisation uses the pooled variance (Ni et al. 2021).
+    Each window is centred on its own mean; the normalisation uses the pooled variance and the biased
+    (divide by L) lag sums, as the standard sample autocorrelation (Box & Jenkins; statsmodels ``acf``).
     """
     a = _as_array(x, "x")
     c = a - a.mean(axis=1, keepdims=True)
     var = (c**2).mean(axis=(0, 1))
     var = np.where(var > 0, var, 1.0)
-    acf = [(c[:, lag:] * c[:, :-lag]).mean(axis=(0, 1)) / var for lag in range(1, max_lag + 1)]
+    L = a.shape[1]
+    acf = [(c[:, lag:] * c[:, :-lag]).sum(axis=1).mean(axis=0) / L / var for lag in range(1, max_lag + 1)]
     return np.stack(acf)
 
 
@@ -224,15 +237,18 @@ def generation_scores(
     synth: ArrayLike,
     *,
     iterations: int = 2000,
+    lr: float = 1e-3,
+    batch_size: int = 128,
     repeats: int = 1,
     seed: int = 0,
     prefix: str = "",
 ) -> dict[str, float]:
     """All scores of ``synth`` against ``real``: ``discriminative``, ``predictive``, ``marginal`` (mean over
-    features), ``acf``; keys start with ``prefix``."""
+    features), ``acf``; keys start with ``prefix``. ``iterations``, ``lr``, ``batch_size`` train the GRUs."""
+    fit = {"iterations": iterations, "lr": lr, "batch_size": batch_size, "seed": seed}
     scores = {
-        "discriminative": discriminative_score(real, synth, iterations=iterations, repeats=repeats, seed=seed),
-        "predictive": predictive_score(real, synth, iterations=iterations, seed=seed),
+        "discriminative": discriminative_score(real, synth, repeats=repeats, **fit),
+        "predictive": predictive_score(real, synth, **fit),
         "marginal": float(marginal_distance(real, synth).mean()),
         "acf": acf_distance(real, synth),
     }
@@ -240,15 +256,23 @@ def generation_scores(
 
 
 def scores_with_baselines(
-    real: ArrayLike, synth: ArrayLike, *, iterations: int = 2000, repeats: int = 1, seed: int = 0
+    real: ArrayLike,
+    synth: ArrayLike,
+    *,
+    iterations: int = 2000,
+    lr: float = 1e-3,
+    batch_size: int = 128,
+    repeats: int = 1,
+    seed: int = 0,
 ) -> dict[str, float]:
     """:func:`generation_scores` of ``synth`` (plain keys) and of every :func:`baseline_sets` set
     (``baseline_<name>_<score>``), plus ``real_predictive``: the predictive score of the real set on itself
     (train on real, test on real: the reference a good generator approaches)."""
-    out = generation_scores(real, synth, iterations=iterations, repeats=repeats, seed=seed)
+    fit = {"iterations": iterations, "lr": lr, "batch_size": batch_size, "seed": seed}
+    out = generation_scores(real, synth, repeats=repeats, **fit)
     for name, base in baseline_sets(real, seed).items():
-        out |= generation_scores(real, base, iterations=iterations, repeats=repeats, seed=seed, prefix=f"baseline_{name}_")
-    out["real_predictive"] = predictive_score(real, real, iterations=iterations, seed=seed)
+        out |= generation_scores(real, base, repeats=repeats, prefix=f"baseline_{name}_", **fit)
+    out["real_predictive"] = predictive_score(real, real, **fit)
     return out
 
 

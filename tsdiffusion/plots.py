@@ -23,7 +23,7 @@ def _np(x: ArrayLike) -> np.ndarray:
 
 
 def _figure(n: int, title: str | None) -> tuple[Figure, list]:
-    fig = Figure(figsize=(8, 2.2 * n), layout="constrained")
+    fig = Figure(figsize=(8, 2.2 * n))
     FigureCanvasAgg(fig)
     axes = fig.subplots(n, 1, squeeze=False)[:, 0].tolist()
     if title:

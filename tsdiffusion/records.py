@@ -27,7 +27,8 @@ def machine_info() -> str:
     if torch.cuda.is_available():
         dev = f"{torch.cuda.device_count()}x {torch.cuda.get_device_name(0)}"
     else:
-        dev = f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
+        cpu = platform.processor() or platform.machine()
+        dev = f"CPU {cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
     return f"{dev}; torch {torch.__version__}; python {platform.python_version()}; {platform.system()}"
 
 

@@ -7,6 +7,7 @@ outcome lands in its ``status.json``, so a failing run never stops the others.
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -63,9 +64,7 @@ class Progress:
         else:
             self.failed += 1
             last = (status.get("error_tail") or status.get("error") or "").strip().splitlines()[-1:]
-            self.show(
-                f"FAILED  {item.run.id}: {' '.join(last) or status.get('error')} (log: {item.folder}/log.txt)"
-            )
+            self.show(f"FAILED  {item.run.id}: {' '.join(last) or status.get('error')} (log: {item.folder}/log.txt)")
 
 
 # -- local ----------------------------------------------------------------------------------------
@@ -79,9 +78,7 @@ def gpu_slots(gpus: Sequence[int], devices_per_run: int) -> list[dict[str, str]]
     """
     if devices_per_run < 1 or len(gpus) < devices_per_run:
         raise ValueError(f"{len(gpus)} GPUs cannot hold runs of {devices_per_run} devices")
-    groups = [
-        gpus[i : i + devices_per_run] for i in range(0, len(gpus) - devices_per_run + 1, devices_per_run)
-    ]
+    groups = [gpus[i : i + devices_per_run] for i in range(0, len(gpus) - devices_per_run + 1, devices_per_run)]
     return [{"CUDA_VISIBLE_DEVICES": ",".join(map(str, g))} for g in groups]
 
 
@@ -145,12 +142,11 @@ class LocalExecutor:
         for item, proc in running.values():
             try:
                 proc.wait(timeout=30)
-            except Exception:
+            except subprocess.TimeoutExpired:
                 proc.kill()
+                proc.wait()
             proc.log_file.close()
-            write_status(
-                item.folder, "failed", error="interrupted: the sweep was stopped", returncode=proc.returncode
-            )
+            write_status(item.folder, "pending", note="interrupted: the sweep was stopped", returncode=proc.returncode)
 
 
 # -- SLURM ----------------------------------------------------------------------------------------

@@ -306,6 +306,11 @@ def plot(groups: list[Group], entries: list[dict], metrics: list[str], path: Pat
     return path
 
 
+def _stats_json(mean: float, std: float, n: int) -> dict[str, Any]:
+    """NaN (no value, or one seed's std) as null, so results.json is strict JSON."""
+    return {"mean": None if math.isnan(mean) else mean, "std": None if math.isnan(std) else std, "n": n}
+
+
 def report(
     sweep_dir: str | Path,
     reference: str | Path | None = None,
@@ -332,7 +337,7 @@ def report(
                 {
                     "key": list(g.key),
                     "runs": [r["_run"].get("id") for r in g.records],
-                    "metrics": {m: dict(zip(("mean", "std", "n"), g.stats(m))) for m in g.metric_names()},
+                    "metrics": {m: _stats_json(*g.stats(m)) for m in g.metric_names()},
                 }
                 for g in groups
             ]

@@ -12,6 +12,7 @@ import argparse
 import fcntl
 import os
 import shlex
+import signal
 import sys
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -79,8 +80,7 @@ def plan_table(rows: list[tuple[Run, Path, str]]) -> str:
     """A plain-text table of the plan (``--dry-run``)."""
     header = ("run id", "config", "seed", "setting", "state", "action")
     body = [
-        (r.id, r.config, str(r.seed), r.setting() or "-", read_status(f).get("state", "pending"), a)
-        for r, f, a in rows
+        (r.id, r.config, str(r.seed), r.setting() or "-", read_status(f).get("state", "pending"), a) for r, f, a in rows
     ]
     widths = [max(len(x[i]) for x in [header, *body]) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in [header, *body]]
@@ -126,9 +126,7 @@ def run_sweep(
             if action == "skip" or (skip_failed and read_status(folder).get("state") == "failed"):
                 continue
             folder.mkdir(parents=True, exist_ok=True)
-            cmd = build_command(
-                run, spec, folder, logger=logger, devices=devices, num_nodes=num_nodes, entry=entry
-            )
+            cmd = build_command(run, spec, folder, logger=logger, devices=devices, num_nodes=num_nodes, entry=entry)
             describe_run(run, spec, folder, cmd)
             if read_status(folder).get("state") != "failed":
                 write_status(folder, "pending")
@@ -217,6 +215,10 @@ def _executor(args: argparse.Namespace, sweep_dir: Path) -> tuple[LocalExecutor 
     return LocalExecutor(cpu_slots(args.workers)), None
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``tsdiffusion benchmark``; returns 0 when every run is done, 1 otherwise."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -232,16 +234,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(plan_table(plan(spec, sweep_dir)))
         return 0
     executor, devices = _executor(args, sweep_dir)
-    progress = run_sweep(
-        spec,
-        sweep_dir,
-        executor,
-        logger=args.logger,
-        devices=devices,
-        num_nodes=args.nodes,
-        skip_failed=args.skip_failed,
-        entry=shlex.split(args.launcher) if args.launcher else None,
-    )
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # a kill stops the children as Ctrl-C does
+    try:
+        progress = run_sweep(
+            spec,
+            sweep_dir,
+            executor,
+            logger=args.logger,
+            devices=devices,
+            num_nodes=args.nodes,
+            skip_failed=args.skip_failed,
+            entry=shlex.split(args.launcher) if args.launcher else None,
+        )
+    except KeyboardInterrupt:
+        print(f"interrupted; rerun the same command to resume ({sweep_dir})", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if not args.no_report and not (args.executor == "slurm" and args.no_wait):
         print(report(sweep_dir, metrics=args.metrics.split(",") if args.metrics else None))
         print(f"report: {sweep_dir}/results.md, results.csv, results.png", file=sys.stderr)

@@ -34,9 +34,7 @@ from tsdiffusion.benchmark.spec import Run, SweepSpec, override_args
 
 State = Literal["pending", "running", "done", "failed"]
 LoggerChoice = Literal["config", "csv", "wandb"]
-RECORD_NAME = (
-    "metrics.json"  # tsdiffusion.records.RECORD_NAME (not imported: keeps torch out of the sweep process)
-)
+RECORD_NAME = "metrics.json"  # tsdiffusion.records.RECORD_NAME (not imported: keeps torch out of the sweep process)
 STATUS_NAME = "status.json"
 LOG_NAME = "log.txt"
 ERROR_TAIL_LINES = 25
@@ -236,9 +234,7 @@ def execute_run(folder: str, command: list[str], env: dict[str, str] | None = No
     rank = int(os.environ.get("SLURM_PROCID", "0"))
     if rank != 0:
         with open(folder_path / f"log.rank{rank}.txt", "a") as log:
-            code = subprocess.call(
-                command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
-            )
+            code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
         return {"state": "done" if code == 0 else "failed", "returncode": code, "rank": rank}
     job_id = os.environ.get("SLURM_JOB_ID")
     if job_id:

@@ -46,7 +46,7 @@ from tsdiffusion.data.download import DataSourceError, fetch, resolve
 
 Normalise = Literal["zscore", "minmax", "none"]
 
-#: telemanom's data (Hundman et al. 2018): arrays in a zip (checksum unknown offline), labels in the repository.
+#: telemanom's data (Hundman et al. 2018): arrays in a zip (checksum unknown offline), labels in the repo.
 SMAP_MSL_URL = "https://s3-us-west-2.amazonaws.com/telemanom/data.zip"
 SMAP_MSL_LABELS_URL = (
     "https://raw.githubusercontent.com/khundman/telemanom/2e6c5b6c3558e7835601519b7bdef37c649bdbdc/"
@@ -78,7 +78,7 @@ class AnomalyWindowDataset(WindowDataset):
 
 
 def iter_members(path: str | Path, pattern: re.Pattern) -> Iterator[tuple[str, bytes]]:
-    """(name, bytes) of every file under ``path`` (folder, tar or zip) whose posix path matches ``pattern``."""
+    """(name, bytes) of every file under ``path`` (folder, tar or zip) whose path matches ``pattern``."""
     path = Path(path)
     if path.is_dir():
         for p in sorted(path.rglob("*")):
@@ -106,7 +106,7 @@ _LABELS = re.compile(r"(^|/)labeled_anomalies\.csv$")
 
 
 def parse_smap_msl_labels(text: str, where: str) -> list[tuple[str, str, list[tuple[int, int]], int]]:
-    """``labeled_anomalies.csv`` -> [(chan_id, spacecraft, [(start, end)], num_values)], first row per channel.
+    """``labeled_anomalies.csv`` -> [(chan_id, spacecraft, [(start, end)], num_values)], one row per channel.
 
     ``[start, end]`` are inclusive index ranges into the test array (telemanom's convention, as used by
     OmniAnomaly). The original lists ``P-2`` twice; the later row is ignored.
@@ -231,10 +231,10 @@ def nab_labels(timestamps: pd.Series, windows: list) -> np.ndarray:
 
 
 def split_nab(key: str, frame: pd.DataFrame, windows: list, train_fraction: float) -> AnomalySeries:
-    """The first ``train_fraction`` of a NAB series is its train part (labels dropped), the rest its test part."""
+    """The first ``train_fraction`` of a NAB series is the train part (no labels), the rest the test part."""
     values = frame["value"].to_numpy(np.float64)[:, None]
     labels = nab_labels(frame["timestamp"], windows)
-    cut = int(round(train_fraction * len(values)))
+    cut = round(train_fraction * len(values))
     return AnomalySeries(key.removesuffix(".csv"), values[:cut], values[cut:], labels[cut:])
 
 
@@ -289,10 +289,10 @@ class AnomalyDataModule(TSDataModule):
     Args:
         window_length: L, steps per window.
         stride: steps between the starts of training windows.
-        test_stride: steps between the starts of validation / test windows (defaults to ``window_length // 2``);
+        test_stride: steps between the starts of validation / test windows (default ``window_length // 2``);
             overlapping scores are averaged when stitched.
         val_fraction: the last fraction of every train part that is held out for validation / calibration.
-        normalise: per series and feature, from the train part: ``zscore``, ``minmax`` (to [0, 1]) or ``none``.
+        normalise: per series and feature, from the train part: ``zscore``, ``minmax`` ([0, 1]) or ``none``.
         batch_size, eval_batch_size, num_workers: see :class:`TSDataModule`.
     """
 
@@ -339,7 +339,7 @@ class AnomalyDataModule(TSDataModule):
 
     def _series_windows(self, index: int, s: AnomalySeries) -> dict[str, dict[str, np.ndarray]]:
         loc, scale = train_stats(s.train, self.normalise)
-        cut = len(s.train) - max(1, int(round(self.val_fraction * len(s.train))))
+        cut = len(s.train) - max(1, round(self.val_fraction * len(s.train)))
         norm = {"train": s.train[:cut], "val": s.train[cut:], "test": s.test}
         strides = {"train": self.stride, "val": self.test_stride, "test": self.test_stride}
         return {
@@ -367,7 +367,7 @@ class AnomalyDataModule(TSDataModule):
         return AnomalyWindowDataset(arrays, source=f"{type(self).__name__}[{split}]")
 
     def test_dataloader(self) -> list[DataLoader]:
-        """``[calibration (validation windows), test]``: thresholds come from the first, metrics from the second."""
+        """``[calibration (val windows), test]``: thresholds from the first, metrics from the second."""
         return [self._loader("val", shuffle=False), self._loader("test", shuffle=False)]
 
     def record_info(self) -> dict:
@@ -380,7 +380,7 @@ class AnomalyDataModule(TSDataModule):
             "test_stride": self.test_stride,
             "val_fraction": self.val_fraction,
             "normalise": self.normalise,
-            "test_steps": int(len(labels)),
+            "test_steps": len(labels),
             "anomaly_ratio": float(labels.mean()),
             "windows": {k: len(v) for k, v in self.datasets.items()},
         }
@@ -391,7 +391,7 @@ class SMAPMSLDataModule(AnomalyDataModule):
 
     Each channel is one entity with its own train / test arrays; column 0 is the telemetry value, the
     others are one-hot command features. Labels: the ``anomaly_sequences`` of ``labeled_anomalies.csv``
-    (inclusive ranges). Channel ``T-10`` has no label row and is never used; ``P-2``'s duplicate row is ignored.
+    (inclusive ranges). Channel ``T-10`` has no label row and is never used; a second ``P-2`` row is ignored.
 
     Args:
         spacecraft: ``SMAP`` or ``MSL`` (the ``spacecraft`` column of the labels).
@@ -419,8 +419,16 @@ class SMAPMSLDataModule(AnomalyDataModule):
         eval_batch_size: int | None = None,
         num_workers: int = 0,
     ):
-        super().__init__(window_length, stride, test_stride, val_fraction, normalise, batch_size, eval_batch_size,
-                         num_workers)  # fmt: skip
+        super().__init__(
+            window_length,
+            stride,
+            test_stride,
+            val_fraction,
+            normalise,
+            batch_size,
+            eval_batch_size,
+            num_workers,
+        )
         self.spacecraft, self.channels, self.features = spacecraft, channels, features
         self.path, self.cache_dir = path, cache_dir
         self.name = spacecraft.lower()
@@ -474,8 +482,16 @@ class NABDataModule(AnomalyDataModule):
         eval_batch_size: int | None = None,
         num_workers: int = 0,
     ):
-        super().__init__(window_length, stride, test_stride, val_fraction, normalise, batch_size, eval_batch_size,
-                         num_workers)  # fmt: skip
+        super().__init__(
+            window_length,
+            stride,
+            test_stride,
+            val_fraction,
+            normalise,
+            batch_size,
+            eval_batch_size,
+            num_workers,
+        )
         if not 0 < train_fraction < 1:
             raise ValueError(f"train_fraction must be in (0, 1), got {train_fraction}")
         self.series_keys, self.train_fraction = series, train_fraction

@@ -102,9 +102,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
             raise FrameDataError(f"{path}: reading Parquet needs pyarrow or fastparquet ({err})") from None
     if suffix in (".csv", ".tsv", ".txt"):
         return pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",")
-    raise FrameDataError(
-        f"{path}: unsupported file type {suffix!r}; expected one of {(*TABLE_SUFFIXES, '.npy')}"
-    )
+    raise FrameDataError(f"{path}: unsupported file type {suffix!r}; expected one of {(*TABLE_SUFFIXES, '.npy')}")
 
 
 def _where(source: str, row: int) -> str:
@@ -283,9 +281,7 @@ def _labels(df: pd.DataFrame, column: str | None, source: str) -> np.ndarray | N
     bad = (~np.isin(values, (0.0, 1.0))).nonzero()[0]
     if len(bad):
         row = int(bad[0])
-        raise FrameDataError(
-            f"{_where(source, row)}: column {column!r}: expected a 0/1 label, got {values[row]!r}"
-        )
+        raise FrameDataError(f"{_where(source, row)}: column {column!r}: expected a 0/1 label, got {values[row]!r}")
     return values
 
 
@@ -346,9 +342,7 @@ def check_panel(panel: Panel) -> None:
     if empty.any():
         n, k = (int(i) for i in np.argwhere(empty)[0])
         item = f"item {panel.items[n]!r}, " if len(panel.items) > 1 else ""
-        raise FrameDataError(
-            f"{panel.source}: {item}series {panel.series[k]!r} has no observed value (all NaN)"
-        )
+        raise FrameDataError(f"{panel.source}: {item}series {panel.series[k]!r} has no observed value (all NaN)")
 
 
 # -- windows ----------------------------------------------------------------------------------------
@@ -502,9 +496,7 @@ class FrameDataModule(TSDataModule):
     ):
         super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers)
         _check_options(layout, split, protocol, scaling)
-        _check_sizes(
-            window_length, stride, val_fraction, test_fraction, missing_ratio, prediction_length, protocol
-        )
+        _check_sizes(window_length, stride, val_fraction, test_fraction, missing_ratio, prediction_length, protocol)
         self.path, self.label_path = path, label_path
         self.spec = FrameSpec(layout, timestamp_column, item_column, value_column,
                               tuple(series) if series else None, label_column, freq)  # fmt: skip
@@ -581,9 +573,7 @@ class FrameDataModule(TSDataModule):
     def _with_item_labels(self, panel: Panel) -> Panel:
         table = read_table(self.label_path)
         col = self.spec.item_column
-        _require_columns(
-            table, {"item_column": col, "label_path's label column": "label"}, str(self.label_path)
-        )
+        _require_columns(table, {"item_column": col, "label_path's label column": "label"}, str(self.label_path))
         mapping = dict(zip(table[col].astype(str), _numeric(table["label"], "label", str(self.label_path))))
         missing = [item for item in panel.items if item not in mapping]
         if missing:
@@ -628,9 +618,7 @@ class FrameDataModule(TSDataModule):
         N, T, _ = panel.values.shape
         L = self.window_length
         if T < L:
-            raise FrameDataError(
-                f"{panel.source}: window_length={L} is longer than the series ({T} grid steps)"
-            )
+            raise FrameDataError(f"{panel.source}: window_length={L} is longer than the series ({T} grid steps)")
         if self.split == "time":
             return self._time_windows(N, T)
         return self._series_windows(N, T)
@@ -769,6 +757,4 @@ def _check_sizes(
     if not 0 < missing_ratio < 1:
         raise ValueError(f"missing_ratio must be in (0, 1), got {missing_ratio}")
     if protocol == "forecast" and not 1 <= prediction_length < window_length:
-        raise ValueError(
-            f"prediction_length must be in [1, window_length={window_length}), got {prediction_length}"
-        )
+        raise ValueError(f"prediction_length must be in [1, window_length={window_length}), got {prediction_length}")

@@ -79,7 +79,9 @@ def parse_ts(text: str, source: str = "<string>") -> TSFile:
             continue
         if not in_data:
             if not line.startswith("@"):
-                raise TSFormatError(f"{where}: expected a '@' header tag or '#' comment before @data, got {line[:40]!r}")
+                raise TSFormatError(
+                    f"{where}: expected a '@' header tag or '#' comment before @data, got {line[:40]!r}"
+                )
             in_data = line.lower() == "@data"
             if not in_data:
                 _header(line, tags, where)
@@ -238,7 +240,7 @@ class UCRDataModule(TSDataModule):
         val = []
         for c in np.unique(labels):
             idx = np.flatnonzero(labels == c)
-            val.extend(rng.permutation(idx)[: int(round(self.val_fraction * len(idx)))])
+            val.extend(rng.permutation(idx)[: round(self.val_fraction * len(idx))])
         val_idx = np.sort(np.asarray(val, dtype=np.int64))
         return np.setdiff1d(np.arange(len(labels)), val_idx), val_idx
 

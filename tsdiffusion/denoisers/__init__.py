@@ -11,5 +11,7 @@ registry that configs name with ``class_path: tsdiffusion.denoisers.<Name>``.
 """
 
 from tsdiffusion.denoisers.csdi import CSDIDenoiser
+from tsdiffusion.denoisers.timegrad import TimeGradDenoiser, TimeGradEncoder
+from tsdiffusion.denoisers.unet1d import UNet1DDenoiser
 
-__all__ = ["CSDIDenoiser"]
+__all__ = ["CSDIDenoiser", "TimeGradDenoiser", "TimeGradEncoder", "UNet1DDenoiser"]

@@ -18,7 +18,8 @@ def make_betas(
 
     - ``linear``: ``linspace(beta_start, beta_end, N)`` (Ho et al. 2020; TimeGrad uses 1e-4..0.1, N=100).
     - ``quad``: ``linspace(sqrt(beta_start), sqrt(beta_end), N) ** 2`` (CSDI, Tashiro et al. 2021; 1e-4..0.5, N=50).
-    - ``cosine``: ``alpha_bar(t) = cos(((t/N + s) / (1 + s)) * pi/2) ** 2``, ``beta_t = 1 - alpha_bar(t+1)/alpha_bar(t)``
+    - ``cosine``: ``alpha_bar(t) = cos(((t/N + s) / (1 + s)) * pi/2) ** 2``,
+      ``beta_t = 1 - alpha_bar(t+1)/alpha_bar(t)``
       clipped at 0.999 (Nichol & Dhariwal 2021, eq. 17); ``beta_start``/``beta_end`` are unused.
     """
     if num_steps < 1:

@@ -55,7 +55,7 @@ def mask_patterns(length: int, num_patterns: int, kind: Literal["interleaved", "
 
 
 def imputation_scores(samples: Tensor, x: Tensor, eps: float) -> Tensor:
-    """|median - x| / (std + eps) per point (ImDiffusion's imputation error). samples (B, S, L, K), x (B, L, K)."""
+    """|median - x| / (std + eps) per point (ImDiffusion). samples (B, S, L, K), x (B, L, K) -> (B, L, K)."""
     median = samples.median(dim=1).values
     return (median - x).abs() / (samples.std(dim=1) + eps)
 
@@ -100,7 +100,7 @@ def pot_threshold(scores: np.ndarray, level: float, risk: float) -> float:
     u = the ``level`` quantile; the n_u excesses over u follow a generalised Pareto law (gamma, sigma),
     fitted here by the method of moments (Hosking & Wallis 1987; valid for gamma < 1/2):
     gamma = (1 - m^2 / v) / 2, sigma = m (m^2 / v + 1) / 2. The threshold with exceedance probability
-    ``risk`` is z = u + sigma / gamma ((risk n / n_u)^(-gamma) - 1) (z = u - sigma log(risk n / n_u) at gamma 0).
+    ``risk``: z = u + sigma / gamma ((risk n / n_u)^(-gamma) - 1), or u - sigma log(risk n / n_u) at gamma 0.
     """
     x = scores[np.isfinite(scores)]
     u = float(np.quantile(x, level))
@@ -119,7 +119,7 @@ def pot_threshold(scores: np.ndarray, level: float, risk: float) -> float:
 
 
 def point_adjust(pred: np.ndarray, label: np.ndarray) -> np.ndarray:
-    """Point adjustment (Xu et al. WWW 2018): a labelled segment with one detected point counts as fully detected.
+    """Point adjustment (Xu et al. WWW 2018): a labelled segment with one detected point is fully detected.
 
     pred, label: (T,) 0/1 of one series -> adjusted pred (T,). Predictions outside segments are kept.
     """
@@ -154,7 +154,11 @@ def anomaly_metrics(scores: list[np.ndarray], labels: list[np.ndarray], threshol
     out = {"auroc": float(binary_auroc(prob, y)), "auprc": float(binary_average_precision(prob, y))}
     out |= _rates(torch.as_tensor(s > threshold).long(), y, "")
     out |= _rates(torch.as_tensor(pa).long(), y, "pa_")
-    out |= {"threshold": threshold, "pred_ratio": float((s > threshold).mean()), "anomaly_ratio": float(y.float().mean())}
+    out |= {
+        "threshold": threshold,
+        "pred_ratio": float((s > threshold).mean()),
+        "anomaly_ratio": float(y.float().mean()),
+    }
     return out
 
 
@@ -162,14 +166,14 @@ def anomaly_metrics(scores: list[np.ndarray], labels: list[np.ndarray], threshol
 
 
 class AnomalyTask(DiffusionTask):
-    """Train like imputation on (mostly normal) windows; score test steps by what the model cannot reconstruct.
+    """Train as imputation on (mostly normal) windows; score test steps by what the model cannot reconstruct.
 
     Needs a DataModule whose ``test_dataloader`` returns ``[calibration, test]`` loaders with
     ``series_index`` and ``window_start`` per window and ``point_label`` on the test windows
     (:class:`tsdiffusion.data.anomaly.AnomalyDataModule`).
 
     Args:
-        scoring: ``imputation`` (default, ImDiffusion) or ``reconstruction`` (partial noising to ``noise_step``).
+        scoring: ``imputation`` (default, ImDiffusion) or ``reconstruction`` (partial noising to t*).
             A denoiser with a ``score(observed, observed_mask)`` method (a non-learned scorer, see
             :mod:`tsdiffusion.anomaly_baselines`) replaces both.
         num_patterns: P, fixed masks of the imputation rule (each hides 1/P of the steps).
@@ -187,8 +191,9 @@ class AnomalyTask(DiffusionTask):
         **DiffusionTask arguments**: ``num_samples`` is S (>= 2) of either rule; ``metrics`` is not used
             (the probabilistic metrics collection is left empty).
 
-    Logs ``test/auroc``, ``test/auprc``, ``test/precision``, ``test/recall``, ``test/f1``, ``test/pa_precision``,
-    ``test/pa_recall``, ``test/pa_f1``, ``test/threshold``, ``test/pred_ratio``, ``test/anomaly_ratio``.
+    Logs ``test/auroc``, ``test/auprc``, ``test/precision``, ``test/recall``, ``test/f1``,
+    ``test/pa_precision``, ``test/pa_recall``, ``test/pa_f1``, ``test/threshold``, ``test/pred_ratio``,
+    ``test/anomaly_ratio``.
     """
 
     def __init__(
@@ -213,7 +218,9 @@ class AnomalyTask(DiffusionTask):
         super().__init__(*args, **kwargs)
         self.save_hyperparameters(ignore=["denoiser", "process"])
         if self.hparams.num_samples < 2:
-            raise ValueError(f"AnomalyTask needs num_samples >= 2 (a median and a spread), got {self.hparams.num_samples}")
+            raise ValueError(
+                f"AnomalyTask needs num_samples >= 2 (a median and a spread), got {self.hparams.num_samples}"
+            )
         if noise_step < 0:
             raise ValueError(f"noise_step must be >= 0, got {noise_step}")
         self._windows: dict[int, list[dict[str, Tensor]]] = {CALIBRATION: [], TEST: []}
@@ -304,7 +311,12 @@ class AnomalyTask(DiffusionTask):
         test = _stitch_all(self._windows[TEST])
         metrics = anomaly_metrics(test["score"], test["label"], threshold)
         self.log_dict({f"test/{k}": float(v) for k, v in metrics.items()}, add_dataloader_idx=False)
-        self.anomaly_results = {"threshold": threshold, "calibration": calibration, "test": test, "metrics": metrics}
+        self.anomaly_results = {
+            "threshold": threshold,
+            "calibration": calibration,
+            "test": test,
+            "metrics": metrics,
+        }
         self._save_plots()
 
     def threshold_from(self, calibration_scores: np.ndarray) -> float:
@@ -345,7 +357,7 @@ class AnomalyTask(DiffusionTask):
 
 
 def _stitch_all(windows: list[dict[str, Tensor]]) -> dict[str, list]:
-    """Per-series stitched ``score``, ``label``, ``value`` (lists of (T,) arrays) and their ``series`` indices."""
+    """Stitched ``score``, ``label``, ``value`` per series (lists of (T,) arrays), ``series`` indices."""
     cat = {k: torch.cat([w[k] for w in windows]).double().numpy() for k in windows[0]}
     index, start = cat["series_index"].astype(np.int64), cat["window_start"].astype(np.int64)
     out: dict[str, list] = {}

@@ -12,7 +12,6 @@ from typing import Literal
 
 import lightning as L
 import torch
-from jsonargparse import lazy_instance
 from torch import Tensor, nn
 
 from tsdiffusion.batch import Cond, TSBatch
@@ -37,7 +36,8 @@ class DiffusionTask(L.LightningModule):
 
     Args:
         denoiser: any module with the signature ``denoiser(x_t (B,L,K), t (B,), cond) -> (B,L,K)``.
-        process: the forward process (schedule, number of steps, prediction type).
+        process: the forward process (schedule, number of steps, prediction type); default CSDI's
+            ``GaussianDiffusion()`` (50 quad steps, 1e-4..0.5, eps prediction).
         lr, weight_decay: Adam settings (CSDI: 1e-3, 1e-6).
         lr_milestones: fractions of ``trainer.max_epochs`` at which the learning rate is multiplied by
             ``lr_gamma`` (CSDI: 0.75 and 0.9, x0.1).
@@ -56,7 +56,7 @@ class DiffusionTask(L.LightningModule):
     def __init__(
         self,
         denoiser: nn.Module,
-        process: GaussianDiffusion = lazy_instance(GaussianDiffusion),
+        process: GaussianDiffusion | None = None,
         lr: float = 1e-3,
         weight_decay: float = 1e-6,
         lr_milestones: Sequence[float] = (0.75, 0.9),
@@ -73,7 +73,7 @@ class DiffusionTask(L.LightningModule):
         super().__init__()
         self.save_hyperparameters(ignore=["denoiser", "process"])
         self.denoiser = denoiser
-        self.process = process
+        self.process = process if process is not None else GaussianDiffusion()
         self.test_metrics = ProbabilisticMetrics(metrics, prefix="test/")
 
     # -- conditioning (override in subclasses) ----------------------------------------------------

@@ -36,7 +36,7 @@ def subsample_features(batch: TSBatch, n: int, generator: torch.Generator | None
 
     Fields (B, L, K), (B, 1, K) and feature_ids (B, K) -> the same with K = n. No-op when K <= n.
     """
-    B, L, K = batch["observed"].shape
+    B, _, K = batch["observed"].shape
     if K <= n:
         return batch
     device = batch["observed"].device
@@ -196,7 +196,7 @@ class TimeGradTask(_FanChartMixin, DiffusionTask):
         """
         S = num_samples or self.hparams.num_samples
         x, tf, ids = self._inputs({**batch, "observed": batch["observed"] * cond_mask})
-        B, L, K = x.shape
+        B = x.shape[0]
         start = max(horizon_start(cond_mask), self.encoder.max_lag)
         context = torch.arange(self.encoder.max_lag, start, device=x.device)
         _, state = self.encoder(x, context, tf, ids) if len(context) else (None, None)
@@ -225,7 +225,7 @@ class TimeGradTask(_FanChartMixin, DiffusionTask):
     def _chain(self, x_T: Tensor, hidden: Tensor, generator) -> Tensor:
         """One reverse diffusion chain for (N, 1, K) given h_t (N, 1, H), DDPM or DDIM."""
         hp = self.hparams
-        fn = lambda x_t, t: self.denoiser(x_t, t, {"hidden": hidden})  # noqa: E731
+        fn = lambda x_t, t: self.denoiser(x_t, t, {"hidden": hidden})
         if hp.sampler == "ddim":
             steps = hp.sample_steps or self.process.num_steps
             return sample_ddim(self.process, fn, x_T, steps=steps, eta=hp.eta, generator=generator)
