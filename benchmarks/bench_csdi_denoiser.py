@@ -59,7 +59,7 @@ MODELS = ("ours", "ours-ad0", "ours-ckpt", "reference", "pypots")
 # in --models. forecast-infer is eval mode (no dropout): one model; the reference would hold 5.7 GB of
 # (K x K) weights per sample and layer.
 DEFAULT_MODELS = {
-    "paper": ("ours", "ours-ad0", "ours-ckpt", "reference", "pypots"),
+    "paper": ("reference", "pypots", "ours", "ours-ad0", "ours-ckpt"),
     "forecast-train": ("ours-ad0", "ours-ckpt"),
     "forecast-infer": ("ours",),
 }
@@ -184,19 +184,21 @@ def run_child(case: str, model_name: str, samples: int, repeats: int, threads: i
     return row
 
 
-def print_table(rows: list[dict]) -> None:
-    head = f"{'case':<15}{'model':<11}{'B':>4}{'L':>5}{'K':>5}{'params':>9}{'GFLOP':>8}{'fwd ms':>10}{'fwd+bwd ms':>12}"
-    print(head + f"{'peak MiB':>10}{'speed-up':>10}")
-    base = {r["case"]: r for r in rows if r["model"] == "reference"}
-    for r in rows:
-        key = "fwdbwd_ms" if "fwdbwd_ms" in r else "fwd_ms"
-        ref = base.get(r["case"])
-        speedup = f"{ref[key] / r[key]:.2f}x" if ref else "-"
-        fb = f"{r['fwdbwd_ms']:.0f}" if "fwdbwd_ms" in r else "-"
-        print(
-            f"{r['case']:<15}{r['model']:<11}{r['B']:>4}{r['L']:>5}{r['K']:>5}{r['params']:>9,}{r['gflop']:>8.1f}"
-            f"{r['fwd_ms']:>10.0f}{fb:>12}{r['peak_mib']:>10.0f}{speedup:>10}"
-        )
+HEADER = (
+    f"{'case':<15}{'model':<11}{'B':>4}{'L':>5}{'K':>5}{'params':>9}{'GFLOP':>8}{'fwd ms':>10}{'fwd+bwd ms':>12}"
+    f"{'peak MiB':>10}{'vs ref':>8}"
+)
+
+
+def format_row(r: dict, ref: dict | None) -> str:
+    """One table line; "vs ref": the reference's time over this model's (fwd+bwd, else fwd)."""
+    key = "fwdbwd_ms" if "fwdbwd_ms" in r else "fwd_ms"
+    speedup = f"{ref[key] / r[key]:.2f}x" if ref else "-"
+    fb = f"{r['fwdbwd_ms']:.0f}" if "fwdbwd_ms" in r else "-"
+    return (
+        f"{r['case']:<15}{r['model']:<11}{r['B']:>4}{r['L']:>5}{r['K']:>5}{r['params']:>9,}{r['gflop']:>8.1f}"
+        f"{r['fwd_ms']:>10.0f}{fb:>12}{r['peak_mib']:>10.0f}{speedup:>8}"
+    )
 
 
 def main() -> None:
@@ -217,8 +219,9 @@ def main() -> None:
     print(
         f"torch {torch.__version__}, {args.threads} threads, {args.clock} clock, median of {args.repeats}, load {load}"
     )
-    rows = []
+    print(HEADER, flush=True)
     for case in args.cases.split(","):
+        ref = None
         for model in args.models.split(",") if args.models else DEFAULT_MODELS[case]:
             if model == "pypots" and not have_pypots:
                 continue
@@ -230,8 +233,9 @@ def main() -> None:
             if out.returncode:
                 print(f"{case} {model}: failed\n{out.stderr[-2000:]}", file=sys.stderr)
                 continue
-            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    print_table(rows)
+            row = json.loads(out.stdout.strip().splitlines()[-1])
+            ref = row if model == "reference" else ref
+            print(format_row(row, ref), flush=True)
 
 
 if __name__ == "__main__":
