@@ -106,13 +106,13 @@ class TSDiffusionCLI(LightningCLI):
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: ``tsdiffusion benchmark ...`` goes to the runner, the rest to LightningCLI."""
-    argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] == "benchmark":
+    args = sys.argv[1:] if argv is None else argv
+    if args and args[0] == "benchmark":
         from tsdiffusion.benchmark import main as benchmark_main
 
-        benchmark_main(argv[1:])
+        benchmark_main(args[1:])
         return
-    TSDiffusionCLI(args=argv)
+    TSDiffusionCLI(args=argv)  # None: LightningCLI reads sys.argv itself
 
 
 if __name__ == "__main__":
