@@ -185,19 +185,38 @@ def run_child(case: str, model_name: str, samples: int, repeats: int, threads: i
 
 
 HEADER = (
-    f"{'case':<15}{'model':<11}{'B':>4}{'L':>5}{'K':>5}{'params':>9}{'GFLOP':>8}{'fwd ms':>10}{'fwd+bwd ms':>12}"
-    f"{'peak MiB':>10}{'vs ref':>8}"
+    f"{'case':<15}{'model':<11}{'B':>4}{'L':>5}{'K':>5}{'params':>9}{'GFLOP':>8}{'fwd ms':>10}{'fwd GF/s':>10}"
+    f"{'% peak':>8}{'fwd+bwd ms':>12}{'peak MiB':>10}{'vs ref':>8}{'vs pypots':>10}"
 )
 
 
-def format_row(r: dict, ref: dict | None) -> str:
-    """One table line; "vs ref": the reference's time over this model's (fwd+bwd, else fwd)."""
+def matmul_peak_gflops(threads: int, n: int = 2048, repeats: int = 5) -> float:
+    """This CPU's practical float32 peak: the best GFLOP/s of an n x n matrix product on ``threads`` threads."""
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    return 2 * n**3 / best / 1e9
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def format_row(r: dict, ref: dict | None, pypots: dict | None, peak: float) -> str:
+    """One table line; "vs ref" / "vs pypots": that model's time over this one's (fwd+bwd, else fwd);
+    "% peak": forward GFLOP/s over the measured matrix-product peak (wall clock only)."""
     key = "fwdbwd_ms" if "fwdbwd_ms" in r else "fwd_ms"
     speedup = f"{ref[key] / r[key]:.2f}x" if ref else "-"
+    vs_pypots = f"{pypots[key] / r[key]:.2f}x" if pypots else "-"
     fb = f"{r['fwdbwd_ms']:.0f}" if "fwdbwd_ms" in r else "-"
+    rate = r["gflop"] / r["fwd_ms"] * 1e3
     return (
         f"{r['case']:<15}{r['model']:<11}{r['B']:>4}{r['L']:>5}{r['K']:>5}{r['params']:>9,}{r['gflop']:>8.1f}"
-        f"{r['fwd_ms']:>10.0f}{fb:>12}{r['peak_mib']:>10.0f}{speedup:>8}"
+        f"{r['fwd_ms']:>10.0f}{rate:>10.1f}{100 * rate / peak:>7.0f}%{fb:>12}{r['peak_mib']:>10.0f}{speedup:>8}"
+        f"{vs_pypots:>10}"
     )
 
 
@@ -216,12 +235,14 @@ def main() -> None:
         return
     have_pypots = load_pypots_layers() is not None
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    peak = matmul_peak_gflops(args.threads)
     print(
-        f"torch {torch.__version__}, {args.threads} threads, {args.clock} clock, median of {args.repeats}, load {load}"
+        f"torch {torch.__version__}, {args.threads} threads, {args.clock} clock, median of {args.repeats}, "
+        f"load {load}, matmul peak {peak:.0f} GFLOP/s (2048^2 float32)"
     )
     print(HEADER, flush=True)
     for case in args.cases.split(","):
-        ref = None
+        ref = pypots = None
         for model in args.models.split(",") if args.models else DEFAULT_MODELS[case]:
             if model == "pypots" and not have_pypots:
                 continue
@@ -235,7 +256,8 @@ def main() -> None:
                 continue
             row = json.loads(out.stdout.strip().splitlines()[-1])
             ref = row if model == "reference" else ref
-            print(format_row(row, ref), flush=True)
+            pypots = row if model == "pypots" else pypots
+            print(format_row(row, ref, pypots, peak), flush=True)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from tsdiffusion.tasks.anomaly import (
     AnomalyTask,
     anomaly_metrics,
     mask_patterns,
+    normalise_by_calibration,
     point_adjust,
     pot_threshold,
     quantile_threshold,
@@ -192,6 +193,20 @@ def test_pot_and_quantile_thresholds():
     x = np.random.default_rng(0).exponential(size=200_000)
     assert pot_threshold(x, level=0.9, risk=1e-3) == pytest.approx(-np.log(1e-3), abs=0.3)  # exponential tail
     assert quantile_threshold(x, 0.5) == pytest.approx(np.log(2), abs=0.02)
+
+
+def test_calibration_normalisation_puts_series_on_their_own_scale():
+    rng = np.random.default_rng(0)
+    cal = {0: rng.normal(10.0, 2.0, 500), 1: rng.normal(0.0, 0.1, 500)}  # noisy channel, clean channel
+    test = {0: np.array([10.0, 14.0]), 1: np.array([0.0, 0.5]), 2: np.array([0.0])}  # 2: no calibration
+    ncal, ntest = normalise_by_calibration(cal, test)
+    for s in (0, 1):  # calibration scores become ~N(0, 1) per series
+        assert abs(np.median(ncal[s])) < 0.1 and abs(1.4826 * np.median(np.abs(ncal[s])) - 1) < 0.1
+    assert ntest[1][1] > ntest[0][1]  # 5 sd on the clean channel outranks 2 sd on the noisy one
+    assert ntest[0][1] > 1.5 and abs(ntest[0][0]) < 0.2
+    pooled = np.concatenate(list(cal.values()))  # unseen series: pooled statistics
+    med, mad = np.median(pooled), 1.4826 * np.median(np.abs(pooled - np.median(pooled)))
+    np.testing.assert_allclose(ntest[2], (0.0 - med) / mad)
 
 
 def test_mask_patterns_partition_the_window():

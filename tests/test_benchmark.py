@@ -410,7 +410,7 @@ def test_sweep_of_tiny_runs_on_two_workers(tiny_sweep):
         assert (folder / "checkpoints" / "last.ckpt").is_file() and list((folder / "logs").rglob("config.yaml"))
         assert read_status(folder)["attempts"] == 1
     md = report(out)
-    assert md.count("| ImputationTask | physionet (embedded subset) | CSDIDenoiser | tiny | sample_steps=") == 2
+    assert md.count("| ImputationTask | physionet (embedded) | CSDIDenoiser | tiny | sample_steps=") == 2
     logs = {f: f.read_text() for f in out.rglob("log.txt")}
     again = run_sweep(spec, out, LocalExecutor(cpu_slots(2)))  # a rerun of a finished sweep starts nothing
     assert (again.done, again.total) == (4, 4)
@@ -436,7 +436,7 @@ def test_quickstart_notebook_runs(tiny_sweep, tmp_path, monkeypatch):
     client.execute()
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     text = " ".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/markdown", "")) for o in outputs)
-    assert "| ImputationTask | physionet (embedded subset) |" in text and "samples (8, 2, 48, 35)" in text
+    assert "| ImputationTask | physionet (embedded) |" in text and "samples (8, 2, 48, 35)" in text
     assert sum("image/png" in o.get("data", {}) for o in outputs) >= 1
 
 

@@ -110,8 +110,6 @@ def _sines(n: int, L: int = 16, seed: int = 0) -> np.ndarray:
 FAST = {"iterations": 60, "lr": 1e-2, "batch_size": 256}
 
 
-@pytest.mark.xfail(reason="known issue: with independent train/test splits a classifier that memorises identical "
-                   "sets scores below chance; the score needs paired splits for this case", strict=False)
 def test_discriminative_score_identical_sets_near_zero_different_sets_large():
     real = _sines(100)
     assert gen_scores.discriminative_score(real, real.copy(), **FAST) <= 0.1

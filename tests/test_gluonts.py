@@ -19,6 +19,7 @@ from tsdiffusion.data.gluonts import (
     ContextTooLongError,
     GluonTSDataModule,
     GluonTSFormatError,
+    context_loc_scale,
     embedded_path,
     load_gluonts,
     mean_abs_scale,
@@ -236,7 +237,7 @@ def test_max_lag_extends_the_window(tmp_path):
 # -- scaling ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("scaling", ["standard", "mean", "none"])
+@pytest.mark.parametrize("scaling", ["standard", "mean", "context", "none"])
 def test_scaling_round_trip(tmp_path, scaling):
     values = series()
     values[3, 2] = np.nan
@@ -257,8 +258,21 @@ def test_scaling_round_trip(tmp_path, scaling):
         context = values[T_TRAIN + H - dm.seq_len : T_TRAIN]
         np.testing.assert_allclose(loc, 0)
         np.testing.assert_allclose(scale, np.abs(context).mean(0), rtol=1e-5)
+    elif scaling == "context":  # instance normalisation: mean and std of the window's context
+        context = values[T_TRAIN + H - dm.seq_len : T_TRAIN]
+        np.testing.assert_allclose(loc, context.mean(0), rtol=1e-5)
+        np.testing.assert_allclose(scale, context.std(0), rtol=1e-5)
+        ctx = dm.datasets["test"][0]["observed"][: T_TRAIN - (T_TRAIN + H - dm.seq_len)].numpy()
+        np.testing.assert_allclose(ctx.mean(0), 0, atol=1e-5)  # the context is standardised
     else:
         np.testing.assert_allclose((loc, scale), (np.zeros(K), np.ones(K)))
+
+
+def test_context_scale_floor_and_missing_values():
+    context = np.array([[5.0, 1.0, np.nan], [5.0, 3.0, np.nan], [5.0, np.nan, np.nan]])
+    loc, scale = context_loc_scale(context)
+    np.testing.assert_allclose(loc, [5.0, 2.0, 0.0])  # missing values are left out; unobserved -> 0
+    np.testing.assert_allclose(scale, [5e-3, 1.0, 3.8e-3])  # flat context: 1e-3 x mean |x| (unobserved: window's)
 
 
 def test_mean_abs_scale_fallbacks():

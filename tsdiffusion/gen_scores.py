@@ -117,6 +117,12 @@ def discriminative_score(
     A 1-layer GRU reads each (min-max scaled) window and its last hidden state goes to a logit. It is
     trained on ``train_fraction`` of each set (TimeGAN: 80%, 2000 iterations of 128) and scored on the
     rest; 0 means indistinguishable, 0.5 perfectly separable. ``repeats`` > 1 averages over fresh splits.
+
+    Sets of equal size are split with the same indices (window i of both sets lands in the same split).
+    With independent splits a synthetic set that copies real windows is scored far *below* chance: a copy
+    in the test part whose original was in the training part is memorised under the other label, and
+    ``|accuracy - 0.5|`` then reports a large score for a perfect copy. Paired splits keep each copy and its
+    original on the same side, so identical sets score about 0.
     """
     r, s = minmax_scale(*_check_pair(real, synth))
     h = _hidden(r.shape[-1], hidden)
@@ -127,7 +133,8 @@ def discriminative_score(
 @_with_grad
 def _disc_once(r, s, hidden, iterations, batch_size, lr, train_fraction, seed) -> float:
     rng, gen = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
-    (r_tr, r_te), (s_tr, s_te) = _split(len(r), train_fraction, rng), _split(len(s), train_fraction, rng)
+    (r_tr, r_te) = _split(len(r), train_fraction, rng)
+    (s_tr, s_te) = (r_tr, r_te) if len(s) == len(r) else _split(len(s), train_fraction, rng)
     x_tr = torch.from_numpy(np.concatenate([r[r_tr], s[s_tr]]))
     y_tr = torch.cat([torch.ones(len(r_tr)), torch.zeros(len(s_tr))])
     x_te = torch.from_numpy(np.concatenate([r[r_te], s[s_te]]))

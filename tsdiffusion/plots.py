@@ -102,6 +102,37 @@ def imputation_plot(
     return fig
 
 
+def log_figure(trainer, fig: Figure, name: str, path: str | Path) -> None:
+    """Save ``fig`` as a PNG at ``path`` and log it to every active logger that takes images.
+
+    wandb (``WandbLogger.log_image``) and TensorBoard (``add_figure``) receive the figure; other loggers
+    (CSV) keep only the PNG beside their files.
+    """
+    _save(fig, path)
+    for logger in getattr(trainer, "loggers", []):
+        if hasattr(logger, "log_image"):
+            logger.log_image(key=name, images=[str(path)], step=trainer.global_step)
+        elif hasattr(getattr(logger, "experiment", None), "add_figure"):
+            logger.experiment.add_figure(name, fig, global_step=trainer.global_step)
+
+
+def imputation_windows(batch: dict, samples: Tensor, windows: int, features: int) -> list[dict]:
+    """Up to ``windows`` windows of a test batch, each with the ``features`` series with most held-out points.
+
+    Returns dicts of ``imputation_plot`` arguments (normalised units, as imputation is scored).
+    """
+    out = []
+    for b in range(min(windows, batch["observed"].shape[0])):
+        held_out = batch["target_mask"][b].sum(dim=0)  # (K,)
+        series = [int(k) for k in held_out.argsort(descending=True)[:features] if held_out[k] > 0]
+        if series:
+            out.append({
+                "observed": batch["observed"][b], "observed_mask": batch["observed_mask"][b],
+                "target_mask": batch["target_mask"][b], "samples": samples[b], "series": series,
+            })  # fmt: skip
+    return out
+
+
 def first_window(batch: dict, samples: Tensor, units) -> tuple[Tensor, Tensor, Tensor]:
     """Window 0 of a test batch in display units: ``(observed (L, K), samples (S, L, K), target_mask (L, K))``.
 

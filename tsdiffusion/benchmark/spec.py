@@ -50,10 +50,12 @@ class SweepSpec:
     path: Path | None = None
 
     def resolve(self, config: str) -> Path:
-        """A config path as written -> an existing file (working directory first, then the spec's folder)."""
+        """A config path as written -> an existing file: the working directory first, then the spec's folder
+        and its parents (so ``benchmarks/quick.yaml`` finds ``experiments/...`` from any directory)."""
         candidates = [Path(config)]
         if self.path is not None:
-            candidates.append(self.path.parent / config)
+            folder = self.path.resolve().parent
+            candidates += [d / config for d in (folder, *folder.parents)]
         for c in candidates:
             if c.is_file():
                 return c.resolve()

@@ -49,7 +49,7 @@ from tsdiffusion.data.datamodule import TSDataModule, WindowDataset
 from tsdiffusion.data.download import DataSourceError, fetch, resolve, verify
 from tsdiffusion.data.time_features import FrequencyError, freq_str, parse_freq, time_features
 
-Scaling = Literal["standard", "mean", "none"]
+Scaling = Literal["standard", "mean", "context", "none"]
 
 
 class GluonTSFormatError(ValueError):
@@ -444,6 +444,22 @@ def series_stats(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean, std
 
 
+def context_loc_scale(context: np.ndarray, relative_floor: float = 1e-3) -> tuple[np.ndarray, np.ndarray]:
+    """Instance standardisation of one window: mean and std of each series over its observed context.
+
+    context: (C, K) with NaN where missing -> loc (K,), scale (K,). The scale is at least
+    ``relative_floor`` times the series' mean |x| over the context (and at least 1e-10), so a flat context
+    does not blow the horizon up; an unobserved series gets loc 0 and its mean-|x| fallback.
+    """
+    observed = np.isfinite(context)
+    count = np.maximum(observed.sum(axis=0), 1)
+    values = np.where(observed, context, 0.0).astype(np.float64)
+    loc = values.sum(axis=0) / count
+    var = (np.where(observed, values - loc, 0.0) ** 2).sum(axis=0) / count
+    scale = np.maximum(np.sqrt(var), relative_floor * mean_abs_scale(context))
+    return loc, scale
+
+
 def mean_abs_scale(context: np.ndarray, minimum: float = 1e-10) -> np.ndarray:
     """TimeGrad's ``MeanScaler`` on one window: mean |x| of each series over the observed context.
 
@@ -475,9 +491,11 @@ class WindowSpec:
 
     def loc_scale(self, window: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(K,) loc and scale for one raw window (L, K)."""
+        context = window[self.max_lag : self.max_lag + self.context_length]
         if self.scaling == "mean":
-            context = window[self.max_lag : self.max_lag + self.context_length]
             return self.loc, mean_abs_scale(context)
+        if self.scaling == "context":
+            return context_loc_scale(context)
         return self.loc, self.scale
 
 
@@ -586,7 +604,10 @@ class GluonTSDataModule(TSDataModule):
         num_val_windows: validation windows, stride H, at the end of the train part (CSDI: 5); the
             last ``num_val_windows * H`` train steps are never a train target.
         scaling: ``"standard"``: mean/std of each series over the train part (CSDI); ``"mean"``:
-            mean |x| of each series over the window's context (TimeGrad); ``"none"``.
+            mean |x| of each series over the window's context (TimeGrad); ``"context"``: mean and std of
+            each series over the window's context (instance normalisation, as RevIN, Kim et al. 2022; not
+            a setting of either paper: it puts the horizon's changes, not the level, on the unit scale the
+            noise schedule is built for); ``"none"``.
         seed: seeds the train window sampler on its own; ``None`` follows torch's global seed.
         cache_dir: where downloads are kept (default ``$TSDIFFUSION_CACHE`` or ``~/.cache/tsdiffusion``).
         batch_size, eval_batch_size, num_workers: as :class:`TSDataModule`.
@@ -612,8 +633,8 @@ class GluonTSDataModule(TSDataModule):
         _check_args(
             name, path, context_length, prediction_length, max_lag, num_train_windows, num_val_windows
         )
-        if scaling not in ("standard", "mean", "none"):
-            raise ValueError(f"scaling must be 'standard', 'mean' or 'none', got {scaling!r}")
+        if scaling not in ("standard", "mean", "context", "none"):
+            raise ValueError(f"scaling must be 'standard', 'mean', 'context' or 'none', got {scaling!r}")
         self.name, self.path, self.cache_dir = name, path, cache_dir
         self._context_length, self._prediction_length = context_length, prediction_length
         self.max_lag, self.scaling, self.seed = max_lag, scaling, seed

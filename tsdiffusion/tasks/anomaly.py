@@ -12,7 +12,8 @@ gets a score by one of two rules:
   conditioning, S times; a point scores ``|median_S(x0_hat) - x|``.
 
 Per-point scores are averaged over the observed features (B, L), window scores are averaged where
-windows overlap (:func:`stitch_windows`), and a threshold is set on the stitched scores of the
+windows overlap (:func:`stitch_windows`), each series' scores are standardised by its own calibration
+scores (:func:`normalise_by_calibration`, optional), and a threshold is set on the stitched scores of the
 *calibration* windows (the held-out end of the training data; no labels): a quantile, or the
 peaks-over-threshold rule of SPOT (Siffer et al. KDD 2017). Test labels are read only by
 :func:`anomaly_metrics`: AUROC, AUPRC, precision / recall / F1 at the threshold and, reported separately,
@@ -87,6 +88,32 @@ def stitch_windows(
 
 
 # -- thresholds (no labels) --------------------------------------------------------------------------
+
+
+def normalise_by_calibration(
+    calibration: dict[int, np.ndarray], test: dict[int, np.ndarray]
+) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
+    """Each series' scores as robust z-scores of its own calibration scores: (s - median) / (1.4826 MAD).
+
+    calibration, test: ``{series: (T,) scores}`` (NaN allowed). Telemetry channels differ in how well the
+    model reconstructs them, so raw scores pooled over channels rank a noisy normal channel above a clean
+    anomalous one; this puts every channel on the scale of its own normal behaviour (no labels are read).
+    A series without calibration scores uses the pooled calibration statistics; a zero MAD falls back to
+    the series' calibration std, then to 1.
+    """
+    pooled = np.concatenate([v[np.isfinite(v)] for v in calibration.values()])
+
+    def stats(x: np.ndarray) -> tuple[float, float]:
+        x = x[np.isfinite(x)] if len(x) else x
+        if not len(x):
+            x = pooled
+        med = float(np.median(x))
+        spread = 1.4826 * float(np.median(np.abs(x - med)))
+        return med, spread if spread > 0 else (float(x.std()) or 1.0)
+
+    params = {s: stats(calibration.get(s, np.array([]))) for s in set(calibration) | set(test)}
+    scale = lambda d: {s: (v - params[s][0]) / params[s][1] for s, v in d.items()}
+    return scale(calibration), scale(test)
 
 
 def quantile_threshold(scores: np.ndarray, q: float) -> float:
@@ -182,6 +209,8 @@ class AnomalyTask(DiffusionTask):
         spread_eps: eps in ``|median - x| / (std + eps)`` (normalised units).
         noise_step: t* of the reconstruction rule (0-based; < the process's N).
         denoise_steps: denoiser calls from t* back to 0 (None = every step), with ``sampler`` / ``eta``.
+        score_normalisation: ``series`` (default): each series' scores become robust z-scores of its own
+            calibration scores before pooling (:func:`normalise_by_calibration`); ``none``: raw scores.
         threshold: ``quantile`` of the calibration scores, or ``pot`` (peaks over threshold).
         threshold_quantile: q of ``quantile``.
         pot_level, pot_risk: the initial quantile and the risk of ``pot``.
@@ -206,6 +235,7 @@ class AnomalyTask(DiffusionTask):
         spread_eps: float = 0.1,
         noise_step: int = 10,
         denoise_steps: int | None = None,
+        score_normalisation: Literal["series", "none"] = "series",
         threshold: Literal["quantile", "pot"] = "quantile",
         threshold_quantile: float = 0.99,
         pot_level: float = 0.98,
@@ -307,8 +337,14 @@ class AnomalyTask(DiffusionTask):
         if not self._windows[CALIBRATION] or not self._windows[TEST]:
             raise RuntimeError("AnomalyTask.test needs two test loaders, [calibration, test] (see AnomalyDataModule)")
         calibration = _stitch_all(self._windows[CALIBRATION])
-        threshold = self.threshold_from(np.concatenate(calibration["score"]))
         test = _stitch_all(self._windows[TEST])
+        if self.hparams.score_normalisation == "series":
+            cal, tst = normalise_by_calibration(
+                dict(zip(calibration["series"], calibration["score"])), dict(zip(test["series"], test["score"]))
+            )
+            calibration["score"] = [cal[s] for s in calibration["series"]]
+            test["score"] = [tst[s] for s in test["series"]]
+        threshold = self.threshold_from(np.concatenate(calibration["score"]))
         metrics = anomaly_metrics(test["score"], test["label"], threshold)
         self.log_dict({f"test/{k}": float(v) for k, v in metrics.items()}, add_dataloader_idx=False)
         self.anomaly_results = {

@@ -25,7 +25,7 @@ from tsdiffusion.batch import TSBatch
 from tsdiffusion.denoisers.timegrad import TimeGradEncoder, repeat_state, slice_state
 from tsdiffusion.diffusion import GaussianDiffusion, sample_ddim, sample_ddpm, timesteps
 from tsdiffusion.masking import forecast_mask
-from tsdiffusion.plots import fan_chart, first_window
+from tsdiffusion.plots import fan_chart, first_window, log_figure
 from tsdiffusion.tasks.base import DiffusionTask
 
 _PER_FEATURE = ("observed", "observed_mask", "target_mask", "loc", "scale")
@@ -62,7 +62,8 @@ class _FanChartMixin:
         batch, samples = self.last_test_batch
         observed, draws, target_mask = first_window(batch, samples, self.to_units)
         title = f"{type(self).__name__}: last test batch, window 0"
-        fig = fan_chart(observed, draws, target_mask, range(n), path=f"{trainer.log_dir}/fan_chart.png", title=title)
+        fig = fan_chart(observed, draws, target_mask, range(n), title=title)
+        log_figure(trainer, fig, "test/fan_chart", f"{trainer.log_dir}/fan_chart.png")
         fig.clear()
 
 
@@ -108,7 +109,8 @@ def horizon_start(cond_mask: Tensor) -> int:
 class TimeGradTask(_FanChartMixin, DiffusionTask):
     """TimeGrad: RNN encoder + per-step eps-network; autoregressive forecasts (Rasul et al. 2021).
 
-    Expects mean-scaled windows (``GluonTSDataModule(scaling="mean", max_lag >= max(lags))``) with
+    Expects scaled windows (``GluonTSDataModule(scaling="mean", max_lag >= max(lags))`` as TimeGrad, or
+    ``scaling="context"``, which works better on exchange rates) with
     ``time_features`` and ``feature_ids``. Steps ``[max(lags), L)`` of each window are modelled: in training
     all of them in parallel, each with its own diffusion step (the ``(b l)`` rows of
     :class:`tsdiffusion.denoisers.TimeGradDenoiser`); at test the RNN runs over the context, its state is
