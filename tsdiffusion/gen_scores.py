@@ -74,8 +74,10 @@ def _seeded_gru(in_features: int, hidden: int, out: int, seed: int) -> _GRUHead:
 
 
 def _hidden(K: int, hidden: int | None) -> int:
-    """TimeGAN uses K/2 hidden units; at least 4 so that univariate data gets a usable network."""
-    return hidden if hidden is not None else max(K // 2, 4)
+    """TimeGAN uses K/2 hidden units; here at least 16: with 4 units a GRU trained for 500 steps could not tell
+    real UCR GunPoint series (K = 1, L = 150) from the same series with their time steps shuffled (score 0.02),
+    with 16 it could (0.47), while two halves of the real set still scored 0.03."""
+    return hidden if hidden is not None else max(K // 2, 16)
 
 
 def _split(n: int, train_fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
