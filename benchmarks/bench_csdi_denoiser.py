@@ -72,16 +72,38 @@ def load_reference() -> type[nn.Module]:
     return module.ReferenceCSDI
 
 
-def load_pypots_layers():
-    """PyPOTS's CSDI layers module, loaded alone (the package's __init__ imports far more), or None."""
+def pypots_csdi_folder() -> Path | None:
+    """The folder of PyPOTS's CSDI modules (``pypots/nn/modules/csdi``), or None without pypots."""
     spec = importlib.util.find_spec("pypots")
     if spec is None or not spec.submodule_search_locations:
         return None
-    path = Path(spec.submodule_search_locations[0]) / "nn" / "modules" / "csdi" / "layers.py"
-    layers_spec = importlib.util.spec_from_file_location("_pypots_csdi_layers", path)
+    return Path(spec.submodule_search_locations[0]) / "nn" / "modules" / "csdi"
+
+
+def load_pypots_layers():
+    """PyPOTS's CSDI layers module, loaded alone (the package's __init__ imports far more), or None."""
+    folder = pypots_csdi_folder()
+    if folder is None:
+        return None
+    layers_spec = importlib.util.spec_from_file_location("_pypots_csdi_layers", folder / "layers.py")
     module = importlib.util.module_from_spec(layers_spec)
     layers_spec.loader.exec_module(module)
     return module
+
+
+def pypots_side_info(timepoints: Tensor, feature_ids: Tensor, cond_mask: Tensor, embedding: nn.Embedding) -> Tensor:
+    """Side information as PyPOTS's ``_CSDI.get_side_info``: time (128) + feature (16) embeddings + mask.
+
+    timepoints (B, L), feature_ids (B, K), cond_mask (B, L, K) -> (B, 145, K, L).
+    """
+    B, L, K = cond_mask.shape
+    pos = timepoints.unsqueeze(-1)
+    pe = torch.zeros(B, L, 128)
+    div = 1 / torch.pow(10000.0, torch.arange(0, 128, 2) / 128)
+    pe[..., 0::2], pe[..., 1::2] = torch.sin(pos * div), torch.cos(pos * div)
+    feature = embedding(feature_ids).unsqueeze(1).expand(-1, L, -1, -1)
+    side = torch.cat([pe.unsqueeze(2).expand(-1, -1, K, -1), feature], dim=-1).permute(0, 3, 2, 1)
+    return torch.cat([side, cond_mask.transpose(1, 2).unsqueeze(1)], dim=1)
 
 
 class PyPOTSDenoiser(nn.Module):
@@ -94,15 +116,8 @@ class PyPOTSDenoiser(nn.Module):
         self.diff_model = layers_module.CsdiDiffusionModel(50, 128, 2, 128 + 16 + 1, 64, 8, 4)
 
     def forward(self, x_t: Tensor, t: Tensor, cond: dict) -> Tensor:
-        B, L, K = x_t.shape
-        pos = cond["timepoints"].unsqueeze(-1)
-        pe = torch.zeros(B, L, 128)
-        div = 1 / torch.pow(10000.0, torch.arange(0, 128, 2) / 128)
-        pe[..., 0::2], pe[..., 1::2] = torch.sin(pos * div), torch.cos(pos * div)
-        feature = self.embed_layer(cond["feature_ids"]).unsqueeze(1).expand(-1, L, -1, -1)
-        side = torch.cat([pe.unsqueeze(2).expand(-1, -1, K, -1), feature], dim=-1).permute(0, 3, 2, 1)
+        side = pypots_side_info(cond["timepoints"], cond["feature_ids"], cond["cond_mask"], self.embed_layer)
         mask = cond["cond_mask"].transpose(1, 2)
-        side = torch.cat([side, mask.unsqueeze(1)], dim=1)
         x = torch.stack([mask * cond["observed"].transpose(1, 2), (1 - mask) * x_t.transpose(1, 2)], dim=1)
         return self.diff_model(x, side, t).transpose(1, 2)
 

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from bench_csdi_denoiser import pypots_csdi_folder, pypots_side_info  # this folder (scripts run as files)
 
 SAMPLERS = ("ddpm-50", "ddim-10", "ddim-5")
 
@@ -108,10 +109,9 @@ def child_ours(run: Path, sampler: str, records: int, samples: int) -> dict:
 
 def load_pypots_backbone():
     """PyPOTS's ``BackboneCSDI`` from its CSDI files alone (the package's __init__ imports far more), or None."""
-    spec = importlib.util.find_spec("pypots")
-    if spec is None or not spec.submodule_search_locations:
+    folder = pypots_csdi_folder()
+    if folder is None:
         return None
-    folder = Path(spec.submodule_search_locations[0]) / "nn" / "modules" / "csdi"
     package = types.ModuleType("_pypots_csdi")
     package.__path__ = [str(folder)]
     sys.modules["_pypots_csdi"] = package
@@ -119,18 +119,6 @@ def load_pypots_backbone():
     module = importlib.util.module_from_spec(backbone_spec)
     backbone_spec.loader.exec_module(module)
     return module.BackboneCSDI
-
-
-def pypots_side_info(batch: dict, cond_mask: torch.Tensor, feature_embedding: torch.nn.Embedding) -> torch.Tensor:
-    """Side information as PyPOTS's ``_CSDI.get_side_info``: time (128) + feature (16) embeddings + mask."""
-    B, L, K = batch["observed"].shape
-    pos = batch["timepoints"].unsqueeze(-1)
-    pe = torch.zeros(B, L, 128)
-    div = 1 / torch.pow(10000.0, torch.arange(0, 128, 2) / 128)
-    pe[..., 0::2], pe[..., 1::2] = torch.sin(pos * div), torch.cos(pos * div)
-    feature = feature_embedding(torch.arange(K)).expand(B, L, K, 16)
-    side = torch.cat([pe.unsqueeze(2).expand(B, L, K, 128), feature], dim=-1).permute(0, 3, 2, 1)  # B C K L
-    return torch.cat([side, cond_mask.transpose(1, 2).unsqueeze(1)], dim=1)
 
 
 def child_pypots(run: Path, records: int, samples: int, pypots_samples: int) -> dict:
@@ -144,7 +132,8 @@ def child_pypots(run: Path, records: int, samples: int, pypots_samples: int) -> 
     del task, dm
     rss = reset_peak()
     with torch.no_grad():
-        side = pypots_side_info(batch, cond_mask, embedding)
+        K = batch["observed"].shape[-1]
+        side = pypots_side_info(batch["timepoints"], torch.arange(K).expand(len(cond_mask), K), cond_mask, embedding)
         t0 = time.perf_counter()
         model(observed, mask, side, pypots_samples)
         seconds = time.perf_counter() - t0
