@@ -18,7 +18,13 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from tsdiffusion.denoisers.csdi import CSDIDenoiser, CSDITransformerLayer, _dropout, convert_original_state_dict
+from tsdiffusion.denoisers.csdi import (
+    CSDIDenoiser,
+    CSDILinearTransformerLayer,
+    CSDITransformerLayer,
+    _dropout,
+    convert_original_state_dict,
+)
 from tsdiffusion.denoisers.layers import DiffusionStepEmbedding, step_sinusoids, time_sinusoids
 
 # ----------------------------------------------------------------------------- the reference
@@ -198,8 +204,9 @@ def small_model(unconditional: bool = False, num_features: int = 6, **kw) -> CSD
 
 @pytest.mark.parametrize("unconditional", [False, True])
 @pytest.mark.parametrize("shape", [(2, 5, 3), (1, 1, 4), (3, 6, 1), (1, 1, 1), (2, 7, 6)])
-def test_output_shape(shape: tuple[int, int, int], unconditional: bool) -> None:
-    model = small_model(unconditional)
+@pytest.mark.parametrize("attention", ["softmax", "linear"])
+def test_output_shape(shape: tuple[int, int, int], unconditional: bool, attention: str) -> None:
+    model = small_model(unconditional, attention=attention)
     x_t, t, cond = make_inputs(*shape, num_features=6)
     out = model(x_t, t, cond)
     assert out.shape == shape and torch.isfinite(out).all()
@@ -278,8 +285,9 @@ def test_embeddings_match_original_formulas() -> None:
     assert DiffusionStepEmbedding(128)(t).shape == (50, 128)
 
 
-def test_no_target_leakage() -> None:
-    model = small_model(False)
+@pytest.mark.parametrize("attention", ["softmax", "linear"])
+def test_no_target_leakage(attention: str) -> None:
+    model = small_model(False, attention=attention)
     x_t, t, cond = make_inputs(2, 8, 5, num_features=6, seed=3)
     mask = cond["cond_mask"]
     with torch.no_grad():
@@ -413,3 +421,82 @@ def test_original_checkpoint_layout_converts() -> None:
     x_t, t, cond = make_inputs(2, 6, 5)
     with torch.no_grad():
         torch.testing.assert_close(model(x_t, t, cond), ref(x_t, t, cond), atol=2e-5, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- linear attention (forecasting)
+
+
+def linear_layer_by_formula(layer: CSDILinearTransformerLayer, seq: Tensor) -> Tensor:
+    """The linear-attention transformer layer written out per sequence and per head, (N, S, C) -> (N, S, C):
+    Shen et al.'s efficient attention, softmax(Q) over channels and softmax(K) over positions."""
+    H = layer.heads
+    d = seq.shape[-1] // H
+    out = []
+    for x in seq:  # (S, C)
+        h = F.layer_norm(x, x.shape[-1:], layer.norm1.weight, layer.norm1.bias)
+        heads = []
+        for i in range(H):
+            rows = slice(i * d, (i + 1) * d)
+            q = torch.softmax(h @ layer.to_q.weight[rows].T, dim=1)  # (S, d): over channels
+            k = torch.softmax(h @ layer.to_k.weight[rows].T, dim=0)  # (S, d): over positions
+            v = h @ layer.to_v.weight[rows].T
+            heads.append(q @ (k.T @ v) / math.sqrt(d))
+        x = x + layer.to_out(torch.cat(heads, dim=1))
+        h = F.layer_norm(x, x.shape[-1:], layer.norm2.weight, layer.norm2.bias)
+        out.append(x + layer.w2(F.gelu(layer.w1(h))))
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("axis", ["L", "K"])
+def test_linear_transformer_layer_equals_formula(axis: str) -> None:
+    torch.manual_seed(0)
+    layer = CSDILinearTransformerLayer(16, 4, axis)
+    for norm in (layer.norm1, layer.norm2):  # non-trivial affine parameters
+        nn.init.normal_(norm.weight), nn.init.normal_(norm.bias)
+    x = torch.randn(2, 7, 5, 16)
+    batch, seq = ("(b k)", "l") if axis == "L" else ("(b l)", "k")
+    with torch.no_grad():
+        expected = linear_layer_by_formula(layer, rearrange(x, f"b l k c -> {batch} {seq} c"))
+        got = rearrange(layer(x), f"b l k c -> {batch} {seq} c")
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    assert sum(p.numel() for p in layer.parameters()) == 4 * 16 * 16 + 16 + 2 * 16 * 64 + 64 + 16 + 4 * 16
+
+
+@pytest.mark.parametrize("axis", ["L", "K"])
+def test_linear_transformer_layer_equals_original_package(axis: str) -> None:
+    """Against ``linear_attention_transformer`` (what CSDI's forecasting code builds), where installed."""
+    lat = pytest.importorskip("linear_attention_transformer")
+    torch.manual_seed(0)
+    theirs = lat.LinearAttentionTransformer(
+        dim=16, depth=1, heads=4, max_seq_len=256, n_local_attn_heads=0, local_attn_window_size=0
+    ).eval()
+    ours = CSDILinearTransformerLayer(16, 4, axis).eval()
+    state = convert_original_state_dict({f"time_layer.{k}": v for k, v in theirs.state_dict().items()})
+    ours.load_state_dict({k.removeprefix("time_layer."): v for k, v in state.items()})
+    x = torch.randn(2, 7, 5, 16)
+    batch, seq = ("(b k)", "l") if axis == "L" else ("(b l)", "k")
+    with torch.no_grad():
+        expected = theirs(rearrange(x, f"b l k c -> {batch} {seq} c"))
+        torch.testing.assert_close(rearrange(ours(x), f"b l k c -> {batch} {seq} c"), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_linear_attention_memory_is_linear_in_sequence() -> None:
+    """No (S x S) tensor: the saved activations of a feature layer over K = 2000 series stay O(K)."""
+    layer = CSDILinearTransformerLayer(16, 4, "K")
+    x = torch.randn(1, 2, 2000, 16, requires_grad=True)
+    sizes = []
+
+    def pack(t: Tensor) -> Tensor:
+        sizes.append(t.numel())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        layer(x).sum().backward()
+    assert max(sizes) <= 2 * 2000 * 64  # the widest activation is the (K x 4C) feed-forward hidden layer
+
+
+def test_linear_attention_rejects_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="attention must be"):
+        CSDIDenoiser(4, attention="flash")
+    with pytest.raises(ValueError, match="must divide"):
+        CSDILinearTransformerLayer(10, 4, "L")

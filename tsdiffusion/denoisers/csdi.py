@@ -100,6 +100,60 @@ class CSDITransformerLayer(nn.Module):
         return self.out_proj(rearrange(out, _FROM_HEADS[self.axis], b=x.shape[0], h=self.heads))
 
 
+class CSDILinearTransformerLayer(nn.Module):
+    """The linear-attention transformer layer that CSDI's forecasting configuration uses (``is_linear: True``:
+    ``LinearAttentionTransformer(dim, depth=1, heads)`` of the ``linear_attention_transformer`` package, the
+    "efficient attention" of Shen et al., 2021) along one axis of a channel-last ``(B, L, K, C)`` tensor.
+
+    Pre-norm: ``x + attn(norm1(x))``, then ``x + w2(gelu(w1(norm2(x))))`` with a ``4C`` hidden width. The
+    attention of each head is ``softmax_d(q) / sqrt(d) @ (softmax_S(k)^T v)``: the softmax of the queries over
+    the head's ``d`` channels and of the keys over the sequence, so the ``(d x d)`` context replaces the
+    ``(S x S)`` weights and the cost is linear in the sequence length S. q, k and v have no bias; no dropout
+    (the original's defaults). Parameter names map one to one on the original's (see
+    :func:`convert_original_state_dict`).
+
+    Args:
+        dim: model width C.
+        heads: attention heads; must divide ``dim``.
+        axis: ``"L"`` attends over time, ``"K"`` over features.
+        ff_mult: hidden width of the feed-forward block in multiples of ``dim`` (the original: 4).
+    """
+
+    def __init__(self, dim: int, heads: int, axis: Literal["L", "K"], ff_mult: int = 4) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"CSDILinearTransformerLayer: heads={heads} must divide dim={dim}")
+        if axis not in _TO_HEADS:
+            raise ValueError(f"CSDILinearTransformerLayer: axis must be 'L' or 'K', got {axis!r}")
+        self.heads, self.axis = heads, axis
+        self.norm1 = nn.LayerNorm(dim)
+        self.to_q, self.to_k, self.to_v = (nn.Linear(dim, dim, bias=False) for _ in range(3))
+        self.to_out = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.w1 = nn.Linear(dim, ff_mult * dim)
+        self.w2 = nn.Linear(ff_mult * dim, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: (B, L, K, C) -> (B, L, K, C)."""
+        x = x + self._attend(self.norm1(x))
+        return x + self.w2(F.gelu(self.w1(self.norm2(x))))
+
+    def _attend(self, x: Tensor) -> Tensor:
+        """Linear attention along ``self.axis``. x: (B, L, K, C) -> (B, L, K, C)."""
+        split = "b l k (h d) -> b l k h d"
+        q = rearrange(self.to_q(x), split, h=self.heads)
+        k = rearrange(self.to_k(x), split, h=self.heads)
+        v = rearrange(self.to_v(x), split, h=self.heads)
+        q = q.softmax(dim=-1) * q.shape[-1] ** -0.5
+        if self.axis == "L":  # one (d x d) context per (b, k, head), summed over time
+            context = torch.einsum("blkhd,blkhe->bkhde", k.softmax(dim=1), v)
+            out = torch.einsum("blkhd,bkhde->blkhe", q, context)
+        else:  # one per (b, l, head), summed over features
+            context = torch.einsum("blkhd,blkhe->blhde", k.softmax(dim=2), v)
+            out = torch.einsum("blkhd,blhde->blkhe", q, context)
+        return self.to_out(rearrange(out, "b l k h d -> b l k (h d)"))
+
+
 def _attention_with_dropout(q: Tensor, k: Tensor, v: Tensor, p: float) -> Tensor:
     """softmax(q k^T / sqrt(d)) with dropout p, times v: (N, H, S, d) -> (N, H, S, d).
 
@@ -145,6 +199,7 @@ class CSDIResidualLayer(nn.Module):
         feedforward_dim: int,
         dropout: float,
         attention_dropout: float | None,
+        attention: Literal["softmax", "linear"] = "softmax",
     ) -> None:
         super().__init__()
         self.side_dims = side_dims  # (time, feature, mask) widths of the side information
@@ -154,6 +209,8 @@ class CSDIResidualLayer(nn.Module):
         self.output_projection = _kaiming_linear(channels, 2 * channels)
         self.time_layer, self.feature_layer = (
             CSDITransformerLayer(channels, heads, axis, feedforward_dim, dropout, attention_dropout)
+            if attention == "softmax"
+            else CSDILinearTransformerLayer(channels, heads, axis)
             for axis in ("L", "K")
         )
 
@@ -214,6 +271,10 @@ class CSDIDenoiser(nn.Module):
         attention_dropout: dropout on the attention weights; ``None`` takes ``dropout``, as CSDI.
             0 lets training use the memory-efficient attention kernels (no ``(S x S)`` weights).
         unconditional: the unconditional ablation: input ``x_t`` only, no mask in the side information.
+        attention: ``"softmax"``, the ``nn.TransformerEncoderLayer`` of CSDI's imputation configuration
+            (:class:`CSDITransformerLayer`), or ``"linear"``, the linear-attention transformer of its
+            forecasting configuration (:class:`CSDILinearTransformerLayer`; ``feedforward_dim``, ``dropout``
+            and ``attention_dropout`` do not apply: the original has a ``4C`` feed-forward and no dropout).
         checkpointing: recompute each residual layer during the backward pass (``torch.utils.checkpoint``,
             same dropout draws): training keeps a quarter of the activations for a third more compute.
     """
@@ -231,9 +292,12 @@ class CSDIDenoiser(nn.Module):
         dropout: float = 0.1,
         attention_dropout: float | None = None,
         unconditional: bool = False,
+        attention: Literal["softmax", "linear"] = "softmax",
         checkpointing: bool = False,
     ) -> None:
         super().__init__()
+        if attention not in ("softmax", "linear"):
+            raise ValueError(f"CSDIDenoiser: attention must be 'softmax' or 'linear', got {attention!r}")
         self.num_features, self.unconditional, self.checkpointing = num_features, unconditional, checkpointing
         self.time_embedding_dim = time_embedding_dim
         side_dims = (time_embedding_dim, feature_embedding_dim, 0 if unconditional else 1)
@@ -242,7 +306,7 @@ class CSDIDenoiser(nn.Module):
         self.input_projection = _kaiming_linear(1 if unconditional else 2, channels)
         self.residual_layers = nn.ModuleList(
             CSDIResidualLayer(
-                channels, heads, diffusion_embedding_dim, side_dims, feedforward_dim, dropout, attention_dropout
+                channels, heads, diffusion_embedding_dim, side_dims, feedforward_dim, dropout, attention_dropout, attention
             )
             for _ in range(layers)
         )
@@ -306,8 +370,19 @@ def convert_original_state_dict(state: Mapping[str, Tensor]) -> dict[str, Tensor
         key = key.removeprefix("diffmodel.").replace("embed_layer.", "feature_embedding.")
         key = key.replace(".layers.0.self_attn.in_proj_", ".in_proj.").replace(".layers.0.self_attn.", ".")
         key = key.replace("_layer.layers.0.", "_layer.")
+        for old, new in _LINEAR_TRANSFORMER_KEYS.items():  # forecasting models (linear attention)
+            key = key.replace(old, new)
         out[key] = value.squeeze(-1) if value.dim() == 3 else value
     return out
+
+
+# LinearAttentionTransformer(depth=1) parameter names -> CSDILinearTransformerLayer's
+_LINEAR_TRANSFORMER_KEYS = {
+    "_layer.layers.layers.0.0.norm.": "_layer.norm1.",
+    "_layer.layers.layers.0.0.fn.": "_layer.",
+    "_layer.layers.layers.0.1.norm.": "_layer.norm2.",
+    "_layer.layers.layers.0.1.fn.fn.": "_layer.",
+}
 
 
 def _kaiming_linear(in_features: int, out_features: int) -> nn.Linear:
