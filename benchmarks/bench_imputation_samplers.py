@@ -2,6 +2,11 @@
 
     python benchmarks/bench_imputation_samplers.py --run runs/csdi_physionet_cpu/version_0
     python benchmarks/bench_imputation_samplers.py --run RUN --samplers ddim-10 --records 4 --samples 10  # quick look
+    python benchmarks/bench_imputation_samplers.py --run RUN --samplers ddpm-50,dpmpp-10,dpmpp-10+bf16
+
+Samplers: ``ddpm-N`` (ancestral on N evenly spaced steps), ``ddim-N``, ``dpmpp-N`` (DPM-Solver++(2M)),
+``dpmpp_sde-N`` (its SDE variant), each with N denoiser calls; a ``+bf16`` suffix runs the denoiser under
+``torch.autocast("cpu", torch.bfloat16)`` (what ``precision="bf16-mixed"`` does in a Lightning test).
 
 The trained model is the run's ``config.yaml`` plus ``checkpoints/last.ckpt``; the records are the first
 ``--records`` test records of the run's DataModule (its fold, seed and held-out ratio). Every sampler draws
@@ -38,7 +43,7 @@ import torch
 import yaml
 from bench_csdi_denoiser import pypots_csdi_folder, pypots_side_info  # this folder (scripts run as files)
 
-SAMPLERS = ("ddpm-50", "ddim-10", "ddim-5")
+SAMPLERS = ("ddpm-50", "ddim-10", "ddim-5", "dpmpp-10")
 
 
 def load_run(run: Path):
@@ -92,14 +97,18 @@ def scores(samples: torch.Tensor, batch: dict) -> dict:
 def child_ours(run: Path, sampler: str, records: int, samples: int) -> dict:
     task, dm = load_run(run)
     batch = first_records(dm, records)
-    kind, steps = sampler.split("-")
+    name, _, precision = sampler.partition("+")
+    kind, steps = name.split("-")
+    if precision not in ("", "bf16"):
+        raise ValueError(f"sampler {sampler!r}: the only suffix is '+bf16'")
     task.hparams.sampler, task.hparams.sample_steps, task.hparams.sample_batch_size = kind, int(steps), None
     cond_mask = task.eval_cond_mask(batch)
     del dm
     rss = reset_peak()
     gen = torch.Generator().manual_seed(0)
     t0 = time.perf_counter()
-    draws = task.sample(batch, cond_mask, num_samples=samples, generator=gen)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        draws = task.sample(batch, cond_mask, num_samples=samples, generator=gen).float()
     seconds = time.perf_counter() - t0
     row = {"model": "ours", "sampler": sampler, "calls": int(steps), "seconds": seconds}
     row["peak_mib"] = peak_mib(rss)
@@ -147,7 +156,7 @@ def child_pypots(run: Path, records: int, samples: int, pypots_samples: int) -> 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", type=Path, required=True, help="a finished ImputationTask run folder")
-    p.add_argument("--samplers", default=",".join(SAMPLERS), help="comma-separated: ddpm-N, ddim-N, pypots")
+    p.add_argument("--samplers", default=",".join(SAMPLERS), help="comma-separated: ddpm-N, ddim-N, dpmpp-N, dpmpp_sde-N (each optionally +bf16), pypots")
     p.add_argument("--records", type=int, default=16)
     p.add_argument("--samples", type=int, default=100)
     p.add_argument("--pypots-samples", type=int, default=2)
@@ -168,7 +177,7 @@ def main() -> None:
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"torch {torch.__version__}, {args.threads} threads, {args.records} records x {args.samples} samples, "
           f"run {args.run}, load {load}")  # fmt: skip
-    header = f"{'model':<20}{'sampler':>9}{'calls':>7}{'seconds':>10}{'vs pypots':>10}{'peak MiB':>10}"
+    header = f"{'model':<20}{'sampler':>15}{'calls':>7}{'seconds':>10}{'vs pypots':>10}{'peak MiB':>10}"
     print(header + f"{'CRPS':>8}{'vs DDPM':>9}{'MAE':>8}{'RMSE':>8}{'params':>9}", flush=True)
     rows = []
     for sampler in samplers:
@@ -190,7 +199,7 @@ def main() -> None:
         mae = f"{r['mae_median']:.4f}" if "crps" in r else "-"
         rmse = f"{r['rmse_median']:.4f}" if "crps" in r else "-"
         print(
-            f"{r['model']:<20}{r['sampler']:>9}{r['calls']:>7}{r['seconds']:>10.1f}{speed:>10}{r['peak_mib']:>10.0f}"
+            f"{r['model']:<20}{r['sampler']:>15}{r['calls']:>7}{r['seconds']:>10.1f}{speed:>10}{r['peak_mib']:>10.0f}"
             f"{crps:>8}{rel:>9}{mae:>8}{rmse:>8}{r['params']:>9}"
         )
 

@@ -307,3 +307,11 @@ def test_config_fast_dev_run(config, smap_archive, nab_archive, tmp_path):
     ])  # fmt: skip
     assert isinstance(cli.model, AnomalyTask)
     assert {"test/auroc", "test/pa_f1", "test/threshold"} <= set(cli.trainer.callback_metrics)
+
+
+def test_reconstruction_scoring_rejects_multistep_samplers():
+    from tsdiffusion.denoisers import CSDIDenoiser
+    from tsdiffusion.tasks.anomaly import AnomalyTask
+
+    with pytest.raises(ValueError, match="sampler 'ddpm' or 'ddim'"):
+        AnomalyTask(CSDIDenoiser(3, channels=8, layers=1, heads=2), sampler="dpmpp")

@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from tsdiffusion.diffusion import GaussianDiffusion, draw_samples, make_betas, sample_ddim, sample_ddpm, timesteps
+from tsdiffusion.diffusion import (
+    GaussianDiffusion,
+    draw_samples,
+    make_betas,
+    sample_ddim,
+    sample_ddpm,
+    sample_dpmpp,
+    timesteps,
+)
 
 torch.set_default_dtype(torch.float32)
 
@@ -190,3 +198,75 @@ def test_draw_samples_routes_conditioning_per_item(sampler, max_batch):
     out = draw_samples(p, den, {"observed": obs}, (B, L, K), S, sampler=sampler, steps=5, max_batch=max_batch)
     assert out.shape == (B, S, L, K)
     torch.testing.assert_close(out, obs.unsqueeze(1).expand(B, S, L, K), atol=1e-5, rtol=0)
+
+
+# -- DPM-Solver++(2M) ------------------------------------------------------------------------------------
+def affine_law(fn) -> tuple[float, float]:
+    """A deterministic sampler with the exact Gaussian denoiser maps x_T affinely: x_0 = A x_T + b, so its
+    output law from N(0, 1) is N(b, A^2), read off two evaluations (float64, no Monte Carlo)."""
+    b = fn(torch.zeros(1, 1, 1, dtype=torch.float64)).item()
+    return b, fn(torch.ones(1, 1, 1, dtype=torch.float64)).item() - b
+
+
+@pytest.mark.parametrize("prediction", ["eps", "v", "x0"])
+@pytest.mark.parametrize(("schedule", "N"), [("cosine", 1000), ("quad", 50)])
+def test_dpmpp_beats_ddim_at_the_same_steps(prediction, schedule, N):
+    p = GaussianDiffusion(N, schedule, prediction=prediction).double()
+    errs = {}
+    for name, fn in (("dpmpp", sample_dpmpp), ("ddim", sample_ddim)):
+        for steps in (10, 20, 40):
+            m, sd = affine_law(lambda x: fn(p, optimal_output(p), x, steps=steps))
+            errs[name, steps] = abs(sd - SIGMA) + abs(m - MU)
+    for steps in (10, 20, 40):
+        assert errs["dpmpp", steps] < errs["ddim", steps] / 2
+    assert errs["dpmpp", 10] < 0.035 and errs["dpmpp", 20] < 0.015
+
+
+def test_dpmpp_first_step_is_ddim():
+    p = GaussianDiffusion(50, "quad").double()
+    x_T = torch.randn(5, 3, 2, dtype=torch.float64)
+    torch.testing.assert_close(
+        sample_dpmpp(p, optimal_output(p), x_T, steps=1), sample_ddim(p, optimal_output(p), x_T, steps=1)
+    )
+    seq = timesteps(50, 2)
+    out = optimal_output(p)(x_T, torch.full((5,), seq[0]))
+    expected_x1 = p.ddim_step(out, seq[0], seq[1], x_T)
+    captured = []
+
+    def fn(x, t):
+        captured.append(x)
+        return optimal_output(p)(x, t)
+
+    sample_dpmpp(p, fn, x_T, steps=2)
+    torch.testing.assert_close(captured[1], expected_x1)
+
+
+def test_dpmpp_sde_single_steps_are_ddpm_and_recover_gaussian_data():
+    p = GaussianDiffusion(100, "cosine").double()
+    n = 20_000
+    g = torch.Generator().manual_seed(0)
+    x_T = torch.randn(n, 1, 1, generator=g, dtype=torch.float64)
+    x0 = sample_dpmpp(p, optimal_output(p), x_T, steps=25, stochastic=True, generator=g)
+    assert abs(x0.mean().item() - MU) < 5 * SIGMA / math.sqrt(n)
+    assert abs(x0.std().item() - SIGMA) < 0.02
+    # with the exact denoiser both multistep terms agree, and the first step from T is DDPM's, draw for draw
+    seq = timesteps(100, 25)
+    fn = optimal_output(p)
+    captured = []
+    sample_dpmpp(p, lambda x, t: captured.append(x) or fn(x, t), x_T[:8], steps=25, stochastic=True,
+                 generator=torch.Generator().manual_seed(4))  # fmt: skip
+    expected = p.ddpm_step(fn(x_T[:8], torch.full((8,), seq[0])), seq[0], x_T[:8], seq[1],
+                           generator=torch.Generator().manual_seed(4))  # fmt: skip
+    torch.testing.assert_close(captured[1], expected)
+
+
+@pytest.mark.parametrize("sampler", ["dpmpp", "dpmpp_sde"])
+def test_draw_samples_with_dpmpp(sampler):
+    p = GaussianDiffusion(10, "linear", 1e-4, 0.2, prediction="x0")
+    B, L, K, S = 2, 3, 2, 3
+    obs = torch.arange(B, dtype=torch.float32).view(B, 1, 1).expand(B, L, K).contiguous()
+    out = draw_samples(p, lambda x_t, t, cond: cond["observed"], {"observed": obs}, (B, L, K), S, sampler=sampler,
+                       steps=4, max_batch=4)  # fmt: skip
+    torch.testing.assert_close(out, obs.unsqueeze(1).expand(B, S, L, K), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="unknown sampler"):
+        draw_samples(p, lambda x_t, t, cond: x_t, {"observed": obs}, (B, L, K), S, sampler="euler")

@@ -6,6 +6,7 @@ sampler call per chunk of at most ``max_batch`` rows, instead of a Python loop o
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Literal
 
@@ -15,7 +16,8 @@ from torch import Tensor
 
 from tsdiffusion.diffusion.process import DenoiseFn, GaussianDiffusion
 
-SamplerName = Literal["ddpm", "ddim"]
+SamplerName = Literal["ddpm", "ddim", "dpmpp", "dpmpp_sde"]
+SAMPLERS = ("ddpm", "ddim", "dpmpp", "dpmpp_sde")
 
 
 def timesteps(num_steps: int, steps: int | None = None) -> list[int]:
@@ -90,6 +92,89 @@ def sample_ddim(
 
 
 @torch.no_grad()
+def sample_dpmpp(
+    process: GaussianDiffusion,
+    denoise_fn: DenoiseFn,
+    x_T: Tensor,
+    *,
+    steps: int = 20,
+    stochastic: bool = False,
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+) -> Tensor:
+    """DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++", Algorithm 2) with ``steps`` denoiser calls.
+
+    A second-order multistep solver of the probability-flow ODE in the data prediction ``x0_hat`` and the
+    half log-SNR ``lambda_t = log(sqrt(abar_t) / sqrt(1 - abar_t))``: with ``h = lambda_s - lambda_t`` and
+    ``r = h_prev / h``, the step ``t -> s`` is
+
+        x_s = sigma_s / sigma_t x_t - alpha_s expm1(-h) D,    D = x0_hat_t + (x0_hat_t - x0_hat_prev) / (2 r)
+
+    (``alpha = sqrt(abar)``, ``sigma = sqrt(1 - abar)``). The first step and the step onto the last grid point
+    are first order, ``D = x0_hat_t`` (DDIM): the last interval is the longest in ``lambda`` on an even grid of
+    steps, and the second-order term overshoots there ("lower order final", as in diffusers; with the exact
+    denoiser of Gaussian data it cuts the error of 10 steps 3-10x, tests/test_diffusion.py). ``stochastic=True`` is the SDE variant (SDE-DPM-Solver++(2M), midpoint form):
+
+        x_s = sigma_s / sigma_t e^-h x_t - alpha_s expm1(-2h) D + sigma_s sqrt(-expm1(-2h)) z,
+
+    whose first-order step is the (respaced) DDPM ancestral step. The step from the last grid point,
+    ``t = 0``, to the data returns ``x0_hat`` (first order: ``lambda = inf`` there). Same grid as DDIM.
+    x_T: (N, ...) -> x_0: (N, ...).
+    """
+    seq = timesteps(process.num_steps, min(steps, process.num_steps))
+    abar = process.alphas_cumprod.tolist()
+    lam = [0.5 * math.log(a / (1 - a)) for a in abar]
+    pairs = list(zip(seq, [*seq[1:], -1]))
+    if progress:
+        from tqdm.auto import tqdm
+
+        pairs = tqdm(pairs, desc="sampling", leave=False)
+    x, x0_prev, h_prev = x_T, None, None
+    for t, s in pairs:
+        step = _t(x, t)
+        x0 = process.predict_x0(denoise_fn(x, step), x, step)
+        if s < 0:
+            return x0
+        h = lam[s] - lam[t]
+        first_order = x0_prev is None or s == seq[-1]  # the first step, and the last (lower order final)
+        d = x0 if first_order else x0 + (x0 - x0_prev) * (h / (2 * h_prev))
+        alpha_s, sigma_s, sigma_t = math.sqrt(abar[s]), math.sqrt(1 - abar[s]), math.sqrt(1 - abar[t])
+        if stochastic:
+            noise = torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)
+            x = (sigma_s / sigma_t * math.exp(-h)) * x - (alpha_s * math.expm1(-2 * h)) * d
+            x = x + (sigma_s * math.sqrt(-math.expm1(-2 * h))) * noise
+        else:
+            x = (sigma_s / sigma_t) * x - (alpha_s * math.expm1(-h)) * d
+        x0_prev, h_prev = x0, h
+    return x
+
+
+def sample(
+    process: GaussianDiffusion,
+    denoise_fn: DenoiseFn,
+    x_T: Tensor,
+    sampler: SamplerName = "ddpm",
+    *,
+    steps: int | None = None,
+    eta: float = 0.0,
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+) -> Tensor:
+    """Run the named sampler: ``ddpm`` (ancestral, ``steps=None``: every step), ``ddim`` (``eta``),
+    ``dpmpp`` (DPM-Solver++(2M)) or ``dpmpp_sde`` (its SDE variant); ``steps=None`` means ``num_steps``."""
+    if sampler == "ddpm":
+        return sample_ddpm(process, denoise_fn, x_T, steps=steps, generator=generator, progress=progress)
+    n = steps or process.num_steps
+    if sampler == "ddim":
+        return sample_ddim(process, denoise_fn, x_T, steps=n, eta=eta, generator=generator, progress=progress)
+    if sampler in ("dpmpp", "dpmpp_sde"):
+        return sample_dpmpp(
+            process, denoise_fn, x_T, steps=n, stochastic=sampler == "dpmpp_sde", generator=generator, progress=progress
+        )
+    raise ValueError(f"unknown sampler {sampler!r}: expected one of {SAMPLERS}")
+
+
+@torch.no_grad()
 def draw_samples(
     process: GaussianDiffusion,
     denoiser: Callable[[Tensor, Tensor, dict], Tensor],
@@ -119,12 +204,6 @@ def draw_samples(
         idx = torch.arange(start, min(start + chunk, rows), device=device) // num_samples
         c = {k: v[idx] for k, v in cond.items()}
         x_T = torch.randn((len(idx), *shape[1:]), device=device, generator=generator)
-        fn = lambda x, t, c=c: denoiser(x, t, c)
-        if sampler == "ddpm":
-            out.append(sample_ddpm(process, fn, x_T, steps=steps, generator=generator, progress=progress))
-        elif sampler == "ddim":
-            n = steps or process.num_steps
-            out.append(sample_ddim(process, fn, x_T, steps=n, eta=eta, generator=generator, progress=progress))
-        else:
-            raise ValueError(f"unknown sampler {sampler!r}: expected 'ddpm' or 'ddim'")
+        fn = lambda x, t, c=c: denoiser(x, t, c).to(x.dtype)  # the chain stays in x's dtype under autocast
+        out.append(sample(process, fn, x_T, sampler, steps=steps, eta=eta, generator=generator, progress=progress))
     return rearrange(torch.cat(out), "(b s) l k -> b s l k", s=num_samples)

@@ -258,6 +258,11 @@ class AnomalyTask(DiffusionTask):
             )
         if noise_step is not None and noise_step < 0:
             raise ValueError(f"noise_step must be >= 0, got {noise_step}")
+        if scoring == "reconstruction" and self.hparams.sampler not in ("ddpm", "ddim"):
+            raise ValueError(
+                f"AnomalyTask: scoring='reconstruction' denoises from t* with sampler 'ddpm' or 'ddim', "
+                f"got {self.hparams.sampler!r}"
+            )
         self._windows: dict[int, list[dict[str, Tensor]]] = {CALIBRATION: [], TEST: []}
         self.anomaly_results: dict = {}
 

@@ -42,8 +42,9 @@ class DiffusionTask(L.LightningModule):
         lr_milestones: fractions of ``trainer.max_epochs`` at which the learning rate is multiplied by
             ``lr_gamma`` (CSDI: 0.75 and 0.9, x0.1).
         num_samples: S, samples per test window (CSDI: 100).
-        sampler, sample_steps, eta: ``ddpm`` (ancestral, optionally strided) or ``ddim`` with
-            ``sample_steps`` denoiser calls (None = every training step) and DDIM's ``eta``.
+        sampler, sample_steps, eta: ``ddpm`` (ancestral, optionally strided), ``ddim``, ``dpmpp``
+            (DPM-Solver++(2M)) or ``dpmpp_sde`` (its SDE variant) with ``sample_steps`` denoiser calls
+            (None = every training step); ``eta``: DDIM's.
         sample_batch_size: at most this many rows (windows x samples) per sampler call (memory bound).
         sample_seed: seed of the sampling generator, so test metrics do not depend on the training RNG.
         val_loss_steps: validation loss averaged over this many evenly spaced diffusion steps (None = all,

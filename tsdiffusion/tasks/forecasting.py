@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from tsdiffusion.batch import TSBatch
 from tsdiffusion.denoisers.timegrad import TimeGradEncoder, repeat_state, slice_state
-from tsdiffusion.diffusion import GaussianDiffusion, sample_ddim, sample_ddpm, timesteps
+from tsdiffusion.diffusion import GaussianDiffusion, sample, timesteps
 from tsdiffusion.masking import forecast_mask
 from tsdiffusion.plots import fan_chart, first_window, log_figure
 from tsdiffusion.tasks.base import DiffusionTask
@@ -227,11 +227,8 @@ class TimeGradTask(_FanChartMixin, DiffusionTask):
     def _chain(self, x_T: Tensor, hidden: Tensor, generator) -> Tensor:
         """One reverse diffusion chain for (N, 1, K) given h_t (N, 1, H), DDPM or DDIM."""
         hp = self.hparams
-        fn = lambda x_t, t: self.denoiser(x_t, t, {"hidden": hidden})
-        if hp.sampler == "ddim":
-            steps = hp.sample_steps or self.process.num_steps
-            return sample_ddim(self.process, fn, x_T, steps=steps, eta=hp.eta, generator=generator)
-        return sample_ddpm(self.process, fn, x_T, steps=hp.sample_steps, generator=generator)
+        fn = lambda x_t, t: self.denoiser(x_t, t, {"hidden": hidden}).to(x_t.dtype)
+        return sample(self.process, fn, x_T, hp.sampler, steps=hp.sample_steps, eta=hp.eta, generator=generator)
 
     def on_test_epoch_end(self) -> None:
         super().on_test_epoch_end()
