@@ -118,7 +118,7 @@ def build_original(folder: str, K: int) -> torch.nn.Module:
     import yaml
 
     sys.path.insert(0, folder)
-    from main_model import CSDI_Forecasting  # noqa: PLC0415 (the original code, only when asked for)
+    from main_model import CSDI_Forecasting  # the original code, only when asked for
 
     with open(f"{folder}/config/base_forecasting.yaml") as f:
         config = yaml.safe_load(f)
@@ -164,17 +164,19 @@ def run_child(case: str, K: int, variant: str, args) -> dict:
     row = {"case": case, "K": K, "model": variant if case.startswith("csdi") else "TimeGrad"}
     if variant == "original":
         model = build_original(args.original, K)
-        rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        row |= original_train_case(model, K, args.repeats)
-        row["peak_mib"] = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024
-        return row
-    task, shape = build(case, K, args.csdi_chunk, variant)
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    if case.endswith("train"):
-        row |= train_case(task, shape, args.repeats, variant)
+        measure = lambda: original_train_case(model, K, args.repeats)
+    elif case.endswith("train"):
+        task, shape = build(case, K, args.csdi_chunk, variant)
+        measure = lambda: train_case(task, shape, args.repeats, variant)
     else:
-        with autocast(variant):
-            row |= sample_case(task, K, args.calls, args.ddim_steps, args.samples)
+        task, _ = build(case, K, args.csdi_chunk, variant)
+
+        def measure() -> dict:
+            with autocast(variant):
+                return sample_case(task, K, args.calls, args.ddim_steps, args.samples)
+
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    row |= measure()
     row["peak_mib"] = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024
     return row
 
@@ -227,7 +229,8 @@ def main() -> None:
     rows = []
     passthrough = ["--threads", str(args.threads), "--repeats", str(args.repeats), "--calls", str(args.calls),
                    "--ddim-steps", str(args.ddim_steps), "--csdi-chunk", str(args.csdi_chunk),
-                   "--samples", str(args.samples), *(["--original", args.original] if args.original else [])]  # fmt: skip
+                   "--samples", str(args.samples)]  # fmt: skip
+    passthrough += ["--original", args.original] if args.original else []
     for case in args.cases:
         case_variants = variants if case.startswith("csdi") else ["-"]
         if case == "csdi-sample":  # the original draws one sample per chain: not timed here

@@ -156,7 +156,11 @@ def child_pypots(run: Path, records: int, samples: int, pypots_samples: int) -> 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", type=Path, required=True, help="a finished ImputationTask run folder")
-    p.add_argument("--samplers", default=",".join(SAMPLERS), help="comma-separated: ddpm-N, ddim-N, dpmpp-N, dpmpp_sde-N (each optionally +bf16), pypots")
+    p.add_argument(
+        "--samplers",
+        default=",".join(SAMPLERS),
+        help="comma-separated: ddpm-N, ddim-N, dpmpp-N, dpmpp_sde-N (each optionally +bf16), pypots",
+    )
     p.add_argument("--records", type=int, default=16)
     p.add_argument("--samples", type=int, default=100)
     p.add_argument("--pypots-samples", type=int, default=2)

@@ -215,7 +215,7 @@ def test_dpmpp_beats_ddim_at_the_same_steps(prediction, schedule, N):
     errs = {}
     for name, fn in (("dpmpp", sample_dpmpp), ("ddim", sample_ddim)):
         for steps in (10, 20, 40):
-            m, sd = affine_law(lambda x: fn(p, optimal_output(p), x, steps=steps))
+            m, sd = affine_law(lambda x, fn=fn, steps=steps: fn(p, optimal_output(p), x, steps=steps))
             errs[name, steps] = abs(sd - SIGMA) + abs(m - MU)
     for steps in (10, 20, 40):
         assert errs["dpmpp", steps] < errs["ddim", steps] / 2

@@ -306,7 +306,14 @@ class CSDIDenoiser(nn.Module):
         self.input_projection = _kaiming_linear(1 if unconditional else 2, channels)
         self.residual_layers = nn.ModuleList(
             CSDIResidualLayer(
-                channels, heads, diffusion_embedding_dim, side_dims, feedforward_dim, dropout, attention_dropout, attention
+                channels,
+                heads,
+                diffusion_embedding_dim,
+                side_dims,
+                feedforward_dim,
+                dropout,
+                attention_dropout,
+                attention,
             )
             for _ in range(layers)
         )

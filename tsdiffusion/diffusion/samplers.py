@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from einops import rearrange
@@ -17,7 +17,7 @@ from torch import Tensor
 from tsdiffusion.diffusion.process import DenoiseFn, GaussianDiffusion
 
 SamplerName = Literal["ddpm", "ddim", "dpmpp", "dpmpp_sde"]
-SAMPLERS = ("ddpm", "ddim", "dpmpp", "dpmpp_sde")
+SAMPLERS: tuple[str, ...] = get_args(SamplerName)
 
 
 def timesteps(num_steps: int, steps: int | None = None) -> list[int]:
@@ -34,13 +34,18 @@ def timesteps(num_steps: int, steps: int | None = None) -> list[int]:
     return grid.flip(0).tolist()
 
 
-def _loop(x: Tensor, seq: list[int], step: Callable[[Tensor, int, int], Tensor], progress: bool) -> Tensor:
+def _pairs(seq: list[int], progress: bool):
+    """The sampler's (t, s) steps along ``seq``, ending at s = -1 (the data); a progress bar if asked."""
     pairs = list(zip(seq, [*seq[1:], -1]))
     if progress:
         from tqdm.auto import tqdm
 
-        pairs = tqdm(pairs, desc="sampling", leave=False)
-    for t, s in pairs:
+        return tqdm(pairs, desc="sampling", leave=False)
+    return pairs
+
+
+def _loop(x: Tensor, seq: list[int], step: Callable[[Tensor, int, int], Tensor], progress: bool) -> Tensor:
+    for t, s in _pairs(seq, progress):
         x = step(x, t, s)
     return x
 
@@ -113,7 +118,8 @@ def sample_dpmpp(
     (``alpha = sqrt(abar)``, ``sigma = sqrt(1 - abar)``). The first step and the step onto the last grid point
     are first order, ``D = x0_hat_t`` (DDIM): the last interval is the longest in ``lambda`` on an even grid of
     steps, and the second-order term overshoots there ("lower order final", as in diffusers; with the exact
-    denoiser of Gaussian data it cuts the error of 10 steps 3-10x, tests/test_diffusion.py). ``stochastic=True`` is the SDE variant (SDE-DPM-Solver++(2M), midpoint form):
+    denoiser of Gaussian data it cuts the error of 10 steps 3-10x, tests/test_diffusion.py).
+    ``stochastic=True`` is the SDE variant (SDE-DPM-Solver++(2M), midpoint form):
 
         x_s = sigma_s / sigma_t e^-h x_t - alpha_s expm1(-2h) D + sigma_s sqrt(-expm1(-2h)) z,
 
@@ -124,13 +130,8 @@ def sample_dpmpp(
     seq = timesteps(process.num_steps, min(steps, process.num_steps))
     abar = process.alphas_cumprod.tolist()
     lam = [0.5 * math.log(a / (1 - a)) for a in abar]
-    pairs = list(zip(seq, [*seq[1:], -1]))
-    if progress:
-        from tqdm.auto import tqdm
-
-        pairs = tqdm(pairs, desc="sampling", leave=False)
     x, x0_prev, h_prev = x_T, None, None
-    for t, s in pairs:
+    for t, s in _pairs(seq, progress):
         step = _t(x, t)
         x0 = process.predict_x0(denoise_fn(x, step), x, step)
         if s < 0:
