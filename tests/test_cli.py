@@ -125,6 +125,16 @@ def test_resume_from_last_checkpoint_gives_the_same_weights(tmp_path):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)
 
 
+def test_last_checkpoint_holds_the_final_weights_when_validation_is_sparse(tmp_path):
+    # 3 epochs, validation every 2nd: Lightning's default would leave last.ckpt at epoch 1 (the last validation)
+    cfg = tiny_config(tmp_path, max_epochs=3, check_val_every_n_epoch=2)
+    cli = run_cli("fit", "--config", str(cfg))
+    ckpt = torch.load(Path(cli.trainer.log_dir) / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["epoch"] == 2 and ckpt["global_step"] == cli.trainer.global_step == 6
+    for name, value in cli.model.state_dict().items():
+        torch.testing.assert_close(ckpt["state_dict"][name], value, rtol=0, atol=0, msg=name)
+
+
 def test_test_command_honours_overrides_over_checkpoint_hparams(tmp_path):
     cli = run_cli("fit", "--config", str(tiny_config(tmp_path)))
     run_dir = Path(cli.trainer.log_dir)

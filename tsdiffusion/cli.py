@@ -47,8 +47,12 @@ class TSDiffusionCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        # save_on_train_epoch_end: Lightning's default saves only after validation, so with
+        # check_val_every_n_epoch > 1 (or a max_time stop) last.ckpt lagged the trained model by up to that many
+        # epochs, and test_after_fit tested the stale weights
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.filename": "epoch{epoch:03d}",
-                             "checkpoint.auto_insert_metric_name": False})  # fmt: skip
+                             "checkpoint.auto_insert_metric_name": False,
+                             "checkpoint.save_on_train_epoch_end": True})  # fmt: skip
         parser.add_lightning_class_args(RNGStateCallback, "rng_state")
         parser.link_arguments(
             "data.num_features", "model.init_args.denoiser.init_args.num_features", apply_on="instantiate"
