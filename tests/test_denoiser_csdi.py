@@ -24,6 +24,7 @@ from tsdiffusion.denoisers.csdi import (
     CSDITransformerLayer,
     _dropout,
     convert_original_state_dict,
+    lag_steps,
 )
 from tsdiffusion.denoisers.layers import DiffusionStepEmbedding, step_sinusoids, time_sinusoids
 
@@ -285,9 +286,10 @@ def test_embeddings_match_original_formulas() -> None:
     assert DiffusionStepEmbedding(128)(t).shape == (50, 128)
 
 
+@pytest.mark.parametrize("lags", [(), (2, 5)])
 @pytest.mark.parametrize("attention", ["softmax", "linear"])
-def test_no_target_leakage(attention: str) -> None:
-    model = small_model(False, attention=attention)
+def test_no_target_leakage(attention: str, lags: tuple[int, ...]) -> None:
+    model = small_model(False, attention=attention, lags=lags)
     x_t, t, cond = make_inputs(2, 8, 5, num_features=6, seed=3)
     mask = cond["cond_mask"]
     with torch.no_grad():
@@ -500,3 +502,31 @@ def test_linear_attention_rejects_bad_arguments() -> None:
         CSDIDenoiser(4, attention="flash")
     with pytest.raises(ValueError, match="must divide"):
         CSDILinearTransformerLayer(10, 4, "L")
+
+
+def test_lag_channels() -> None:
+    x = torch.randn(2, 7, 3)
+    for d in (1, 3, 7, 9):
+        expected = torch.stack([x[:, l - d] if l >= d else torch.zeros(2, 3) for l in range(7)], dim=1)
+        assert torch.equal(lag_steps(x, d), expected)
+    model = small_model(False, lags=(2, 4))
+    assert model.input_projection.in_features == 2 + 2 * 2
+    x_t, t, cond = make_inputs(2, 8, 5, num_features=6, seed=4)
+    cond["cond_mask"][:, 6:] = 0  # forecast the last two steps
+    with torch.no_grad():
+        out = model(x_t, t, cond)
+        # a conditioning value at step 3 reaches step 7 (lag 4) through the lag channel even without attention:
+        # switch off both transformers and the value still moves the forecast at 7 (and at 5, lag 2)
+        for layer in model.residual_layers:
+            for tr in (layer.time_layer, layer.feature_layer):
+                tr.forward = lambda h: h
+        base = model(x_t, t, cond)
+        moved = dict(cond, observed=cond["observed"].clone())
+        moved["observed"][:, 3, 0] += 5.0 * cond["cond_mask"][:, 3, 0]
+        diff = (model(x_t, t, moved) - base).abs()[:, :, 0]
+        assert (diff[:, [5, 7]] > 0).all() and (diff[:, [0, 1, 2, 4, 6]] == 0).all()
+    assert out.shape == (2, 8, 5)
+    with pytest.raises(ValueError, match="lags"):
+        CSDIDenoiser(3, lags=(0,))
+    with pytest.raises(ValueError, match="unconditional"):
+        CSDIDenoiser(3, unconditional=True, lags=(24,))

@@ -18,7 +18,7 @@ the computation is rearranged for speed and memory, with the same parameters and
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
 import torch
@@ -277,6 +277,11 @@ class CSDIDenoiser(nn.Module):
             and ``attention_dropout`` do not apply: the original has a ``4C`` feed-forward and no dropout).
         checkpointing: recompute each residual layer during the backward pass (``torch.utils.checkpoint``,
             same dropout draws): training keeps a quarter of the activations for a third more compute.
+        lags: an extension, not in CSDI (default ``()``: the original model): for each lag ``d`` two more input
+            channels, the conditioning values ``d`` steps earlier and their mask (zero where ``l < d`` or not
+            conditioned on), as TimeGrad feeds lagged targets to its RNN. With ``lags=(24, 168)`` on hourly data
+            every forecast step sees the same hour yesterday and last week directly instead of having to find
+            them by attention over time embeddings. Conditional model only.
     """
 
     def __init__(
@@ -294,16 +299,22 @@ class CSDIDenoiser(nn.Module):
         unconditional: bool = False,
         attention: Literal["softmax", "linear"] = "softmax",
         checkpointing: bool = False,
+        lags: Sequence[int] = (),
     ) -> None:
         super().__init__()
         if attention not in ("softmax", "linear"):
             raise ValueError(f"CSDIDenoiser: attention must be 'softmax' or 'linear', got {attention!r}")
+        self.lags = tuple(int(d) for d in lags)
+        if any(d < 1 for d in self.lags):
+            raise ValueError(f"CSDIDenoiser: lags must be positive step counts, got {list(lags)}")
+        if self.lags and unconditional:
+            raise ValueError("CSDIDenoiser: lags are conditioning values; the unconditional model has none")
         self.num_features, self.unconditional, self.checkpointing = num_features, unconditional, checkpointing
         self.time_embedding_dim = time_embedding_dim
         side_dims = (time_embedding_dim, feature_embedding_dim, 0 if unconditional else 1)
         self.diffusion_embedding = DiffusionStepEmbedding(diffusion_embedding_dim)
         self.feature_embedding = nn.Embedding(num_features, feature_embedding_dim)
-        self.input_projection = _kaiming_linear(1 if unconditional else 2, channels)
+        self.input_projection = _kaiming_linear(1 if unconditional else 2 + 2 * len(self.lags), channels)
         self.residual_layers = nn.ModuleList(
             CSDIResidualLayer(
                 channels,
@@ -342,11 +353,14 @@ class CSDIDenoiser(nn.Module):
         return self.output_projection2(h).squeeze(-1)
 
     def _input(self, x_t: Tensor, cond: Cond, mask: Tensor | None) -> Tensor:
-        """The model input, (B, L, K, 2) conditional or (B, L, K, 1) unconditional."""
+        """The model input, (B, L, K, 2 + 2 len(lags)) conditional or (B, L, K, 1) unconditional."""
         if mask is None:
             return x_t.unsqueeze(-1)
-        observed = _require(cond, "observed")
-        return torch.stack([observed * mask, (1 - mask) * x_t], dim=-1)
+        cond_obs = _require(cond, "observed") * mask
+        channels = [cond_obs, (1 - mask) * x_t]
+        for d in self.lags:
+            channels += [lag_steps(cond_obs, d), lag_steps(mask, d)]
+        return torch.stack(channels, dim=-1)
 
     def _embeddings(self, x_t: Tensor, cond: Cond) -> tuple[Tensor, Tensor]:
         """Time embedding (B, L, T) and feature embedding (B, K, F) of the side information."""
@@ -363,6 +377,14 @@ class CSDIDenoiser(nn.Module):
             feature_ids = torch.arange(K, device=x_t.device).expand(B, K)
         time_emb = time_sinusoids(timepoints, self.time_embedding_dim).to(x_t.dtype)
         return time_emb, self.feature_embedding(feature_ids)
+
+
+def lag_steps(x: Tensor, d: int) -> Tensor:
+    """``out[:, l] = x[:, l - d]`` along dim 1 of (B, L, K), zero for ``l < d``."""
+    out = torch.zeros_like(x)
+    if d < x.shape[1]:
+        out[:, d:] = x[:, : x.shape[1] - d]
+    return out
 
 
 def convert_original_state_dict(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
