@@ -507,7 +507,7 @@ def test_linear_attention_rejects_bad_arguments() -> None:
 def test_lag_channels() -> None:
     x = torch.randn(2, 7, 3)
     for d in (1, 3, 7, 9):
-        expected = torch.stack([x[:, l - d] if l >= d else torch.zeros(2, 3) for l in range(7)], dim=1)
+        expected = torch.stack([x[:, i - d] if i >= d else torch.zeros(2, 3) for i in range(7)], dim=1)
         assert torch.equal(lag_steps(x, d), expected)
     model = small_model(False, lags=(2, 4))
     assert model.input_projection.in_features == 2 + 2 * 2
