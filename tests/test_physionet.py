@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from tsdiffusion.batch import check_batch
-from tsdiffusion.data import physionet
+from tsdiffusion.data.sources import physionet
 from tsdiffusion.data.download import DataSourceError, safe_extract
 from tsdiffusion.data.physionet import (
     ATTRIBUTES,

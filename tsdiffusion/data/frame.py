@@ -36,402 +36,43 @@ Labels: ``label_column`` (0/1 per time step) becomes ``point_label`` (anomaly de
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 from einops import rearrange
-from pandas.tseries.frequencies import to_offset
 
 from tsdiffusion.data.datamodule import SPLITS, TSDataModule, WindowDataset
-from tsdiffusion.data.gluonts import series_stats
-from tsdiffusion.data.time_features import FrequencyError, freq_str, parse_freq, time_features
+from tsdiffusion.data.sources.frame import (
+    FrameDataError,
+    FrameSpec,
+    Layout,
+    array_to_panel,
+    check_panel,
+    frame_to_panel,
+    read_file_panel,
+    split_univariate,
+    with_item_labels,
+)
+from tsdiffusion.data.sources.panel import Panel, panel_time_features
+from tsdiffusion.data.windows import (
+    Windows,
+    grid_windows,
+    holdout_mask,
+    make_window_fields,
+    series_split,
+    series_stats,
+    time_regions,
+    window_ends,
+)
 
-Layout = Literal["auto", "wide", "long"]
+__all__ = ["FrameDataError", "FrameDataModule", "Panel", "Windows", "make_window_fields", "panel_time_features",
+           "time_regions"]  # fmt: skip
+
 Protocol = Literal["imputation", "forecast"]
 SplitBy = Literal["time", "series"]
 Scaling = Literal["standard", "none"]
-
-TABLE_SUFFIXES = (".csv", ".tsv", ".txt", ".parquet", ".pq")
-
-
-class FrameDataError(ValueError):
-    """User data that cannot be used as given; the message names the file, column and row at fault."""
-
-
-@dataclass(frozen=True)
-class Panel:
-    """A data set on a regular time grid.
-
-    values:      (N, T, K) float64, NaN where missing
-    index:       (T,) the grid: a ``DatetimeIndex`` or integer steps
-    freq:        pandas frequency string of the grid (None for integer steps)
-    series:      K series names; items: N item names
-    point_label: (N, T) 0/1 or None; label: (N,) int or None
-    """
-
-    values: np.ndarray
-    index: pd.Index
-    freq: str | None
-    series: tuple[str, ...]
-    items: tuple[str, ...]
-    point_label: np.ndarray | None
-    label: np.ndarray | None
-    source: str
-
-    @property
-    def has_dates(self) -> bool:
-        return isinstance(self.index, pd.DatetimeIndex)
-
-
-# -- reading ----------------------------------------------------------------------------------------
-
-
-def read_table(path: str | Path) -> pd.DataFrame:
-    """A CSV (``.csv``, ``.tsv``, ``.txt``) or Parquet (``.parquet``, ``.pq``) file as a DataFrame."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: file not found")
-    suffix = path.suffix.lower()
-    if suffix in (".parquet", ".pq"):
-        try:
-            return pd.read_parquet(path)
-        except ImportError as err:
-            raise FrameDataError(f"{path}: reading Parquet needs pyarrow or fastparquet ({err})") from None
-    if suffix in (".csv", ".tsv", ".txt"):
-        return pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",")
-    raise FrameDataError(f"{path}: unsupported file type {suffix!r}; expected one of {(*TABLE_SUFFIXES, '.npy')}")
-
-
-def _where(source: str, row: int) -> str:
-    """Names a data row: a line of a CSV file (header on line 1), else the 0-based row position."""
-    if source.lower().endswith((".csv", ".tsv", ".txt")):
-        return f"{source}, line {row + 2}"
-    return f"{source}, row {row}"
-
-
-def _require_columns(df: pd.DataFrame, names: dict[str, str | None], source: str) -> None:
-    for arg, name in names.items():
-        if name is not None and name not in df.columns:
-            have = [str(c) for c in df.columns]
-            raise FrameDataError(f"{source}: unknown column {name!r} (from {arg}); the columns are {have}")
-
-
-def _numeric(column: pd.Series, name: str, source: str) -> np.ndarray:
-    """A column as float64 (NaN where empty); a non-numeric or infinite entry is an error naming its row."""
-    values = pd.to_numeric(column, errors="coerce").to_numpy(dtype=np.float64)
-    bad = (~np.isfinite(values) & column.notna().to_numpy()).nonzero()[0]
-    if len(bad):
-        row = int(bad[0])
-        raise FrameDataError(
-            f"{_where(source, row)}: column {name!r}: non-numeric or infinite value {column.iloc[row]!r} "
-            f"({len(bad)} such values in the column)"
-        )
-    return values
-
-
-def _timestamps(column: pd.Series | pd.Index, name: str, source: str) -> pd.Index:
-    """Time stamps as a ``DatetimeIndex``, or integer steps when the column is integer-valued."""
-    column = pd.Series(column)
-    if pd.api.types.is_integer_dtype(column):
-        return pd.Index(column.to_numpy(dtype=np.int64))
-    parsed = pd.to_datetime(column, errors="coerce")
-    bad = parsed.isna().to_numpy().nonzero()[0]
-    if len(bad):
-        row = int(bad[0])
-        raise FrameDataError(
-            f"{_where(source, row)}: column {name!r}: cannot parse {column.iloc[row]!r} as a time stamp"
-        )
-    return pd.DatetimeIndex(parsed)
-
-
-def _check_duplicates(keys: pd.DataFrame, what: str, source: str) -> None:
-    """A repeated key row (time stamp, or item and time stamp) is an error naming both rows."""
-    repeats = np.flatnonzero(keys.duplicated().to_numpy())
-    if len(repeats):
-        j = int(repeats[0])
-        i = int(np.flatnonzero((keys == keys.iloc[j]).all(axis=1).to_numpy())[0])
-        values = ", ".join(f"{c}={keys.iloc[j][c]!s}" for c in keys.columns)
-        raise FrameDataError(
-            f"{_where(source, j)}: duplicate time stamp{what} ({values}), first at {_where(source, i)}"
-        )
-
-
-# -- the regular grid -------------------------------------------------------------------------------
-
-
-def infer_offset(stamps: pd.DatetimeIndex, source: str) -> pd.DateOffset:
-    """The grid's step: ``pandas.infer_freq`` of the sorted unique stamps, else the most common difference
-    (business days when every stamp is a weekday and the common difference is one day)."""
-    unique = stamps.unique().sort_values()
-    if len(unique) < 3:
-        raise FrameDataError(f"{source}: cannot infer a frequency from {len(unique)} time stamps; pass freq")
-    inferred = pd.infer_freq(unique)
-    if inferred is not None:
-        return to_offset(inferred)
-    diffs = pd.Series(unique[1:] - unique[:-1])
-    step = diffs.mode().iloc[0]
-    if step == pd.Timedelta(days=1) and (unique.dayofweek < 5).all():
-        return to_offset("B")
-    return to_offset(step)
-
-
-def regular_grid(stamps: pd.Index, freq: str | None, source: str) -> tuple[pd.Index, str | None]:
-    """The regular grid from the first to the last stamp, and its frequency string (None for integer steps).
-
-    Every stamp must lie on the grid; one that does not is an error naming it.
-    """
-    if not isinstance(stamps, pd.DatetimeIndex):
-        unique = np.unique(stamps.to_numpy())
-        step = int(np.gcd.reduce(np.diff(unique))) if len(unique) > 1 else 1
-        return pd.Index(np.arange(unique[0], unique[-1] + 1, step)), None
-    offset = parse_freq(freq) if freq is not None else infer_offset(stamps, source)
-    grid = pd.date_range(stamps.min(), stamps.max(), freq=offset)
-    off_grid = (~stamps.isin(grid)).nonzero()[0]
-    if len(off_grid):
-        row = int(off_grid[0])
-        raise FrameDataError(
-            f"{_where(source, row)}: time stamp {stamps[row]} is not on the regular grid of frequency "
-            f"{offset.freqstr!r} starting at {grid[0]}; pass `freq` or resample the data"
-        )
-    return grid, freq_str(offset)
-
-
-# -- frames -> panel --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class FrameSpec:
-    """How a DataFrame is read (the column arguments of :class:`FrameDataModule`)."""
-
-    layout: Layout = "auto"
-    timestamp_column: str | None = None
-    item_column: str = "item_id"
-    value_column: str = "value"
-    series: tuple[str, ...] | None = None
-    label_column: str | None = None
-    freq: str | None = None
-
-
-def frame_to_panel(df: pd.DataFrame, spec: FrameSpec, source: str) -> Panel:
-    """A wide or long DataFrame -> a one-item :class:`Panel` (N = 1) on the regular grid."""
-    layout = spec.layout
-    if layout == "auto":
-        layout = "long" if {spec.item_column, spec.value_column} <= set(df.columns) else "wide"
-    table, stamps, labels = (_wide if layout == "wide" else _long)(df, spec, source)
-    grid, freq = regular_grid(stamps, spec.freq, source)
-    values = table.set_axis(stamps, axis=0).reindex(grid).to_numpy(dtype=np.float64)
-    point_label = None
-    if labels is not None:
-        point_label = pd.Series(labels, index=stamps).reindex(grid).fillna(0).to_numpy()[None]
-    series = tuple(str(c) for c in table.columns)
-    return Panel(values[None], grid, freq, series, ("0",), point_label, None, source)
-
-
-def _wide(df: pd.DataFrame, spec: FrameSpec, source: str) -> tuple[pd.DataFrame, pd.Index, np.ndarray | None]:
-    """Wide layout -> (T', K) numeric table, its T' time stamps, per-step labels (T',) or None."""
-    ts_col = spec.timestamp_column
-    _require_columns(df, {"timestamp_column": ts_col, "label_column": spec.label_column}, source)
-    for name in spec.series or ():
-        _require_columns(df, {"series": name}, source)
-    if ts_col is None and "timestamp" in df.columns:
-        ts_col = "timestamp"
-    if ts_col is not None:
-        stamps = _timestamps(df[ts_col], ts_col, source)
-    elif isinstance(df.index, pd.DatetimeIndex):
-        stamps = pd.DatetimeIndex(df.index)
-    else:
-        stamps = pd.Index(np.arange(len(df), dtype=np.int64))
-    _check_duplicates(pd.DataFrame({"timestamp": stamps}), "", source)
-    reserved = {ts_col, spec.label_column}
-    names = list(spec.series) if spec.series else [c for c in df.columns if c not in reserved]
-    if not names:
-        raise FrameDataError(f"{source}: no series columns (the columns are {[str(c) for c in df.columns]})")
-    table = pd.DataFrame({str(c): _numeric(df[c], str(c), source) for c in names})
-    return table, stamps, _labels(df, spec.label_column, source)
-
-
-def _long(df: pd.DataFrame, spec: FrameSpec, source: str) -> tuple[pd.DataFrame, pd.Index, np.ndarray | None]:
-    """Long layout (one row per item and time stamp) -> the wide table; items in order of appearance."""
-    ts_col = spec.timestamp_column or "timestamp"
-    columns = {"item_column": spec.item_column, "value_column": spec.value_column, "timestamp_column": ts_col,
-               "label_column": spec.label_column}  # fmt: skip
-    _require_columns(df, columns, source)
-    stamps = _timestamps(df[ts_col], ts_col, source)
-    items = df[spec.item_column].astype(str).to_numpy()
-    keys = pd.DataFrame({spec.item_column: items, ts_col: stamps})
-    _check_duplicates(keys, " for a series", source)
-    long = keys.assign(value=_numeric(df[spec.value_column], spec.value_column, source))
-    table = long.pivot(index=ts_col, columns=spec.item_column, values="value")
-    table = table[list(pd.unique(items))]
-    if spec.label_column is None:
-        return table, table.index, None
-    per_row = pd.Series(_labels(df, spec.label_column, source), index=stamps)
-    labels = per_row.groupby(level=0).max().reindex(table.index).to_numpy()
-    return table, table.index, labels
-
-
-def _labels(df: pd.DataFrame, column: str | None, source: str) -> np.ndarray | None:
-    """Per-row 0/1 labels of ``column`` (empty -> 0); anything else is an error naming the row."""
-    if column is None:
-        return None
-    values = np.nan_to_num(_numeric(df[column], column, source), nan=0.0)
-    bad = (~np.isin(values, (0.0, 1.0))).nonzero()[0]
-    if len(bad):
-        row = int(bad[0])
-        raise FrameDataError(f"{_where(source, row)}: column {column!r}: expected a 0/1 label, got {values[row]!r}")
-    return values
-
-
-def array_to_panel(
-    values: np.ndarray,
-    *,
-    start: str | None = None,
-    freq: str | None = None,
-    series: Sequence[str] | None = None,
-    labels: np.ndarray | None = None,
-    point_labels: np.ndarray | None = None,
-    source: str = "array",
-) -> Panel:
-    """``(T, K)`` or ``(N, L, K)`` values (NaN where missing) -> a :class:`Panel`.
-
-    ``start`` and ``freq`` date the steps (else they are integer steps); ``labels`` (N,) classes per item;
-    ``point_labels`` (T,) or (N, L) 0/1 per step.
-    """
-    arr = np.asarray(values)
-    if arr.ndim not in (2, 3):
-        raise FrameDataError(f"{source}: expected an array of shape (T, K) or (N, L, K), got {arr.shape}")
-    try:
-        arr = arr.astype(np.float64)
-    except (TypeError, ValueError) as err:
-        raise FrameDataError(f"{source}: non-numeric values ({err})") from None
-    arr = arr[None] if arr.ndim == 2 else arr
-    N, T, K = arr.shape
-    if np.isinf(arr).any():
-        raise FrameDataError(
-            f"{source}: infinite value at index {tuple(int(i) for i in np.argwhere(np.isinf(arr))[0])}"
-        )
-    if start is not None:
-        index: pd.Index = pd.date_range(start, periods=T, freq=parse_freq(freq or "D"))
-        freq = freq_str(parse_freq(freq or "D"))
-    else:
-        index, freq = pd.Index(np.arange(T, dtype=np.int64)), None
-    names = tuple(str(s) for s in series) if series is not None else tuple(str(k) for k in range(K))
-    if len(names) != K:
-        raise FrameDataError(f"{source}: {len(names)} series names for K={K} series")
-    point = None if point_labels is None else np.asarray(point_labels, dtype=np.float64).reshape(N, T)
-    label = None if labels is None else np.asarray(labels).astype(np.int64).reshape(N)
-    return Panel(arr, index, freq, names, tuple(str(n) for n in range(N)), point, label, source)
-
-
-def split_univariate(panel: Panel) -> Panel:
-    """Every series of every item becomes its own item with K = 1: ``(N, T, K) -> (N*K, T, 1)``."""
-    N, _, K = panel.values.shape
-    items = tuple(s if N == 1 else f"{i}/{s}" for i in panel.items for s in panel.series)
-    point = None if panel.point_label is None else np.repeat(panel.point_label, K, axis=0)
-    label = None if panel.label is None else np.repeat(panel.label, K)
-    values = rearrange(panel.values, "n t k -> (n k) t 1")
-    return Panel(values, panel.index, panel.freq, ("value",), items, point, label, panel.source)
-
-
-def check_panel(panel: Panel) -> None:
-    """Every series has an observed value (a NaN-only series is an error naming it)."""
-    empty = np.isnan(panel.values).all(axis=1)  # (N, K)
-    if empty.any():
-        n, k = (int(i) for i in np.argwhere(empty)[0])
-        item = f"item {panel.items[n]!r}, " if len(panel.items) > 1 else ""
-        raise FrameDataError(f"{panel.source}: {item}series {panel.series[k]!r} has no observed value (all NaN)")
-
-
-# -- windows ----------------------------------------------------------------------------------------
-
-
-def time_regions(T: int, val_fraction: float, test_fraction: float) -> dict[str, tuple[int, int]]:
-    """Grid steps ``[start, end)`` of the train, validation and test regions of a time split."""
-    test_start = T - round(T * test_fraction)
-    val_start = test_start - round(T * val_fraction)
-    return {"train": (0, val_start), "val": (val_start, test_start), "test": (test_start, T)}
-
-
-def window_ends(region: tuple[int, int], length: int, stride: int, scored: int) -> list[int]:
-    """Exclusive ends ``e`` of the windows of a region ``[a, b)``, anchored at ``b``, every ``stride`` steps.
-
-    A window ``[e - length, e)`` belongs to the region when its last ``scored`` steps lie in it (its last step
-    for imputation, its horizon for forecasting) and it starts at step 0 or later.
-    """
-    a, b = region
-    first = max(length, a + scored)
-    return list(range(b, first - 1, -stride))[::-1]
-
-
-def holdout_mask(observed: np.ndarray, ratio: float, seed: int) -> np.ndarray:
-    """(N, T, K) bool -> (N, T, K) bool: ``int(ratio * n_observed)`` observed values of each item, drawn
-    without replacement from ``default_rng(seed)`` (CSDI's held-out evaluation points)."""
-    rng = np.random.default_rng(seed)
-    target = np.zeros(observed.shape, dtype=bool)
-    for n, mask in enumerate(observed):
-        flat = np.flatnonzero(mask)
-        target[n].flat[rng.choice(flat, int(len(flat) * ratio), replace=False)] = True
-    return target
-
-
-@dataclass(frozen=True)
-class Windows:
-    """Where the windows of one split lie: ``item[i]`` and grid steps ``[end[i] - L, end[i])``, scored from
-    grid step ``scored_from[i]`` on."""
-
-    item: np.ndarray
-    end: np.ndarray
-    scored_from: np.ndarray
-
-
-def make_window_fields(
-    values: np.ndarray,
-    target: np.ndarray,
-    windows: Windows,
-    length: int,
-    loc: np.ndarray,
-    scale: np.ndarray,
-    time_feats: np.ndarray | None,
-) -> dict[str, np.ndarray]:
-    """Cut windows into :class:`tsdiffusion.batch.TSBatch` arrays with a leading item axis.
-
-    values: (N, T, K) NaN where missing; target: (N, T, K) bool evaluation targets; loc, scale: (K,);
-    time_feats: (T, F) or None. Returns observed / observed_mask / target_mask (W, L, K), timepoints (W, L),
-    feature_ids (W, K), loc / scale (W, 1, K) and time_features (W, L, F) when given.
-    """
-    steps = windows.end[:, None] - length + np.arange(length)[None, :]  # (W, L) grid steps
-    raw = values[windows.item[:, None], steps]  # (W, L, K)
-    mask = np.isfinite(raw)
-    scored = (steps >= windows.scored_from[:, None])[..., None]
-    W, K = len(steps), values.shape[-1]
-    fields = {
-        "observed": np.where(mask, (np.nan_to_num(raw) - loc) / scale, 0.0),
-        "observed_mask": mask,
-        "target_mask": target[windows.item[:, None], steps] & mask & scored,
-        "timepoints": np.tile(np.arange(length, dtype=np.float32), (W, 1)),
-        "feature_ids": np.tile(np.arange(K), (W, 1)),
-        "loc": np.tile(loc.reshape(1, 1, K), (W, 1, 1)),
-        "scale": np.tile(scale.reshape(1, 1, K), (W, 1, 1)),
-    }
-    if time_feats is not None:
-        fields["time_features"] = time_feats[steps]
-    return fields
-
-
-def panel_time_features(panel: Panel) -> np.ndarray | None:
-    """(T, F) GluonTS calendar features of a dated grid (F = 0 for frequencies without any), else None."""
-    if not panel.has_dates or panel.freq is None:
-        return None
-    try:
-        return time_features(panel.index, panel.freq)
-    except FrequencyError:
-        return np.zeros((len(panel.index), 0), dtype=np.float32)
-
-
-# -- the DataModule ---------------------------------------------------------------------------------
 
 
 class FrameDataModule(TSDataModule):
@@ -549,7 +190,7 @@ class FrameDataModule(TSDataModule):
             panel = self._read()
             panel = split_univariate(panel) if self.univariate else panel
             if self.label_path is not None:
-                panel = self._with_item_labels(panel)
+                panel = with_item_labels(panel, self.label_path, self.spec.item_column)
             check_panel(panel)
             self._panel = panel
         return self._panel
@@ -563,27 +204,7 @@ class FrameDataModule(TSDataModule):
                                   labels=a["labels"], point_labels=a["point_labels"])  # fmt: skip
         if self.path is None:
             raise FrameDataError("FrameDataModule: pass `path`, or use from_dataframe() / from_array()")
-        if str(self.path).lower().endswith(".npy"):
-            path = Path(self.path).expanduser()
-            if not path.is_file():
-                raise FileNotFoundError(f"{path}: file not found")
-            return array_to_panel(np.load(path, allow_pickle=False), freq=self.spec.freq, source=str(path))
-        return frame_to_panel(read_table(self.path), self.spec, str(self.path))
-
-    def _with_item_labels(self, panel: Panel) -> Panel:
-        table = read_table(self.label_path)
-        col = self.spec.item_column
-        _require_columns(table, {"item_column": col, "label_path's label column": "label"}, str(self.label_path))
-        mapping = dict(zip(table[col].astype(str), _numeric(table["label"], "label", str(self.label_path))))
-        missing = [item for item in panel.items if item not in mapping]
-        if missing:
-            raise FrameDataError(
-                f"{self.label_path}: no label for items {missing[:5]} (items: {list(panel.items)[:10]}; "
-                "a single multivariate frame has one item '0': use univariate=True or an (N, L, K) array)"
-            )
-        label = np.array([mapping[item] for item in panel.items], dtype=np.int64)
-        return Panel(panel.values, panel.index, panel.freq, panel.series, panel.items, panel.point_label,
-                     label, panel.source)  # fmt: skip
+        return read_file_panel(self.path, self.spec)
 
     # -- sizes --------------------------------------------------------------------------------------
     @property
@@ -626,30 +247,21 @@ class FrameDataModule(TSDataModule):
     def _time_windows(self, N: int, T: int) -> dict[str, Windows]:
         L = self.window_length
         scored = self.prediction_length if self.protocol == "forecast" else 1
-        regions = time_regions(T, self.val_fraction, self.test_fraction)
         out = {}
-        for split, region in regions.items():
+        for split, region in time_regions(T, self.val_fraction, self.test_fraction).items():
             ends = window_ends(region, L, self.stride, scored)
             self._check_nonempty(split, len(ends), f"grid steps [{region[0]}, {region[1]}) of {T}")
-            n, e = np.meshgrid(np.arange(N), np.asarray(ends, dtype=np.int64), indexing="ij")
-            out[split] = Windows(n.ravel(), e.ravel(), np.full(n.size, region[0] if split != "train" else 0))
+            out[split] = grid_windows(np.arange(N), ends, region[0] if split != "train" else 0)
         return out
 
     def _series_windows(self, N: int, T: int) -> dict[str, Windows]:
-        order = np.random.default_rng(self.seed).permutation(N)
-        n_test, n_val = round(N * self.test_fraction), round(N * self.val_fraction)
-        groups = {
-            "test": order[:n_test],
-            "val": order[n_test : n_test + n_val],
-            "train": order[n_test + n_val :],
-        }
-        ends = np.asarray(window_ends((0, T), self.window_length, self.stride, 1), dtype=np.int64)
+        groups = series_split(N, self.val_fraction, self.test_fraction, self.seed)
+        ends = window_ends((0, T), self.window_length, self.stride, 1)
         out = {}
         for split in SPLITS:
             items = np.sort(groups[split])
             self._check_nonempty(split, len(items), f"{N} items")
-            n, e = np.meshgrid(items, ends, indexing="ij")
-            out[split] = Windows(n.ravel(), e.ravel(), np.zeros(n.size, dtype=np.int64))
+            out[split] = grid_windows(items, ends)
         return out
 
     def _check_nonempty(self, split: str, count: int, where: str) -> None:
@@ -681,7 +293,7 @@ class FrameDataModule(TSDataModule):
         values = self.panel().values
         observed = np.isfinite(values)
         if self.protocol == "imputation":
-            return holdout_mask(observed, self.missing_ratio, self.seed)
+            return holdout_mask(observed, self.missing_ratio, np.random.default_rng(self.seed))
         return observed
 
     def build(self) -> dict[str, WindowDataset]:
@@ -697,7 +309,7 @@ class FrameDataModule(TSDataModule):
     def _dataset(self, split: str, target: np.ndarray, tf: np.ndarray | None) -> WindowDataset:
         panel, w = self.panel(), self.windows[split]
         fields = make_window_fields(panel.values, target, w, self.window_length, self.loc, self.scale, tf)
-        steps = w.end[:, None] - self.window_length + np.arange(self.window_length)[None, :]
+        steps = w.steps(self.window_length)
         if panel.point_label is not None:
             fields["point_label"] = panel.point_label[w.item[:, None], steps]
         if panel.label is not None:
