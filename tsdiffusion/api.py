@@ -7,9 +7,9 @@
     >>> model.save("my_model"); Model.load("my_model")  # config.yaml + model.pt (state_dict) + fitted.yaml
 
 Nothing here re-implements a model: a :class:`Model` holds a config in the CLI's format (``model``,
-``data``, ``trainer``, ``seed_everything``), instantiates the task with jsonargparse as ``tsdiffusion fit``
-does, builds a :class:`tsdiffusion.data.frame.FrameDataModule` from the data it is given and trains with
-a Lightning ``Trainer``. Samples come from the task's own ``sample`` (anomaly scores from
+``data``, ``trainer``, ``seed_everything``), builds a :class:`tsdiffusion.data.frame.FrameDataModule` from the
+data it is given, builds the task with :func:`tsdiffusion.runs.instantiate` (the CLI's parser, defaults and
+links) and trains with a Lightning ``Trainer``. Samples come from the task's own ``sample`` (anomaly scores from
 ``AnomalyTask.score_batch``). Weights are stored as a plain ``state_dict`` and read with
 ``torch.load(weights_only=True)``.
 """
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import importlib
-import inspect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,10 +29,10 @@ import pandas as pd
 import torch
 import yaml
 from einops import rearrange
-from jsonargparse import ArgumentParser
 
 from tsdiffusion.data.frame import FrameDataModule, Panel, Windows, make_window_fields, panel_time_features
 from tsdiffusion.data.time_features import parse_freq
+from tsdiffusion.runs import complete_config, instantiate
 from tsdiffusion.tasks.base import DiffusionTask
 
 FRAME_DATA = "tsdiffusion.data.frame.FrameDataModule"
@@ -102,36 +101,25 @@ def _import(path: str, missing_ok: bool = False) -> Any:
 
 
 def _sections(config: dict[str, Any]) -> dict[str, tuple[dict[str, Any], set[str]]]:
-    """Each overridable section of a config: its argument dict and the names its class accepts."""
-    model = config["model"]["init_args"]
-    out = {"model": (model, _parameters(_import(config["model"]["class_path"])))}
+    """Each overridable section of ``config``: its argument dict (created if absent) and the names its class
+    accepts, read from the config completed by the CLI's parser."""
+    full = complete_config(config)
+    model, full_model = config["model"].setdefault("init_args", {}), full["model"]["init_args"]
+    out = {"model": (model, set(full_model))}
     for part in ("denoiser", "process"):
         if isinstance(model.get(part), dict) and "class_path" in model[part]:
-            spec = model[part].setdefault("init_args", {})
-            out[part] = (spec, _parameters(_import(model[part]["class_path"])))
-    out["data"] = (config["data"].setdefault("init_args", {}), _parameters(FrameDataModule))
-    out["trainer"] = (config.setdefault("trainer", {}), _parameters(L.Trainer))
+            out[part] = (model[part].setdefault("init_args", {}), set(full_model[part]["init_args"]))
+    out["data"] = (config["data"].setdefault("init_args", {}), set(full["data"]["init_args"]))
+    out["trainer"] = (config.setdefault("trainer", {}), set(full["trainer"]))
     return out
-
-
-def _parameters(cls: type) -> set[str]:
-    """Constructor argument names, following ``*args, **kwargs`` up the class hierarchy."""
-    names: set[str] = set()
-    for klass in cls.__mro__:
-        if "__init__" not in vars(klass):
-            continue
-        params = inspect.signature(klass.__init__).parameters.values()
-        names |= {p.name for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and p.name != "self"}
-        if not any(p.kind == p.VAR_KEYWORD for p in params):
-            break
-    return names
 
 
 def apply_overrides(config: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
     """Set ``name=value`` in the one section whose class accepts ``name`` (``model``, ``denoiser``,
     ``process``, ``data``, ``trainer``), or ``"section.name"`` explicitly. Unknown and ambiguous names are
     errors. ``num_features`` is linked from the data and cannot be set."""
-    config = copy.deepcopy(config)
+    config = copy.deepcopy(dict(config))
+    config.setdefault("data", {"class_path": FRAME_DATA, "init_args": {}})
     sections = _sections(config)
     for key, value in overrides.items():
         if key == "seed_everything":
@@ -205,8 +193,8 @@ class Model:
             raise ValueError(f"the Python API reads data with {FRAME_DATA}, got data.class_path={data['class_path']!r}")
         data["class_path"] = FRAME_DATA
         data.setdefault("init_args", {})
-        _check_data_args(data["init_args"])
         self.config = config
+        self._defaults = complete_config(config)["data"]["init_args"]  # checks every section, as the CLI does
         self.task: DiffusionTask | None = None
         self.fitted: dict[str, Any] | None = None
         self.trainer: L.Trainer | None = None
@@ -230,15 +218,22 @@ class Model:
         """The FrameDataModule arguments (without ``path``, which :meth:`fit` replaces with its data)."""
         return {k: v for k, v in self.config["data"]["init_args"].items() if k != "path"}
 
-    def build_task(self, num_features: int) -> DiffusionTask:
-        """Instantiate the task of ``config["model"]`` (the CLI's way: jsonargparse) for K series."""
-        model_cfg = copy.deepcopy(self.config["model"])
-        model_cfg["init_args"]["denoiser"].setdefault("init_args", {})["num_features"] = int(num_features)
-        parser = ArgumentParser(exit_on_error=False)
-        parser.add_subclass_arguments(DiffusionTask, "model", required=True)
-        namespace = parser.parse_object({"model": model_cfg})
-        self.config["model"] = yaml.safe_load(parser.dump(namespace, skip_none=False))["model"]
-        self.task = parser.instantiate_classes(namespace).model
+    @property
+    def window_length(self) -> int:
+        """L, the window length of the data arguments (FrameDataModule's default when the config has none)."""
+        return int(self.data_args.get("window_length", self._defaults["window_length"]))
+
+    @property
+    def prediction_length(self) -> int:
+        return int(self.data_args.get("prediction_length", self._defaults["prediction_length"]))
+
+    def build_task(self, datamodule: FrameDataModule, seed: int | None = None) -> DiffusionTask:
+        """Build the task of ``config["model"]`` for the series of ``datamodule`` with
+        :func:`tsdiffusion.runs.instantiate`, seeded with ``seed`` (default: the config's ``seed_everything``)."""
+        config = self.config if seed is None else {**self.config, "seed_everything": seed}
+        built = instantiate(config, datamodule=datamodule, trainer=False)
+        self.config["model"] = built.config["model"]
+        self.task = built.task
         return self.task
 
     def datamodule(self, data: Data | FrameDataModule, **data_args: Any) -> FrameDataModule:
@@ -271,7 +266,7 @@ class Model:
         dm = self.datamodule(data)
         dm.setup("fit")
         if self.task is None:
-            self.build_task(dm.num_features)
+            self.build_task(dm, seed)
         self._check_series(dm.panel())
         names = dm.panel().items if dm.univariate else dm.series_names
         self.fitted = {"series": list(names), "freq": dm.freq, "loc": dm.loc.tolist(),
@@ -326,8 +321,8 @@ class Model:
         ``window_length - horizon`` steps (default horizon: the data's ``prediction_length``)."""
         panel = self._panel(data)
         self._require_one_series(panel, "forecast")
-        L_ = int(self.data_args.get("window_length", 48))
-        H = int(horizon or self.data_args.get("prediction_length", 24))
+        L_ = self.window_length
+        H = int(horizon or self.prediction_length)
         if not 1 <= H < L_:
             raise ValueError(f"horizon must be in [1, window_length={L_}), got {H}")
         future = _extend(panel, L_ - H, H)
@@ -365,7 +360,7 @@ class Model:
         task.eval()
         device = next(task.parameters()).device
         gen = torch.Generator(device=device).manual_seed(seed)
-        windows = task.generate(num_windows, int(self.data_args.get("window_length", 48)), generator=gen)
+        windows = task.generate(num_windows, self.window_length, generator=gen)
         return windows.cpu().double().numpy() * np.asarray(self.fitted["scale"]) + np.asarray(self.fitted["loc"])
 
     def embed(self, data: Data) -> np.ndarray:
@@ -400,7 +395,8 @@ class Model:
         model = cls.from_config(folder / CONFIG_FILE)
         model.fitted = yaml.safe_load((folder / FITTED_FILE).read_text())
         num_features = 1 if model.fitted["univariate"] else len(model.fitted["series"])
-        task = model.build_task(num_features)
+        shape_only = FrameDataModule.from_array(np.zeros((1, model.window_length, num_features)))  # K, no data
+        task = model.build_task(shape_only)
         state = torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True)
         task.load_state_dict(state)
         return model
@@ -447,7 +443,7 @@ class Model:
         """Windows tiling the panel (the last one ends at its end; a panel shorter than a window is padded
         with missing steps in front) as batches. Yields ``(batch, items (B,), steps (B, L))``, the steps on
         the panel's grid (negative for padding)."""
-        task, L_ = self._require_task(), int(self.data_args.get("window_length", 48))
+        task, L_ = self._require_task(), self.window_length
         T = len(panel.index)
         padded = _extend(panel, max(T, L_), 0)
         pad = len(padded.index) - T
@@ -502,10 +498,3 @@ def _extend(panel: Panel, before: int, after: int) -> Panel:
         index = pd.Index(np.arange(total) * step + int(first) - pad * step)
     point = None if panel.point_label is None else np.zeros((N, total))
     return Panel(values, index, panel.freq, panel.series, panel.items, point, panel.label, panel.source)
-
-
-def _check_data_args(args: Mapping[str, Any]) -> None:
-    """The config's data arguments must be FrameDataModule's (a typo is an error, as in the CLI)."""
-    parser = ArgumentParser(exit_on_error=False)
-    parser.add_class_arguments(FrameDataModule)
-    parser.parse_object(dict(args))

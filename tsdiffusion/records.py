@@ -17,13 +17,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
-
 RECORD_NAME = "metrics.json"
 
 
 def machine_info() -> str:
     """A one-line description of the machine: CPU/GPU, cores, torch version."""
+    import torch  # here, not at the top: the sweep process writes files with this module without torch
+
     if torch.cuda.is_available():
         dev = f"{torch.cuda.device_count()}x {torch.cuda.get_device_name(0)}"
     else:
@@ -33,7 +33,7 @@ def machine_info() -> str:
 
 
 def _plain(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
+    if hasattr(value, "numel") and hasattr(value, "tolist"):  # a tensor
         value = value.item() if value.numel() == 1 else value.tolist()
     if isinstance(value, float) and not math.isfinite(value):
         return None if math.isnan(value) else str(value)
@@ -68,16 +68,25 @@ def make_record(
     return record
 
 
-def write_json_atomic(path: str | Path, obj: Any) -> Path:
-    """Write JSON to a temporary file in the same folder, then rename: readers never see a partial file."""
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` to a temporary file in the same folder, then rename: readers never see a partial file,
+    and two writers never share a temporary name."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2, default=str)
-        f.write("\n")
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> Path:
+    """:func:`write_text_atomic` of ``obj`` as indented JSON (values JSON cannot hold are written as strings)."""
+    return write_text_atomic(path, json.dumps(obj, indent=2, default=str) + "\n")
 
 
 def read_records(paths: list[str | Path]) -> list[dict[str, Any]]:

@@ -3,6 +3,8 @@ group or N CPU workers) or on SLURM (submitit), resumable, and reported against 
 
 ``tsdiffusion benchmark SPEC.yaml [--gpus auto | --workers N | --executor slurm] [--dry-run]``,
 ``tsdiffusion benchmark report SWEEP_DIR``; see :mod:`tsdiffusion.benchmark.spec` for the spec format.
+A finished run loads back with :func:`tsdiffusion.runs.load_run`. The package imports neither torch nor the
+CLI (each run is a ``python -m tsdiffusion.cli`` subprocess), so ``cli -> benchmark`` is the only edge.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from tsdiffusion.benchmark.executors import LocalExecutor, Progress, SlurmExecutor, SlurmOptions
-from tsdiffusion.benchmark.loading import load_run
 from tsdiffusion.benchmark.report import collect, group_records, report
 from tsdiffusion.benchmark.runner import main as _main
 from tsdiffusion.benchmark.runner import plan, run_sweep
@@ -34,7 +35,6 @@ __all__ = [
     "collect",
     "expand",
     "group_records",
-    "load_run",
     "load_spec",
     "main",
     "parse_spec",

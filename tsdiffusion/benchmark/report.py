@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 import yaml
 
-from tsdiffusion.benchmark.runs import RECORD_NAME, read_status, write_json_atomic
+from tsdiffusion.benchmark.runs import read_status
+from tsdiffusion.records import RECORD_NAME, write_json_atomic, write_text_atomic
 
 #: Metrics shown in the Markdown table when present (the CSV has all of them), in this order.
 DEFAULT_METRICS = ("crps", "crps_sum", "mae_median", "rmse_median", "mse_mean", "energy_score", "pa_f1", "f1")
@@ -270,13 +271,7 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
     writer = csv.DictWriter(buf, fieldnames=fields)
     writer.writeheader()
     writer.writerows(rows)
-    _write_atomic(path, buf.getvalue())
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    write_text_atomic(path, buf.getvalue())
 
 
 def plot(groups: list[Group], entries: list[dict], metrics: list[str], path: Path) -> Path | None:
@@ -327,7 +322,7 @@ def report(
     groups = group_records(records)
     title = title or f"Results: {sweep_dir.name} ({len(records)} runs done)"
     text = markdown(groups, sources, entries, title, metrics, unfinished)
-    _write_atomic(sweep_dir / "results.md", text)
+    write_text_atomic(sweep_dir / "results.md", text)
     write_csv(table_rows(groups, entries), sweep_dir / "results.csv")
     shown = metrics or [m for m in DEFAULT_METRICS if any(m in g.metric_names() for g in groups)]
     plot(groups, entries, shown, sweep_dir / "results.png")

@@ -31,20 +31,13 @@ from typing import Any, Literal
 import yaml
 
 from tsdiffusion.benchmark.spec import Run, SweepSpec, override_args
+from tsdiffusion.records import RECORD_NAME, write_json_atomic
 
 State = Literal["pending", "running", "done", "failed"]
 LoggerChoice = Literal["config", "csv", "wandb"]
-RECORD_NAME = "metrics.json"  # tsdiffusion.records.RECORD_NAME (not imported: keeps torch out of the sweep process)
 STATUS_NAME = "status.json"
 LOG_NAME = "log.txt"
 ERROR_TAIL_LINES = 25
-
-
-def write_json_atomic(path: Path, obj: Any) -> Path:
-    """:func:`tsdiffusion.records.write_json_atomic`, imported on first use (it imports torch)."""
-    from tsdiffusion.records import write_json_atomic as write
-
-    return write(path, obj)
 
 
 def run_dir(sweep_dir: Path, run: Run) -> Path:
