@@ -325,7 +325,7 @@ def test_slurm_submission_without_a_cluster(tmp_path, fake, monkeypatch):
     assert len(pickled) == 2
     job = submitit.helpers.DelayedSubmission.load(pickled[0])
     folder, command = job.args
-    assert job.function.__name__ == "execute_run" and folder == str(folders[0])
+    assert type(job.function).__name__ == "SlurmRun" and folder == str(folders[0])
     assert command[command.index("--trainer.devices") + 1] == "2"
     assert command[command.index("--trainer.num_nodes") + 1] == "2"
     # submitit's debug executor runs the same job function here: the runs finish and are recorded

@@ -23,6 +23,7 @@ from tsdiffusion.benchmark.executors import (
     Item,
     LocalExecutor,
     Progress,
+    SlurmError,
     SlurmExecutor,
     SlurmOptions,
     cpu_slots,
@@ -154,7 +155,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--executor", choices=("local", "slurm"), default="local")
     p.add_argument("--gpus", help="GPU ids '0,1,2,3' or 'auto' (one run per GPU group); default: auto")
     p.add_argument("--workers", type=int, default=1, help="concurrent runs on CPU when no GPU is used")
-    p.add_argument("--devices-per-run", type=int, default=1, help="GPUs per run (DDP inside a run when > 1)")
+    p.add_argument(
+        "--devices-per-run",
+        type=int,
+        help="GPUs per run (DDP inside a run when > 1; 0: CPU); default 1 on local GPUs, on SLURM what each "
+        "config's trainer asks for (no GPU for CPU configs)",
+    )
     p.add_argument(
         "--logger",
         choices=("config", "csv", "wandb"),
@@ -209,9 +215,9 @@ def _executor(args: argparse.Namespace, sweep_dir: Path) -> tuple[LocalExecutor 
         )
         ex = SlurmExecutor(sweep_dir / "slurm", opts, cluster=args.cluster, wait=not args.no_wait)
         return ex, args.devices_per_run
-    gpus = parse_gpus(args.gpus or ("auto" if args.workers <= 1 else None))
+    gpus = parse_gpus(args.gpus or ("auto" if args.workers <= 1 else None)) if args.devices_per_run != 0 else []
     if gpus:
-        return LocalExecutor(gpu_slots(gpus, args.devices_per_run)), args.devices_per_run
+        return LocalExecutor(gpu_slots(gpus, args.devices_per_run or 1)), args.devices_per_run or 1
     return LocalExecutor(cpu_slots(args.workers)), None
 
 
@@ -249,6 +255,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"interrupted; rerun the same command to resume ({sweep_dir})", file=sys.stderr)
         return 130
+    except SlurmError as err:  # one line: the option and SLURM's message, no traceback
+        print(f"tsdiffusion benchmark: error: {err}", file=sys.stderr)
+        return 2
     finally:
         signal.signal(signal.SIGTERM, previous)
     if not args.no_report and not (args.executor == "slurm" and args.no_wait):

@@ -133,9 +133,9 @@ def build_command(
 ) -> list[str]:
     """``python -m tsdiffusion.cli fit --config C --seed_everything N <overrides> ...`` for one run.
 
-    ``devices``: GPUs per run (``--trainer.accelerator gpu --trainer.devices n``, DDP when n > 1); None
-    leaves the accelerator to the config. ``entry`` replaces ``python -m tsdiffusion.cli`` (a wrapper, or a
-    stand-in in tests). Resumes from ``checkpoints/last.ckpt`` when it exists.
+    ``devices``: GPUs per run (``--trainer.accelerator gpu --trainer.devices n``, DDP when n > 1); 0 runs on
+    one CPU device; None leaves the accelerator to the config. ``entry`` replaces ``python -m tsdiffusion.cli``
+    (a wrapper, or a stand-in in tests). Resumes from ``checkpoints/last.ckpt`` when it exists.
     """
     config = spec.resolve(run.config)
     cmd = [*(entry or [sys.executable, "-m", "tsdiffusion.cli"]), "fit", "--config", str(config)]
@@ -143,6 +143,8 @@ def build_command(
     cmd += ["--test_after_fit", "true", "--record_dir", str(folder)]
     cmd += ["--trainer.default_root_dir", str(folder), "--checkpoint.dirpath", str(folder / "checkpoints")]
     cmd += logger_args(logger, folder, config, run, spec.name)
+    if devices == 0:  # CPU asked for explicitly (``--devices-per-run 0``)
+        cmd += ["--trainer.accelerator", "cpu", "--trainer.devices", "1"]
     if devices:
         cmd += ["--trainer.accelerator", "gpu", "--trainer.devices", str(devices)]
         cmd += ["--trainer.num_nodes", str(num_nodes)] if num_nodes > 1 else []
