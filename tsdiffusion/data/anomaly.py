@@ -145,8 +145,7 @@ class AnomalyDataModule(TSDataModule):
         starts = window_starts(len(values), L, stride)
         padded = pad_to(values[None], L)
         windows = grid_windows(np.zeros(1, dtype=np.int64), starts + L)
-        everywhere = np.broadcast_to(True, (1, padded.shape[1], 1))  # the target is every observed value
-        arrays = make_window_fields(padded, everywhere, windows, L, loc, scale, None)
+        arrays = make_window_fields(padded, None, windows, L, loc, scale, None)
         if labels is not None:
             padded_labels = np.zeros(padded.shape[1], dtype=np.float32)
             padded_labels[: len(labels)] = labels

@@ -1,11 +1,5 @@
-"""UCR / UEA time-series classification archives in the ``.ts`` format (sktime / UEA), e.g. GunPoint.
-
-The format (Bagnall et al., "The UEA multivariate time series classification archive, 2018",
-arXiv:1811.00075; sktime's ``load_from_tsfile``): ``#`` comment lines, ``@`` header tags
-(``@problemName``, ``@univariate``, ``@equalLength``, ``@seriesLength``, ``@missing``, ``@timeStamps``,
-``@classLabel true <labels...>``), then ``@data``; each data line holds one series: the values of each
-dimension comma-separated, dimensions separated by ``:``, the class label last; ``?`` or ``NaN`` marks a
-missing value. Series of unequal length are right-padded as missing (``observed_mask`` 0).
+"""UCR / UEA time-series classification archives (``.ts`` files, read by :mod:`tsdiffusion.data.sources.ucr`)
+as whole-series items with a class ``label``, e.g. GunPoint.
 
 Canonical source: the UEA & UCR Time Series Classification Repository,
 ``https://www.timeseriesclassification.com/aeon-toolkit/<Name>.zip`` (GunPoint: Dau et al., "The UCR Time
@@ -14,144 +8,23 @@ Series Archive", 2019). The project's copy is ``../shared/data/ucr_uea/GunPoint.
 
 from __future__ import annotations
 
-import tarfile
-import zipfile
-from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
 from tsdiffusion.data.datamodule import TSDataModule, WindowDataset
-from tsdiffusion.data.download import DataSourceError, fetch, resolve
-
-URL_TEMPLATE = "https://www.timeseriesclassification.com/aeon-toolkit/{name}.zip"
-
-
-class TSFormatError(ValueError):
-    """A ``.ts`` file breaks the format; the message names the file, line and what was expected."""
-
-
-@dataclass(frozen=True)
-class TSFile:
-    """A parsed ``.ts`` file. ``values`` (N, L, K) float64 with NaN where missing; ``labels`` (N,) strings."""
-
-    name: str
-    values: np.ndarray
-    labels: np.ndarray
-    class_names: tuple[str, ...]
-
-
-def _header(line: str, tags: dict[str, str], where: str) -> None:
-    key, _, rest = line[1:].partition(" ")
-    key = key.lower()
-    if key == "timestamps" and rest.strip().lower() == "true":
-        raise TSFormatError(f"{where}: @timeStamps true is not supported (expected plain values)")
-    tags[key] = rest.strip()
-
-
-def _parse_values(text: str, where: str) -> np.ndarray:
-    try:
-        return np.array([np.nan if v.strip() in ("?", "NaN", "nan", "") else float(v) for v in text.split(",")])
-    except ValueError as err:
-        raise TSFormatError(f"{where}: expected comma-separated numbers, got {text[:60]!r} ({err})") from None
-
-
-def _parse_data_line(line: str, has_labels: bool, where: str) -> tuple[list[np.ndarray], str | None]:
-    parts = line.split(":")
-    if has_labels:
-        if len(parts) < 2:
-            raise TSFormatError(f"{where}: expected '<values>:<class label>', got no ':' separator")
-        *dims, label = parts
-        return [_parse_values(d, where) for d in dims], label.strip()
-    return [_parse_values(d, where) for d in parts], None
-
-
-def parse_ts(text: str, source: str = "<string>") -> TSFile:
-    """Parse the contents of a ``.ts`` file. Raises :class:`TSFormatError` naming ``source`` and the line."""
-    tags: dict[str, str] = {}
-    rows: list[list[np.ndarray]] = []
-    labels: list[str | None] = []
-    in_data = False
-    for lineno, raw in enumerate(text.splitlines(), start=1):
-        line, where = raw.strip(), f"{source}, line {lineno}"
-        if not line or line.startswith("#"):
-            continue
-        if not in_data:
-            if not line.startswith("@"):
-                raise TSFormatError(
-                    f"{where}: expected a '@' header tag or '#' comment before @data, got {line[:40]!r}"
-                )
-            in_data = line.lower() == "@data"
-            if not in_data:
-                _header(line, tags, where)
-            continue
-        dims, label = _parse_data_line(line, _has_labels(tags), where)
-        if rows and len(dims) != len(rows[0]):
-            raise TSFormatError(f"{where}: expected {len(rows[0])} dimensions (as the first series), got {len(dims)}")
-        rows.append(dims)
-        labels.append(label)
-    if not in_data:
-        raise TSFormatError(f"{source}: no @data line")
-    if not rows:
-        raise TSFormatError(f"{source}: no series after @data")
-    return _assemble(tags, rows, labels, source)
-
-
-def _has_labels(tags: dict[str, str]) -> bool:
-    return tags.get("classlabel", "false").split()[0].lower() == "true" if tags.get("classlabel") else False
-
-
-def _assemble(tags: dict[str, str], rows: list[list[np.ndarray]], labels: list, source: str) -> TSFile:
-    L = max(len(d) for dims in rows for d in dims)
-    values = np.full((len(rows), L, len(rows[0])), np.nan)
-    for i, dims in enumerate(rows):
-        for k, d in enumerate(dims):
-            values[i, : len(d), k] = d
-    declared = tuple(tags["classlabel"].split()[1:]) if _has_labels(tags) else ()
-    label_arr = np.array(labels if _has_labels(tags) else [""] * len(rows), dtype=object)
-    unknown = sorted(set(label_arr) - set(declared)) if declared else []
-    if unknown:
-        raise TSFormatError(f"{source}: class labels {unknown[:5]} are not declared in @classLabel {list(declared)}")
-    classes = declared or tuple(sorted(set(label_arr)))
-    return TSFile(tags.get("problemname", Path(source).stem), values, label_arr.astype(str), classes)
-
-
-def read_ts(path: str | Path) -> TSFile:
-    """Read one ``.ts`` file from disk."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataSourceError(f"{path}: no such .ts file")
-    return parse_ts(path.read_text(encoding="utf-8", errors="replace"), str(path))
-
-
-def read_ucr_split(source: str | Path, name: str, split: Literal["TRAIN", "TEST"]) -> TSFile:
-    """``<name>_<split>.ts`` from a folder, a ``.tar(.gz)`` or a ``.zip`` (found at any depth)."""
-    source = Path(source)
-    target = f"{name}_{split}.ts"
-    if source.is_dir():
-        hits = sorted(source.rglob(target))
-        if not hits:
-            raise DataSourceError(f"{source}: no {target} in this folder or below")
-        return read_ts(hits[0])
-    text = _read_member(source, target)
-    return parse_ts(text, f"{source}:{target}")
-
-
-def _read_member(archive: Path, target: str) -> str:
-    if zipfile.is_zipfile(archive):
-        with zipfile.ZipFile(archive) as zf:
-            names = [n for n in zf.namelist() if PurePosixPath(n).name == target]
-            if names:
-                return zf.read(names[0]).decode("utf-8", errors="replace")
-    elif tarfile.is_tarfile(archive):
-        with tarfile.open(archive) as tf:
-            members = [m for m in tf.getmembers() if m.isfile() and PurePosixPath(m.name).name == target]
-            if members:
-                return tf.extractfile(members[0]).read().decode("utf-8", errors="replace")
-    else:
-        raise DataSourceError(f"{archive}: not a folder, .zip or tar archive")
-    raise DataSourceError(f"{archive}: no member named {target}")
+from tsdiffusion.data.download import fetch, resolve
+from tsdiffusion.data.sources.panel import Panel
+from tsdiffusion.data.sources.ucr import (  # noqa: F401  (the reader's names, re-exported)
+    URL_TEMPLATE,
+    TSFile,
+    TSFormatError,
+    parse_ts,
+    read_ts,
+    read_ucr_split,
+)
+from tsdiffusion.data.windows import Windows, make_window_fields, pad_to, series_stats, stratified_split
 
 
 class UCRDataModule(TSDataModule):
@@ -216,48 +89,27 @@ class UCRDataModule(TSDataModule):
         train, test = read_ucr_split(src, self.name, "TRAIN"), read_ucr_split(src, self.name, "TEST")
         self.class_names = tuple(dict.fromkeys(train.class_names + test.class_names))
         L = max(train.values.shape[1], test.values.shape[1])
+        panels = {part: data.panel(self.class_names) for part, data in (("train", train), ("test", test))}
         loc, scale = self._stats(train.values)
-        train_idx, val_idx = self._split(train.labels)
-        return {
-            "train": self._dataset(train, train_idx, L, loc, scale, "train"),
-            "val": self._dataset(train, val_idx, L, loc, scale, "val"),
-            "test": self._dataset(test, np.arange(len(test.labels)), L, loc, scale, "test"),
-        }
+        train_idx, val_idx = stratified_split(train.labels, self.val_fraction, self.seed)
+        parts = {"train": ("train", train_idx), "val": ("train", val_idx),
+                 "test": ("test", np.arange(len(test.labels)))}  # fmt: skip
+        return {split: self._dataset(panels[p], idx, L, loc, scale, split) for split, (p, idx) in parts.items()}
 
     def record_info(self) -> dict:
         return {"name": self.name, "source": str(self.path), "classes": list(self.class_names)}
 
     def _stats(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(K,) loc and scale over every observed step of the train file (``"none"``: 0 and 1)."""
         K = values.shape[-1]
         if self.normalization == "none":
             return np.zeros(K), np.ones(K)
-        mean, std = np.nanmean(values, axis=(0, 1)), np.nanstd(values, axis=(0, 1))
-        return np.nan_to_num(mean), np.where(np.isfinite(std) & (std > 0), std, 1.0)
+        return series_stats(values.reshape(-1, K))
 
-    def _split(self, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Stratified hold-out of ``val_fraction`` of each class -> (train indices, val indices)."""
-        rng = np.random.default_rng(self.seed)
-        val = []
-        for c in np.unique(labels):
-            idx = np.flatnonzero(labels == c)
-            val.extend(rng.permutation(idx)[: round(self.val_fraction * len(idx))])
-        val_idx = np.sort(np.asarray(val, dtype=np.int64))
-        return np.setdiff1d(np.arange(len(labels)), val_idx), val_idx
-
-    def _dataset(self, data: TSFile, idx: np.ndarray, L: int, loc, scale, split: str) -> WindowDataset:
-        values = np.full((len(idx), L, data.values.shape[-1]), np.nan)
-        values[:, : data.values.shape[1]] = data.values[idx]
-        mask = np.isfinite(values)
-        K, n = values.shape[-1], len(idx)
-        lookup = {c: i for i, c in enumerate(self.class_names)}
-        fields = {
-            "observed": np.where(mask, (np.nan_to_num(values) - loc) / scale, 0.0),
-            "observed_mask": mask,
-            "target_mask": mask,
-            "timepoints": np.tile(np.arange(L, dtype=np.float32), (n, 1)),
-            "feature_ids": np.tile(np.arange(K), (n, 1)),
-            "loc": np.tile(loc[None, None, :], (n, 1, 1)),
-            "scale": np.tile(scale[None, None, :], (n, 1, 1)),
-            "label": np.array([lookup[c] for c in data.labels[idx]], dtype=np.int64),
-        }
+    def _dataset(self, panel: Panel, idx: np.ndarray, L: int, loc, scale, split: str) -> WindowDataset:
+        """Items ``idx`` of ``panel`` as whole-series windows of L steps (shorter ones padded as missing)."""
+        values = pad_to(panel.values, L)
+        windows = Windows(idx, np.full(len(idx), L), np.zeros(len(idx), dtype=np.int64))
+        fields = make_window_fields(values, None, windows, L, loc, scale, None)
+        fields["label"] = panel.label[idx]
         return WindowDataset(fields, source=f"UCRDataModule({self.name}) {split} split")

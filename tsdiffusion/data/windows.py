@@ -212,7 +212,7 @@ def grid_windows(items: np.ndarray, ends: np.ndarray | list[int], scored_from: i
 
 def make_window_fields(
     values: np.ndarray,
-    target: np.ndarray,
+    target: np.ndarray | None,
     windows: Windows,
     length: int,
     loc: np.ndarray,
@@ -221,7 +221,8 @@ def make_window_fields(
 ) -> dict[str, np.ndarray]:
     """Cut windows into :class:`tsdiffusion.batch.TSBatch` arrays with a leading item axis.
 
-    values: (N, T, K) NaN where missing; target: (N, T, K) bool evaluation targets; loc, scale: (K,);
+    values: (N, T, K) NaN where missing; target: (N, T, K) bool evaluation targets, or None for every observed
+    value; loc, scale: (K,);
     time_feats: (T, F) or None. Returns observed (``(x - loc) / scale``, 0 where missing) / observed_mask /
     target_mask (W, L, K) (the target inside the observed values, from ``scored_from`` on), timepoints
     (W, L), feature_ids (W, K), loc / scale (W, 1, K) and time_features (W, L, F) when given.
@@ -234,7 +235,7 @@ def make_window_fields(
     fields = {
         "observed": np.where(mask, (np.nan_to_num(raw) - loc) / scale, 0.0),
         "observed_mask": mask,
-        "target_mask": target[windows.item[:, None], steps] & mask & scored,
+        "target_mask": mask & scored if target is None else target[windows.item[:, None], steps] & mask & scored,
         "timepoints": np.tile(np.arange(length, dtype=np.float32), (W, 1)),
         "feature_ids": np.tile(np.arange(K), (W, 1)),
         "loc": np.tile(loc.reshape(1, 1, K), (W, 1, 1)),
