@@ -1,0 +1,84 @@
+"""Every ``experiments/**/*.yaml`` through ``tsdiffusion fit --config X --trainer.fast_dev_run true`` (``test``
+for the baselines, which do not train), on the small fixtures of ``conftest.py`` in the real formats: a config
+that names ``../shared/data/...`` or a download is still parsed, built, trained one step and tested here.
+
+The models shrink by command-line overrides (applied only where the config's class accepts the argument, read
+from the config completed by the CLI's parser): a few channels, one layer, 2 samples, 2 sampling steps.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from tsdiffusion.cli import TSDiffusionCLI
+from tsdiffusion.runs import complete_config
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((ROOT / "experiments").rglob("*.yaml"))
+SHRINK = {
+    "model": {"num_samples": 2, "sample_steps": 2, "val_loss_steps": 1, "score_iterations": 2,
+              "sample_batch_size": 4},
+    "denoiser": {"channels": 8, "layers": 1, "heads": 2, "residual_layers": 2},
+    "data": {"batch_size": 4, "eval_batch_size": 4, "max_records": 40},
+}  # fmt: skip
+PREFIX = {"model": "model.init_args", "denoiser": "model.init_args.denoiser.init_args", "data": "data.init_args"}
+
+
+def _stand_in(data_class: str, path: str | None, fixtures: dict[str, Path]) -> str | None:
+    """The fixture that replaces a data path outside the repository; a path inside it is made absolute (the
+    test runs in its temporary folder); ``None``: keep the config's (``embedded``)."""
+    if path is not None and not str(path).startswith("../"):
+        return str(ROOT / path) if (ROOT / path).exists() else None
+    stand_ins = {"GluonTSDataModule": fixtures["gluonts"], "PhysioNetDataModule": "embedded",
+                 "UCRDataModule": fixtures["ucr"], "SMAPMSLDataModule": fixtures["smap"],
+                 "NABDataModule": fixtures["nab"]}  # fmt: skip
+    if data_class not in stand_ins:
+        raise AssertionError(f"{data_class} reads {path!r}: add a fixture in its real format to tests/conftest.py")
+    return str(stand_ins[data_class])
+
+
+def overrides(config: Path, tmp_path: Path, fixtures: dict[str, Path]) -> tuple[str, list[str]]:
+    """The subcommand and the command-line overrides that run ``config`` small and on fixtures."""
+    full = complete_config(config)
+    model, data = full["model"]["init_args"], full["data"]["init_args"]
+    denoiser = model.get("denoiser") if isinstance(model.get("denoiser"), dict) else {}
+    accepted = {"model": model, "denoiser": denoiser.get("init_args") or {}, "data": data}
+    args = ["--trainer.fast_dev_run", "true", "--trainer.default_root_dir", str(tmp_path),
+            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]  # fmt: skip
+    if isinstance(full["trainer"].get("logger"), dict):
+        args += ["--trainer.logger.init_args.save_dir", str(tmp_path / "logs")]
+    for section, values in SHRINK.items():
+        args += [a for name, v in values.items() if name in accepted[section] for a in (f"--{PREFIX[section]}.{name}", str(v))]
+    if "cache_dir" in data:
+        args += ["--data.init_args.cache_dir", str(tmp_path / "cache")]
+    stand_in = _stand_in(full["data"]["class_path"].rsplit(".", 1)[-1], data.get("path"), fixtures)
+    if stand_in is not None:
+        args += ["--data.init_args.path", stand_in]
+    baseline = model.get("baseline") is not None or "Baseline" in full["model"]["class_path"]
+    return ("test", args) if baseline else ("fit", [*args, "--test_after_fit", "true"])
+
+
+@pytest.fixture
+def fixtures(gluonts_hourly, ucr_folder, smap_archive, nab_archive) -> dict[str, Path]:
+    return {"gluonts": gluonts_hourly, "ucr": ucr_folder, "smap": smap_archive, "nab": nab_archive}
+
+
+def test_every_task_and_data_set_has_a_config():
+    tasks = {p.relative_to(ROOT / "experiments").parts[0] for p in CONFIGS}
+    assert {"imputation", "forecasting", "anomaly", "generation", "representation"} <= tasks
+    assert len(CONFIGS) >= 40
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: str(p.relative_to(ROOT / "experiments")))
+def test_config_fast_dev_run(config, tmp_path, fixtures, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # anything a config writes relative to the working directory lands here
+    subcommand, args = overrides(config, tmp_path, fixtures)
+    cli = TSDiffusionCLI(args=[subcommand, "--config", str(config), *args])
+    tested = {k: float(v) for k, v in cli.trainer.callback_metrics.items() if k.startswith("test/")}
+    assert tested and any(math.isfinite(v) for v in tested.values()), tested
+    denoiser = getattr(cli.model, "denoiser", None)
+    if hasattr(denoiser, "num_features"):
+        assert denoiser.num_features == cli.datamodule.num_features  # linked from the data
