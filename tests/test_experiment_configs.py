@@ -51,7 +51,8 @@ def overrides(config: Path, tmp_path: Path, fixtures: dict[str, Path]) -> tuple[
     if isinstance(full["trainer"].get("logger"), dict):
         args += ["--trainer.logger.init_args.save_dir", str(tmp_path / "logs")]
     for section, values in SHRINK.items():
-        args += [a for name, v in values.items() if name in accepted[section] for a in (f"--{PREFIX[section]}.{name}", str(v))]
+        for name, value in values.items():
+            args += [f"--{PREFIX[section]}.{name}", str(value)] if name in accepted[section] else []
     if "cache_dir" in data:
         args += ["--data.init_args.cache_dir", str(tmp_path / "cache")]
     stand_in = _stand_in(full["data"]["class_path"].rsplit(".", 1)[-1], data.get("path"), fixtures)
