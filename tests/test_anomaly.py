@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
-from tsdiffusion.anomaly_baselines import RollingMedianScorer, rolling_mad_score
+from tsdiffusion.baselines import RollingMedianScorer, rolling_mad_score
 from tsdiffusion.cli import TSDiffusionCLI
 from tsdiffusion.data.anomaly import (
     AnomalyDataModule,
@@ -27,17 +27,16 @@ from tsdiffusion.data.anomaly import (
 from tsdiffusion.data.download import DataSourceError
 from tsdiffusion.denoisers import CSDIDenoiser
 from tsdiffusion.diffusion import GaussianDiffusion
-from tsdiffusion.plots_anomaly import label_segments
-from tsdiffusion.tasks.anomaly import (
-    AnomalyTask,
+from tsdiffusion.metrics.anomaly import (
     anomaly_metrics,
-    mask_patterns,
     normalise_by_calibration,
     point_adjust,
     pot_threshold,
     quantile_threshold,
     stitch_windows,
 )
+from tsdiffusion.plots import label_segments
+from tsdiffusion.tasks.anomaly import AnomalyTask, mask_patterns
 
 CONFIGS = sorted((Path(__file__).resolve().parent.parent / "experiments" / "anomaly").glob("*/*.yaml"))
 SMAP_CHANNELS = {"P-1": 25, "S-1": 25, "E-1": 25, "P-2": 25}
@@ -226,7 +225,7 @@ def test_threshold_never_reads_test_labels(smap_archive, tmp_path):
         spacecraft="MSL", channels=["M-6", "S-2"], path=str(smap_archive), window_length=32,
         features="telemetry", eval_batch_size=64,
     )  # fmt: skip
-    task = AnomalyTask(RollingMedianScorer(1, width=25), num_samples=2)
+    task = AnomalyTask(baseline=RollingMedianScorer(width=25), num_samples=2)
     first = _trainer(tmp_path).test(task, datamodule=dm, verbose=False)[0]
     labels = dm.datasets["test"].fields["point_label"]
     perm = torch.randperm(labels.numel(), generator=torch.Generator().manual_seed(0))

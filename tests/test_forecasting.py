@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tsdiffusion.baselines import BaselineForecaster, BaselineForecastTask, bootstrap_forecast
+from tsdiffusion.baselines import RandomWalk, SeasonalNaive, bootstrap_forecast
 from tsdiffusion.cli import TSDiffusionCLI
 from tsdiffusion.denoisers import CSDIDenoiser
 from tsdiffusion.denoisers.timegrad import TimeGradDenoiser, TimeGradEncoder, lag_inputs
@@ -198,7 +198,8 @@ def periodic_batch(period: int, length: int = 60, k: int = 3) -> dict:
 
 
 def baseline_crps(method: str, season: int, batch: dict) -> float:
-    task = BaselineForecastTask(BaselineForecaster(3, method, season), num_samples=50).eval()
+    baseline = RandomWalk() if method == "random_walk" else SeasonalNaive(season)
+    task = ForecastingTask(baseline=baseline, num_samples=50).eval()
     samples = draw(task, batch)
     metrics = ProbabilisticMetrics(["crps", "crps_sum"])
     metrics.update(task.to_units(samples, batch), task.to_units(batch["observed"], batch), batch["target_mask"])
@@ -271,7 +272,7 @@ def test_config_fast_dev_run(config, tmp_path):
     ]  # fmt: skip
     if "path: null" in text:  # the canonical download: a small fixture in the same layout instead
         args += ["--data.init_args.path", str(write_hourly_fixture(tmp_path / "fixture"))]
-    if "BaselineForecastTask" in text:
+    if "tsdiffusion.baselines." in text:
         cli = TSDiffusionCLI(args=["test", *args])
     else:
         args += ["--model.init_args.sample_steps", "2", "--data.init_args.batch_size", "2",
@@ -279,4 +280,4 @@ def test_config_fast_dev_run(config, tmp_path):
         cli = TSDiffusionCLI(args=["fit", *args])
     metrics = cli.trainer.callback_metrics
     assert math.isfinite(float(metrics["test/crps"])) and math.isfinite(float(metrics["test/crps_sum"]))
-    assert cli.model.denoiser.num_features == cli.datamodule.num_features
+    assert cli.model.baseline is not None or cli.model.denoiser.num_features == cli.datamodule.num_features

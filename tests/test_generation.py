@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from tsdiffusion import gen_scores
 from tsdiffusion.denoisers.unet1d import UNet1DDenoiser
 from tsdiffusion.diffusion import GaussianDiffusion
+from tsdiffusion.metrics import generation as gen_scores
+from tsdiffusion.plots import plot_generation
 from tsdiffusion.tasks.generation import GenerationTask
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -145,7 +146,7 @@ def test_scores_with_baselines_and_plots(tmp_path):
     for name in ("discriminative", "predictive", "marginal", "acf"):
         assert {name, f"baseline_shuffled_{name}", f"baseline_noise_{name}"} <= scores.keys()
     assert scores["baseline_noise_acf"] > scores["acf"]
-    paths = gen_scores.plot_generation(real, real[::-1].copy(), tmp_path)
+    paths = plot_generation(real, real[::-1].copy(), tmp_path)
     assert all(p.is_file() and p.stat().st_size > 0 for p in paths)
     with pytest.raises(ValueError, match="NaN"):
         gen_scores.marginal_distance(real, np.full_like(real, np.nan))

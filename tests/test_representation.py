@@ -11,7 +11,8 @@ import torch
 
 from tsdiffusion.data.ucr import TSFormatError, UCRDataModule, parse_ts, read_ucr_split
 from tsdiffusion.denoisers.unet1d import UNet1DDenoiser
-from tsdiffusion.tasks.representation import RepresentationTask, evaluate_features, kmeans_scores, linear_probe
+from tsdiffusion.metrics.representation import evaluate_features, kmeans_scores, linear_probe
+from tsdiffusion.tasks.representation import RepresentationTask
 
 ROOT = Path(__file__).resolve().parents[1]
 GUNPOINT = ROOT.parent / "shared" / "data" / "ucr_uea" / "GunPoint.tar.gz"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningCLI, _get_module_type, _InstantiatorFn
 
 from tsdiffusion.callbacks import RNGStateCallback
 from tsdiffusion.data.datamodule import TSDataModule
@@ -30,6 +30,18 @@ TRAINER_DEFAULTS = {
     },
     "log_every_n_steps": 10,
 }
+
+
+class _ModelInstantiator(_InstantiatorFn):
+    """Lightning's model instantiator, minus the link into the denoiser when a task is given a ``baseline``
+    instead (:mod:`tsdiffusion.baselines`): that link has no target, and Lightning's hparams bookkeeping would
+    fail on it."""
+
+    def __call__(self, class_type, *args, applied_instantiation_links: dict, **kwargs):
+        if kwargs.get("denoiser") is None:
+            links = applied_instantiation_links.items()
+            applied_instantiation_links = {k: v for k, v in links if ".denoiser." not in k}
+        return super().__call__(class_type, *args, applied_instantiation_links=applied_instantiation_links, **kwargs)
 
 
 class TSDiffusionCLI(LightningCLI):
@@ -61,6 +73,12 @@ class TSDiffusionCLI(LightningCLI):
         parser.add_argument("--record_dir", type=str | None, default=None,
                             help="where test writes metrics.json (default: the run's log folder)")  # fmt: skip
 
+    def _add_instantiators(self) -> None:
+        self.parser.add_instantiator(_ModelInstantiator(cli=self, key="model"), _get_module_type(self._model_class),
+                                     subclasses=self.subclass_mode_model)  # fmt: skip
+        self.parser.add_instantiator(_InstantiatorFn(cli=self, key="data"), _get_module_type(self._datamodule_class),
+                                     subclasses=self.subclass_mode_data)  # fmt: skip
+
     def _parse_ckpt_path(self) -> None:
         """Lightning would overwrite the config with the hyperparameters stored in ``--ckpt_path``, silently
         discarding command-line overrides such as ``--model.init_args.sampler ddim``. Here the config (e.g. the
@@ -91,7 +109,7 @@ class TSDiffusionCLI(LightningCLI):
         record = make_record(
             task=type(self.model).__name__,
             dataset=getattr(dm, "name", type(dm).__name__),
-            model=type(self.model.denoiser).__name__,
+            model=type(self.model.baseline or self.model.denoiser).__name__,
             metrics=metrics,
             config=cfg,
             seed=cfg.get("seed_everything"),
@@ -115,6 +133,11 @@ def main(argv: list[str] | None = None) -> None:
         from tsdiffusion.benchmark import main as benchmark_main
 
         benchmark_main(args[1:])
+        return
+    if args and args[0] == "curve":  # the speed/quality curve of a finished run (tsdiffusion.curve)
+        from tsdiffusion.curve import main as curve_main
+
+        curve_main(args[1:])
         return
     TSDiffusionCLI(args=argv)  # None: LightningCLI reads sys.argv itself
 

@@ -57,6 +57,12 @@ def forecast_mask(batch: TSBatch) -> Tensor:
     return batch["observed_mask"] * (1 - batch["target_mask"])
 
 
+def horizon_start(cond_mask: Tensor) -> int:
+    """The first step after the last one where any value is conditioned on. cond_mask: (B, L, K)."""
+    seen = torch.nonzero(cond_mask.amax(dim=(0, 2)) > 0).flatten()
+    return int(seen[-1]) + 1 if len(seen) else 0
+
+
 def make_cond_mask(strategy: MaskStrategy, batch: TSBatch, generator: torch.Generator | None = None) -> Tensor:
     """Dispatch a strategy by name. ``none`` conditions on nothing (unconditional generation)."""
     observed_mask = batch["observed_mask"]

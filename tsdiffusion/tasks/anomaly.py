@@ -12,12 +12,12 @@ gets a score by one of two rules:
   conditioning, S times; a point scores ``|median_S(x0_hat) - x|``.
 
 Per-point scores are averaged over the observed features (B, L), window scores are averaged where
-windows overlap (:func:`stitch_windows`), each series' scores can be standardised by its own calibration
-scores (:func:`normalise_by_calibration`, off by default), and a threshold is set on the stitched scores of the
-*calibration* windows (the held-out end of the training data; no labels): a quantile, or the
-peaks-over-threshold rule of SPOT (Siffer et al. KDD 2017). Test labels are read only by
-:func:`anomaly_metrics`: AUROC, AUPRC, precision / recall / F1 at the threshold and, reported separately,
-the point-adjusted ``pa_*`` scores of the literature (Xu et al. WWW 2018), which inflate results.
+windows overlap, each series' scores can be standardised by its own calibration scores (off by default),
+and a threshold is set on the stitched scores of the *calibration* windows (the held-out end of the training
+data; no labels): a quantile, or the peaks-over-threshold rule of SPOT (Siffer et al. KDD 2017). The math
+is in :mod:`tsdiffusion.metrics.anomaly`; test labels are read only by its :func:`anomaly_metrics`: AUROC,
+AUPRC, precision / recall / F1 at the threshold and, reported separately, the point-adjusted ``pa_*`` scores
+of the literature (Xu et al. WWW 2018), which inflate results.
 
 Why reconstruction is the default: on the CPU-budget runs (experiments/anomaly/*/csdi_cpu*.yaml, the same
 checkpoints scored both ways) its AUROC was MSL 0.616 / SMAP 0.625 against 0.477 / 0.543 for the imputation
@@ -27,30 +27,31 @@ normalisation did not help either rule there (MSL 0.587 / SMAP 0.603 with it, fo
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
 from einops import rearrange, repeat
 from torch import Tensor
-from torchmetrics.functional.classification import (
-    binary_auroc,
-    binary_average_precision,
-    binary_f1_score,
-    binary_precision,
-    binary_recall,
-)
 
+from tsdiffusion.baselines.base import ScoringBaseline
 from tsdiffusion.batch import TSBatch, repeat_batch
-from tsdiffusion.diffusion import timesteps
+from tsdiffusion.diffusion import draw_samples
 from tsdiffusion.masking import make_cond_mask
+from tsdiffusion.metrics.anomaly import (
+    anomaly_metrics,
+    imputation_scores,
+    reduce_features,
+    stitch_and_normalise,
+    threshold_from,
+)
+from tsdiffusion.plots.callbacks import AnomalyPlotCallback
 from tsdiffusion.tasks.base import DiffusionTask, make_cond
 
 CALIBRATION, TEST = 0, 1
 
 
-# -- scoring math ---------------------------------------------------------------------------------------
+# -- masks ------------------------------------------------------------------------------------------------
 
 
 def mask_patterns(length: int, num_patterns: int, kind: Literal["interleaved", "blocks"], block: int = 1) -> Tensor:
@@ -58,140 +59,6 @@ def mask_patterns(length: int, num_patterns: int, kind: Literal["interleaved", "
     steps = torch.arange(length)
     group = steps % num_patterns if kind == "interleaved" else (steps // block) % num_patterns
     return (group[None, :] == torch.arange(num_patterns)[:, None]).float()
-
-
-def imputation_scores(samples: Tensor, x: Tensor, eps: float) -> Tensor:
-    """|median - x| / (std + eps) per point (ImDiffusion). samples (B, S, L, K), x (B, L, K) -> (B, L, K)."""
-    median = samples.median(dim=1).values
-    return (median - x).abs() / (samples.std(dim=1) + eps)
-
-
-def reduce_features(scores: Tensor, observed_mask: Tensor) -> Tensor:
-    """(B, L, K) -> (B, L): mean over the observed features (0 where none is observed)."""
-    return (scores * observed_mask).sum(-1) / observed_mask.sum(-1).clamp(min=1)
-
-
-def stitch_windows(
-    series_index: np.ndarray, window_start: np.ndarray, values: np.ndarray, valid: np.ndarray
-) -> dict[int, np.ndarray]:
-    """Window values back on each series' time axis, averaged where windows overlap.
-
-    series_index, window_start: (N,) ints; values, valid: (N, L). Returns ``{series: (T,)}`` with T the last
-    valid step + 1; a step no valid window covers is NaN.
-    """
-    out = {}
-    L = values.shape[1]
-    for s in np.unique(series_index):
-        rows = series_index == s
-        pos = window_start[rows][:, None] + np.arange(L)[None, :]
-        ok = valid[rows] > 0
-        length = int(pos[ok].max()) + 1
-        total = np.bincount(pos[ok], weights=values[rows][ok], minlength=length)
-        count = np.bincount(pos[ok], minlength=length)
-        out[int(s)] = np.where(count > 0, total / np.maximum(count, 1), np.nan)
-    return out
-
-
-# -- thresholds (no labels) --------------------------------------------------------------------------
-
-
-def normalise_by_calibration(
-    calibration: dict[int, np.ndarray], test: dict[int, np.ndarray]
-) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
-    """Each series' scores as robust z-scores of its own calibration scores: (s - median) / (1.4826 MAD).
-
-    calibration, test: ``{series: (T,) scores}`` (NaN allowed). Telemetry channels differ in how well the
-    model reconstructs them, so raw scores pooled over channels rank a noisy normal channel above a clean
-    anomalous one; this puts every channel on the scale of its own normal behaviour (no labels are read).
-    A series without calibration scores uses the pooled calibration statistics; a zero MAD falls back to
-    the series' calibration std, then to 1.
-    """
-    pooled = np.concatenate([v[np.isfinite(v)] for v in calibration.values()])
-
-    def stats(x: np.ndarray) -> tuple[float, float]:
-        x = x[np.isfinite(x)] if len(x) else x
-        if not len(x):
-            x = pooled
-        med = float(np.median(x))
-        spread = 1.4826 * float(np.median(np.abs(x - med)))
-        return med, spread if spread > 0 else (float(x.std()) or 1.0)
-
-    params = {s: stats(calibration.get(s, np.array([]))) for s in set(calibration) | set(test)}
-    scale = lambda d: {s: (v - params[s][0]) / params[s][1] for s, v in d.items()}
-    return scale(calibration), scale(test)
-
-
-def quantile_threshold(scores: np.ndarray, q: float) -> float:
-    """The q-quantile of calibration scores (NaN ignored)."""
-    return float(np.nanquantile(scores, q))
-
-
-def pot_threshold(scores: np.ndarray, level: float, risk: float) -> float:
-    """Peaks over threshold (SPOT's initialisation, Siffer et al. KDD 2017, eq. 1).
-
-    u = the ``level`` quantile; the n_u excesses over u follow a generalised Pareto law (gamma, sigma),
-    fitted here by the method of moments (Hosking & Wallis 1987; valid for gamma < 1/2):
-    gamma = (1 - m^2 / v) / 2, sigma = m (m^2 / v + 1) / 2. The threshold with exceedance probability
-    ``risk``: z = u + sigma / gamma ((risk n / n_u)^(-gamma) - 1), or u - sigma log(risk n / n_u) at gamma 0.
-    """
-    x = scores[np.isfinite(scores)]
-    u = float(np.quantile(x, level))
-    peaks = x[x > u] - u
-    if len(peaks) < 2 or peaks.var() == 0:
-        return float(x.max())
-    m, v = peaks.mean(), peaks.var()
-    gamma, sigma = 0.5 * (1 - m * m / v), 0.5 * m * (m * m / v + 1)
-    r = risk * len(x) / len(peaks)
-    if abs(gamma) < 1e-6:
-        return float(u - sigma * np.log(r))
-    return float(u + sigma / gamma * (r ** (-gamma) - 1))
-
-
-# -- metrics (the only code that reads test labels) ---------------------------------------------------
-
-
-def point_adjust(pred: np.ndarray, label: np.ndarray) -> np.ndarray:
-    """Point adjustment (Xu et al. WWW 2018): a labelled segment with one detected point is fully detected.
-
-    pred, label: (T,) 0/1 of one series -> adjusted pred (T,). Predictions outside segments are kept.
-    """
-    pred, label = pred.astype(bool).copy(), label.astype(bool)
-    edges = np.diff(np.concatenate([[0], label.astype(int), [0]]))
-    for start, end in zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)):
-        if pred[start:end].any():
-            pred[start:end] = True
-    return pred
-
-
-def _rates(pred: Tensor, label: Tensor, prefix: str) -> dict[str, float]:
-    return {
-        f"{prefix}precision": float(binary_precision(pred, label)),
-        f"{prefix}recall": float(binary_recall(pred, label)),
-        f"{prefix}f1": float(binary_f1_score(pred, label)),
-    }
-
-
-def anomaly_metrics(scores: list[np.ndarray], labels: list[np.ndarray], threshold: float) -> dict[str, float]:
-    """Pooled metrics over series. scores, labels: one (T,) array per series (NaN scores are dropped).
-
-    ``auroc`` / ``auprc`` (torchmetrics; scores min-max scaled to [0, 1] first, since torchmetrics applies a
-    sigmoid to values outside [0, 1], which would tie large scores), ``precision`` / ``recall`` / ``f1`` of
-    ``score > threshold``, and ``pa_precision`` / ``pa_recall`` / ``pa_f1`` after point adjustment per series.
-    """
-    keep = [np.isfinite(s) for s in scores]
-    s = np.concatenate([x[k] for x, k in zip(scores, keep)])
-    y = torch.as_tensor(np.concatenate([x[k] for x, k in zip(labels, keep)])).long()
-    pa = np.concatenate([point_adjust(x[k] > threshold, lab[k]) for x, lab, k in zip(scores, labels, keep)])
-    prob = torch.as_tensor((s - s.min()) / max(s.max() - s.min(), 1e-12))
-    out = {"auroc": float(binary_auroc(prob, y)), "auprc": float(binary_average_precision(prob, y))}
-    out |= _rates(torch.as_tensor(s > threshold).long(), y, "")
-    out |= _rates(torch.as_tensor(pa).long(), y, "pa_")
-    out |= {
-        "threshold": threshold,
-        "pred_ratio": float((s > threshold).mean()),
-        "anomaly_ratio": float(y.float().mean()),
-    }
-    return out
 
 
 # -- the task ---------------------------------------------------------------------------------------
@@ -206,8 +73,8 @@ class AnomalyTask(DiffusionTask):
 
     Args:
         scoring: ``reconstruction`` (default; partial noising to t*) or ``imputation`` (ImDiffusion).
-            A denoiser with a ``score(observed, observed_mask)`` method (a non-learned scorer, see
-            :mod:`tsdiffusion.anomaly_baselines`) replaces both.
+            A ``baseline`` (a :class:`tsdiffusion.baselines.ScoringBaseline`, e.g. ``RollingMedianScorer``)
+            in place of the denoiser replaces both; its scores go through the same stitching and thresholds.
         num_patterns: P, fixed masks of the imputation rule (each hides 1/P of the steps).
         pattern: ``interleaved`` (hide step l in pattern l mod P) or ``blocks`` of ``pattern_block`` steps.
         pattern_block: block length of ``blocks``.
@@ -221,7 +88,7 @@ class AnomalyTask(DiffusionTask):
         pot_level, pot_risk: the initial quantile and the risk of ``pot``.
         mask_strategy: training masks (see :mod:`tsdiffusion.masking`).
         plot_series: save a figure (series, score, threshold, labels) for the first this many test series
-            into the logger's folder.
+            into the logger's folder (an :class:`tsdiffusion.plots.AnomalyPlotCallback`).
         **DiffusionTask arguments**: ``num_samples`` is S (>= 2) of either rule; ``metrics`` is not used
             (the probabilistic metrics collection is left empty).
 
@@ -251,7 +118,7 @@ class AnomalyTask(DiffusionTask):
     ):
         kwargs["metrics"] = ()
         super().__init__(*args, **kwargs)
-        self.save_hyperparameters(ignore=["denoiser", "process"])
+        self.save_hyperparameters(ignore=["denoiser", "process", "baseline"])
         if self.hparams.num_samples < 2:
             raise ValueError(
                 f"AnomalyTask needs num_samples >= 2 (a median and a spread), got {self.hparams.num_samples}"
@@ -263,26 +130,24 @@ class AnomalyTask(DiffusionTask):
                 f"AnomalyTask: scoring='reconstruction' denoises from t* with sampler 'ddpm' or 'ddim', "
                 f"got {self.hparams.sampler!r}"
             )
+        if self.baseline is not None and not isinstance(self.baseline, ScoringBaseline):
+            raise TypeError(f"AnomalyTask needs a ScoringBaseline, got {type(self.baseline).__name__}")
         self._windows: dict[int, list[dict[str, Tensor]]] = {CALIBRATION: [], TEST: []}
         self.anomaly_results: dict = {}
 
     def train_cond_mask(self, batch: TSBatch) -> Tensor:
         return make_cond_mask(self.hparams.mask_strategy, batch)
 
-    @property
-    def learned(self) -> bool:
-        """False for a non-learned scorer in the denoiser slot (nothing to train or optimise)."""
-        return any(p.requires_grad for p in self.parameters())
-
-    def training_step(self, batch: TSBatch, batch_idx: int) -> Tensor | None:
-        return super().training_step(batch, batch_idx) if self.learned else None
+    def configure_callbacks(self) -> list:
+        """An :class:`AnomalyPlotCallback` of ``plot_series`` series (none for 0)."""
+        return [AnomalyPlotCallback(self.hparams.plot_series)] if self.hparams.plot_series else []
 
     # -- scores per window ------------------------------------------------------------------------
     def score_batch(self, batch: TSBatch, generator: torch.Generator | None = None) -> Tensor:
         """(B, L) anomaly score of every step of every window (never reads ``point_label``)."""
         model_input = {k: v for k, v in batch.items() if k != "point_label"}
-        if hasattr(self.denoiser, "score"):
-            per_point = self.denoiser.score(model_input["observed"], model_input["observed_mask"])
+        if self.baseline is not None:
+            per_point = self.baseline.score(model_input)
         elif self.hparams.scoring == "imputation":
             per_point = self.imputation_score(model_input, generator)
         else:
@@ -307,34 +172,22 @@ class AnomalyTask(DiffusionTask):
         t_star = self.process.num_steps // 5 if hp.noise_step is None else hp.noise_step
         if t_star >= self.process.num_steps:
             raise ValueError(f"noise_step must be < the process's {self.process.num_steps} steps, got {t_star}")
-        S, x0 = hp.num_samples, batch["observed"]
-        rows = repeat_batch(batch, S)  # (b s) ...
-        cond = make_cond(rows, torch.zeros_like(rows["observed"]))
-        noise = torch.randn(rows["observed"].shape, device=x0.device, generator=generator)
-        x = self.process.q_sample(rows["observed"], torch.full_like(noise[:, 0, 0], t_star).long(), noise)
-        x = self.denoise_from(x, t_star, cond, generator)
-        median = rearrange(x, "(b s) l k -> b s l k", s=S).median(dim=1).values
-        return (median - x0).abs()
-
-    @torch.no_grad()
-    def denoise_from(self, x_t: Tensor, t_start: int, cond: dict, generator: torch.Generator | None = None) -> Tensor:
-        """x_{t*} (N, L, K) -> x_0 with ``denoise_steps`` DDPM / DDIM steps from t* down to 0."""
-        hp, fn = self.hparams, self.denoise_fn(cond)
-        seq = timesteps(t_start + 1, min(hp.denoise_steps or t_start + 1, t_start + 1))
-        for t, s in zip(seq, [*seq[1:], -1]):
-            step = torch.full_like(x_t[:, 0, 0], t).long()
-            out = fn(x_t, step, cond)
-            if hp.sampler == "ddim":
-                x_t = self.process.ddim_step(out, t, s, x_t, eta=hp.eta, generator=generator)
-            else:
-                x_t = self.process.ddpm_step(out, t, x_t, s, generator=generator)
-        return x_t
+        x0 = batch["observed"]
+        cond = make_cond(batch, torch.zeros_like(x0))
+        # S rows per window from x0 noised to t*, denoised with ``denoise_steps`` calls; all B * S rows in one
+        # sampler call (no max_batch), as the recorded scores were drawn
+        x = draw_samples(self.process, self.denoise_fn(cond), cond, tuple(x0.shape), hp.num_samples,
+                         sampler=hp.sampler, steps=hp.denoise_steps, eta=hp.eta, t_start=t_star, x0=x0,
+                         generator=generator)  # fmt: skip
+        return (x.median(dim=1).values - x0).abs()
 
     # -- evaluation ------------------------------------------------------------------------------
     def on_test_epoch_start(self) -> None:
         self._windows = {CALIBRATION: [], TEST: []}
 
-    def test_step(self, batch: TSBatch, batch_idx: int, dataloader_idx: int = 0) -> None:
+    def test_step(self, batch: TSBatch, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
+        """Scores the windows; returns them, (B,) ``series_index`` / ``window_start`` and (B, L) ``score``,
+        ``valid``, ``value`` (feature 0, original units) and ``label`` (for the epoch end and the figures)."""
         scores = self.score_batch(batch, self._generator(batch_idx + 100_000 * dataloader_idx))
         first = batch["observed"][..., 0] * batch["scale"][..., 0] + batch["loc"][..., 0]
         window = {
@@ -342,74 +195,35 @@ class AnomalyTask(DiffusionTask):
             "valid": batch["observed_mask"].amax(-1), "value": first,
             "label": batch.get("point_label", torch.zeros_like(scores)),
         }  # fmt: skip
-        self._windows[dataloader_idx].append({k: v.detach().cpu() for k, v in window.items()})
+        self._windows[dataloader_idx].append({k: v.detach() for k, v in window.items()})
+        return window
 
     def on_test_epoch_end(self) -> None:
+        """Stitch, normalise, threshold and score the windows of the whole test set (gathered over ranks)."""
         if not self._windows[CALIBRATION] or not self._windows[TEST]:
             raise RuntimeError("AnomalyTask.test needs two test loaders, [calibration, test] (see AnomalyDataModule)")
-        calibration = _stitch_all(self._windows[CALIBRATION])
-        test = _stitch_all(self._windows[TEST])
-        if self.hparams.score_normalisation == "series":
-            cal, tst = normalise_by_calibration(
-                dict(zip(calibration["series"], calibration["score"])), dict(zip(test["series"], test["score"]))
-            )
-            calibration["score"] = [cal[s] for s in calibration["series"]]
-            test["score"] = [tst[s] for s in test["series"]]
+        windows = {i: self._gathered(i) for i in (CALIBRATION, TEST)}
+        self._windows = {CALIBRATION: [], TEST: []}
+        hp = self.hparams
+        calibration, test = stitch_and_normalise(windows[CALIBRATION], windows[TEST], hp.score_normalisation)
         threshold = self.threshold_from(np.concatenate(calibration["score"]))
         metrics = anomaly_metrics(test["score"], test["label"], threshold)
         self.log_dict({f"test/{k}": float(v) for k, v in metrics.items()}, add_dataloader_idx=False)
-        self.anomaly_results = {
-            "threshold": threshold,
-            "calibration": calibration,
-            "test": test,
-            "metrics": metrics,
-        }
-        self._save_plots()
+        self.anomaly_results = {"threshold": threshold, "calibration": calibration, "test": test, "metrics": metrics}
+
+    def _gathered(self, dataloader_idx: int) -> dict[str, Tensor]:
+        """The windows of one test loader, of every rank in loader order, on the CPU."""
+        parts = self._windows[dataloader_idx]
+        cat = {k: torch.cat([w[k] for w in parts]) for k in parts[0]}
+        return {k: self.gather_ordered(v, dataloader_idx).cpu() for k, v in cat.items()}
 
     def threshold_from(self, calibration_scores: np.ndarray) -> float:
         """The threshold rule applied to calibration scores (no labels)."""
         hp = self.hparams
-        if hp.threshold == "pot":
-            return pot_threshold(calibration_scores, hp.pot_level, hp.pot_risk)
-        return quantile_threshold(calibration_scores, hp.threshold_quantile)
+        return threshold_from(calibration_scores, hp.threshold, quantile=hp.threshold_quantile, level=hp.pot_level,
+                              risk=hp.pot_risk)  # fmt: skip
 
     def predict_step(self, batch: TSBatch, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
         """Window scores (B, L) with ``series_index`` / ``window_start`` for :func:`stitch_windows`."""
         scores = self.score_batch(batch, self._generator(batch_idx + 100_000 * dataloader_idx))
         return {"score": scores, "series_index": batch["series_index"], "window_start": batch["window_start"]}
-
-    def _save_plots(self) -> None:
-        folder = getattr(self.trainer, "log_dir", None) if self._trainer is not None else None
-        if not self.hparams.plot_series or folder is None or not self.trainer.is_global_zero:
-            return
-        from tsdiffusion.plots_anomaly import plot_anomaly_scores
-
-        names = getattr(getattr(self.trainer, "datamodule", None), "series_names", None)
-        test = self.anomaly_results["test"]
-        for i in range(min(self.hparams.plot_series, len(test["score"]))):
-            name = names[test["series"][i]] if names else str(test["series"][i])
-            fig = plot_anomaly_scores(test["value"][i], test["score"][i], test["label"][i],
-                                      self.anomaly_results["threshold"], title=name)  # fmt: skip
-            Path(folder).mkdir(parents=True, exist_ok=True)
-            fig.savefig(Path(folder) / f"anomaly_{name.replace('/', '_')}.png", dpi=100)
-            import matplotlib.pyplot as plt
-
-            plt.close(fig)
-
-    def configure_optimizers(self):
-        """As :class:`DiffusionTask`; nothing to optimise for a non-learned scorer."""
-        if not self.learned:
-            return None
-        return super().configure_optimizers()
-
-
-def _stitch_all(windows: list[dict[str, Tensor]]) -> dict[str, list]:
-    """Stitched ``score``, ``label``, ``value`` per series (lists of (T,) arrays), ``series`` indices."""
-    cat = {k: torch.cat([w[k] for w in windows]).double().numpy() for k in windows[0]}
-    index, start = cat["series_index"].astype(np.int64), cat["window_start"].astype(np.int64)
-    out: dict[str, list] = {}
-    for key in ("score", "label", "value"):
-        stitched = stitch_windows(index, start, cat[key], cat["valid"])
-        out["series"] = sorted(stitched)
-        out[key] = [stitched[s] for s in out["series"]]
-    return out

@@ -12,10 +12,12 @@ from typing import Literal
 
 import lightning as L
 import torch
+from einops import rearrange
 from torch import Tensor, nn
 
+from tsdiffusion.baselines.base import Baseline, SamplingBaseline
 from tsdiffusion.batch import Cond, TSBatch
-from tsdiffusion.diffusion import GaussianDiffusion, draw_samples, timesteps
+from tsdiffusion.diffusion import GaussianDiffusion, conditioned, draw_samples, timesteps
 from tsdiffusion.diffusion.samplers import SamplerName
 from tsdiffusion.metrics import DEFAULT_METRICS, MetricName, ProbabilisticMetrics
 
@@ -36,6 +38,9 @@ class DiffusionTask(L.LightningModule):
 
     Args:
         denoiser: any module with the signature ``denoiser(x_t (B,L,K), t (B,), cond) -> (B,L,K)``.
+        baseline: a non-learned model evaluated in place of a denoiser (:mod:`tsdiffusion.baselines`): the
+            task's test windows, conditioning, metrics and figures are those of a trained model, and ``fit``
+            has nothing to optimise. Give exactly one of ``denoiser`` and ``baseline``.
         process: the forward process (schedule, number of steps, prediction type); default CSDI's
             ``GaussianDiffusion()`` (50 quad steps, 1e-4..0.5, eps prediction).
         lr, weight_decay: Adam settings (CSDI: 1e-3, 1e-6).
@@ -56,7 +61,7 @@ class DiffusionTask(L.LightningModule):
 
     def __init__(
         self,
-        denoiser: nn.Module,
+        denoiser: nn.Module | None = None,
         process: GaussianDiffusion | None = None,
         lr: float = 1e-3,
         weight_decay: float = 1e-6,
@@ -70,10 +75,13 @@ class DiffusionTask(L.LightningModule):
         sample_seed: int = 0,
         val_loss_steps: int | None = None,
         metrics: Sequence[MetricName] = DEFAULT_METRICS,
+        baseline: Baseline | None = None,
     ):
         super().__init__()
-        self.save_hyperparameters(ignore=["denoiser", "process"])
-        self.denoiser = denoiser
+        self.save_hyperparameters(ignore=["denoiser", "process", "baseline"])
+        if (denoiser is None) == (baseline is None):
+            raise ValueError(f"{type(self).__name__}: give exactly one of denoiser= and baseline=")
+        self.denoiser, self.baseline = denoiser, baseline
         self.process = process if process is not None else GaussianDiffusion()
         self.test_metrics = ProbabilisticMetrics(metrics, prefix="test/")
 
@@ -86,15 +94,24 @@ class DiffusionTask(L.LightningModule):
         """(B, L, K): what the model sees at evaluation: everything observed except the evaluation targets."""
         return batch["observed_mask"] * (1 - batch["target_mask"])
 
+    @property
+    def learned(self) -> bool:
+        """False for a baseline (nothing to train, validate or optimise)."""
+        return self.baseline is None
+
     # -- training -------------------------------------------------------------------------------
-    def training_step(self, batch: TSBatch, batch_idx: int) -> Tensor:
+    def training_step(self, batch: TSBatch, batch_idx: int) -> Tensor | None:
+        if not self.learned:
+            return None
         cond_mask = self.train_cond_mask(batch)
         loss_mask = batch["observed_mask"] * (1 - cond_mask)
         loss = self.process.loss(self.denoiser, batch["observed"], make_cond(batch, cond_mask), loss_mask)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["observed"]))
         return loss
 
-    def validation_step(self, batch: TSBatch, batch_idx: int) -> Tensor:
+    def validation_step(self, batch: TSBatch, batch_idx: int) -> Tensor | None:
+        if not self.learned:
+            return None
         cond_mask = self.eval_cond_mask(batch)
         cond, x0 = make_cond(batch, cond_mask), batch["observed"]
         loss_mask = batch["observed_mask"] * (1 - cond_mask)
@@ -111,24 +128,21 @@ class DiffusionTask(L.LightningModule):
 
     # -- sampling -------------------------------------------------------------------------------
     def denoise_fn(self, cond: Cond):
-        """The closure a sampler calls. Unconditional denoisers see observed values noised to step t (CSDI)."""
-        if not getattr(self.denoiser, "unconditional", False):
-            return self.denoiser
-
-        def fn(x_t: Tensor, t: Tensor, c: Cond) -> Tensor:
-            noise = torch.randn_like(x_t)
-            noisy_obs = self.process.q_sample(c["observed"], t, noise)
-            return self.denoiser(c["cond_mask"] * noisy_obs + (1 - c["cond_mask"]) * x_t, t, c)
-
-        return fn
+        """The function a sampler calls: the denoiser, or for one that declares ``conditional=False`` the
+        :class:`tsdiffusion.diffusion.Unconditional` wrapper (observed values noised to step t, CSDI)."""
+        return conditioned(self.process, self.denoiser)
 
     @torch.no_grad()
     def sample(self, batch: TSBatch, cond_mask: Tensor, num_samples: int | None = None,
                generator: torch.Generator | None = None) -> Tensor:  # fmt: skip
         """Samples (B, S, L, K) in normalised units, observed values kept where ``cond_mask`` is 1."""
         hp = self.hparams
-        cond = make_cond(batch, cond_mask)
         s = num_samples or hp.num_samples
+        if self.baseline is not None:
+            if not isinstance(self.baseline, SamplingBaseline):
+                raise TypeError(f"{type(self).__name__} needs a SamplingBaseline, got {type(self.baseline).__name__}")
+            return self.baseline.sample(batch, cond_mask, s, generator)
+        cond = make_cond(batch, cond_mask)
         samples = draw_samples(
             self.process, self.denoise_fn(cond), cond, tuple(batch["observed"].shape), s,
             sampler=hp.sampler, steps=hp.sample_steps, eta=hp.eta, max_batch=hp.sample_batch_size,
@@ -151,12 +165,13 @@ class DiffusionTask(L.LightningModule):
         return x * scale + loc
 
     # -- evaluation -----------------------------------------------------------------------------
-    def test_step(self, batch: TSBatch, batch_idx: int) -> None:
+    def test_step(self, batch: TSBatch, batch_idx: int) -> dict[str, Tensor]:
+        """Updates the metrics; returns ``{"samples": (B, S, L, K)}`` in normalised units (for the callbacks)."""
         cond_mask = self.eval_cond_mask(batch)
         samples = self.sample(batch, cond_mask, generator=self._generator(batch_idx))
         target = self.to_units(batch["observed"], batch)
         self.test_metrics.update(self.to_units(samples, batch), target, batch["target_mask"])
-        self.last_test_batch = (batch, samples)
+        return {"samples": samples}
 
     def on_test_epoch_end(self) -> None:
         self.log_dict(self.test_metrics.compute(), sync_dist=False)
@@ -167,8 +182,25 @@ class DiffusionTask(L.LightningModule):
         samples = self.sample(batch, cond_mask, generator=self._generator(batch_idx))
         return {"samples": self.to_units(samples, batch), "cond_mask": cond_mask}
 
+    def gather_ordered(self, x: Tensor, dataloader_idx: int = 0) -> Tensor:
+        """Rows (N_rank, ...) of this rank's test windows -> (N, ...) of the whole test set in loader order.
+
+        Under DDP Lightning's ``DistributedSampler`` deals the N windows out in turn (rank r gets windows
+        r, r + W, ...) and pads every rank to the same count with the first windows again; the gathered
+        (W, n, ...) rows are interleaved back and the padding dropped, so every rank holds what one process
+        would. Single process: ``x`` unchanged.
+        """
+        if self.trainer.world_size == 1:
+            return x
+        rows = rearrange(self.all_gather(x), "w n ... -> (n w) ...")
+        loaders = self.trainer.test_dataloaders
+        loader = loaders[dataloader_idx] if isinstance(loaders, (list, tuple)) else loaders
+        return rows[: len(loader.dataset)]
+
     # -- optimisation ---------------------------------------------------------------------------
     def configure_optimizers(self):
+        if not self.learned:
+            return None
         hp = self.hparams
         opt = torch.optim.Adam(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
         epochs = max(self.trainer.max_epochs or 1, 1)

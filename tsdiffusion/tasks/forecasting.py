@@ -24,8 +24,8 @@ from torch import Tensor, nn
 from tsdiffusion.batch import TSBatch
 from tsdiffusion.denoisers.timegrad import TimeGradEncoder, repeat_state, slice_state
 from tsdiffusion.diffusion import GaussianDiffusion, sample, timesteps
-from tsdiffusion.masking import forecast_mask
-from tsdiffusion.plots import fan_chart, first_window, log_figure
+from tsdiffusion.masking import forecast_mask, horizon_start
+from tsdiffusion.plots.callbacks import FanChartCallback
 from tsdiffusion.tasks.base import DiffusionTask
 
 _PER_FEATURE = ("observed", "observed_mask", "target_mask", "loc", "scale")
@@ -50,49 +50,34 @@ def subsample_features(batch: TSBatch, n: int, generator: torch.Generator | None
     return out
 
 
-class _FanChartMixin:
-    """Saves a fan chart of the last test batch's first window into the run folder after testing."""
-
-    def _save_fan_chart(self) -> None:
-        n, trainer = self.hparams.get("plot_series", 0), self._trainer
-        if not n or trainer is None or trainer.log_dir is None or not hasattr(self, "last_test_batch"):
-            return
-        if trainer.fast_dev_run or not trainer.is_global_zero:
-            return
-        batch, samples = self.last_test_batch
-        observed, draws, target_mask = first_window(batch, samples, self.to_units)
-        title = f"{type(self).__name__}: last test batch, window 0"
-        fig = fan_chart(observed, draws, target_mask, range(n), title=title)
-        log_figure(trainer, fig, "test/fan_chart", f"{trainer.log_dir}/fan_chart.png")
-        fig.clear()
-
-
-class ForecastingTask(_FanChartMixin, DiffusionTask):
+class ForecastingTask(DiffusionTask):
     """CSDI-style forecasting: condition on the context, score the horizon (original units).
 
     Args:
         num_train_features: series modelled per training window, drawn at random (CSDI: 64); ``None``
             models all of them. Validation and test always use every series.
         plot_series: series shown in the fan chart saved as ``fan_chart.png`` after ``test`` (0: none).
-        **DiffusionTask arguments** (see :class:`tsdiffusion.tasks.base.DiffusionTask`).
+        **DiffusionTask arguments** (see :class:`tsdiffusion.tasks.base.DiffusionTask`); with
+        ``baseline=SeasonalNaive(...)`` (:mod:`tsdiffusion.baselines`) in place of a denoiser, the task
+        scores the baseline's sample paths (``tsdiffusion test``; nothing to train).
     """
 
     metric_units = "original"
 
     def __init__(self, *args, num_train_features: int | None = 64, plot_series: int = 4, **kwargs):
         super().__init__(*args, **kwargs)
-        self.save_hyperparameters(ignore=["denoiser", "process"])
+        self.save_hyperparameters(ignore=["denoiser", "process", "baseline"])
 
     def train_cond_mask(self, batch: TSBatch) -> Tensor:
         return forecast_mask(batch)
 
+    def configure_callbacks(self) -> list:
+        """A :class:`FanChartCallback` of ``plot_series`` series (none for 0)."""
+        return [FanChartCallback(self.hparams.plot_series)] if self.hparams.plot_series else []
+
     def training_step(self, batch: TSBatch, batch_idx: int) -> Tensor:
         n = self.hparams.num_train_features
         return super().training_step(subsample_features(batch, n) if n else batch, batch_idx)
-
-    def on_test_epoch_end(self) -> None:
-        super().on_test_epoch_end()
-        self._save_fan_chart()
 
 
 def timegrad_process() -> GaussianDiffusion:
@@ -100,13 +85,7 @@ def timegrad_process() -> GaussianDiffusion:
     return GaussianDiffusion(num_steps=100, schedule="linear", beta_start=1e-4, beta_end=0.1, prediction="eps")
 
 
-def horizon_start(cond_mask: Tensor) -> int:
-    """The first step after the last one where any value is conditioned on. cond_mask: (B, L, K)."""
-    seen = torch.nonzero(cond_mask.amax(dim=(0, 2)) > 0).flatten()
-    return int(seen[-1]) + 1 if len(seen) else 0
-
-
-class TimeGradTask(_FanChartMixin, DiffusionTask):
+class TimeGradTask(DiffusionTask):
     """TimeGrad: RNN encoder + per-step eps-network; autoregressive forecasts (Rasul et al. 2021).
 
     Expects scaled windows (``GluonTSDataModule(scaling="mean", max_lag >= max(lags))`` as TimeGrad, or
@@ -144,11 +123,15 @@ class TimeGradTask(_FanChartMixin, DiffusionTask):
         **kwargs,
     ):
         super().__init__(denoiser, process or timegrad_process(), **kwargs)
-        self.save_hyperparameters(ignore=["denoiser", "process"])
+        self.save_hyperparameters(ignore=["denoiser", "process", "baseline"])
         self.encoder = TimeGradEncoder(
             denoiser.num_features, num_time_features, lags, cell, rnn_layers, rnn_hidden, rnn_dropout,
             embedding_dim, cond_dim=denoiser.cond_dim,
         )  # fmt: skip
+
+    def configure_callbacks(self) -> list:
+        """A :class:`FanChartCallback` of ``plot_series`` series (none for 0)."""
+        return [FanChartCallback(self.hparams.plot_series)] if self.hparams.plot_series else []
 
     # -- training -------------------------------------------------------------------------------
     def _inputs(self, batch: TSBatch) -> tuple[Tensor, Tensor, Tensor]:
@@ -229,7 +212,3 @@ class TimeGradTask(_FanChartMixin, DiffusionTask):
         hp = self.hparams
         fn = lambda x_t, t: self.denoiser(x_t, t, {"hidden": hidden}).to(x_t.dtype)
         return sample(self.process, fn, x_T, hp.sampler, steps=hp.sample_steps, eta=hp.eta, generator=generator)
-
-    def on_test_epoch_end(self) -> None:
-        super().on_test_epoch_end()
-        self._save_fan_chart()

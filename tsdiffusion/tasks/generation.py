@@ -3,22 +3,23 @@
 Training conditions on nothing (mask strategy ``none``, as Diffusion-TS, Yuan & Qiao 2024, trains its
 unconditional model): the loss covers every observed value. At test time the task draws ``num_samples``
 synthetic windows per real test window (with that window's label when class-conditional) and scores them
-against the real test windows with :mod:`tsdiffusion.gen_scores` (TimeGAN's discriminative and predictive
+against the real test windows with :mod:`tsdiffusion.metrics.generation` (TimeGAN's discriminative and predictive
 scores, marginal and autocorrelation distances) beside the same scores of trivial baselines, logged as
 ``test/<name>``; the probabilistic forecast metrics of the base task do not apply.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
+from einops import rearrange
 from torch import Tensor
 
 from tsdiffusion.batch import Cond, TSBatch
+from tsdiffusion.denoisers import capabilities_of
 from tsdiffusion.diffusion import draw_samples
-from tsdiffusion.gen_scores import plot_generation, scores_with_baselines
 from tsdiffusion.masking import make_cond_mask
+from tsdiffusion.metrics.generation import scores_with_baselines
+from tsdiffusion.plots.callbacks import GenerationPlotCallback
 from tsdiffusion.tasks.base import DiffusionTask
 
 
@@ -33,7 +34,8 @@ class GenerationTask(DiffusionTask):
             and predictive scores (TimeGAN: 2000 iterations, Adam 1e-3, batches of 128).
         score_repeats: the discriminative score is averaged over this many train/test splits.
         score_seed: seeds the scores' splits and GRU initialisations.
-        plot: write ``samples.png``, ``marginals.png`` and ``pca.png`` under ``<log_dir>/generation``.
+        plot: write ``samples.png``, ``marginals.png`` and ``pca.png`` under ``<log_dir>/generation``
+            (a :class:`tsdiffusion.plots.GenerationPlotCallback`).
         **DiffusionTask arguments** (see :class:`tsdiffusion.tasks.base.DiffusionTask`; ``sampler`` picks
         DDPM or DDIM, ``sample_steps`` its number of denoiser calls).
     """
@@ -54,9 +56,9 @@ class GenerationTask(DiffusionTask):
         **kwargs,
     ):
         super().__init__(*args, num_samples=num_samples, **kwargs)
-        self.save_hyperparameters(ignore=["denoiser", "process"])
-        if class_conditional and getattr(self.denoiser, "num_classes", 1) == 0:
-            raise ValueError("class_conditional=True needs a denoiser built with num_classes > 0")
+        self.save_hyperparameters(ignore=["denoiser", "process", "baseline"])
+        if class_conditional and capabilities_of(self.denoiser).num_classes == 0:
+            raise ValueError("class_conditional=True needs a denoiser that reads labels (num_classes > 0)")
         self._real: list[Tensor] = []
         self._synth: list[Tensor] = []
         self.last_scores: dict[str, float] = {}
@@ -101,18 +103,28 @@ class GenerationTask(DiffusionTask):
         return samples[:, 0]
 
     # -- evaluation ---------------------------------------------------------------------------------
-    def test_step(self, batch: TSBatch, batch_idx: int) -> None:
+    def configure_callbacks(self) -> list:
+        """A :class:`GenerationPlotCallback` when ``plot``."""
+        return [GenerationPlotCallback()] if self.hparams.plot else []
+
+    def test_step(self, batch: TSBatch, batch_idx: int) -> dict[str, Tensor]:
+        """Draws S synthetic windows per real one; returns ``{"real": (B, L, K), "synth": (B S, L, K)}``."""
         real = batch["observed"]
         if not bool(batch["observed_mask"].all()):
             raise ValueError("GenerationTask scores complete windows; this test batch has missing values")
         S = self.hparams.num_samples
         labels = batch["label"].repeat_interleave(S) if "label" in batch else None
         synth = self.generate(len(real) * S, real.shape[1], labels, generator=self._generator(batch_idx))
-        self._real.append(real.cpu())
-        self._synth.append(synth.cpu())
+        self._real.append(real)
+        self._synth.append(synth)
+        return {"real": real, "synth": synth}
 
     def on_test_epoch_end(self) -> None:
-        real, synth = torch.cat(self._real), torch.cat(self._synth)
+        """Scores the synthetic windows of the whole test set (gathered over ranks, in loader order)."""
+        S = self.hparams.num_samples
+        real = self.gather_ordered(torch.cat(self._real)).cpu()
+        synth = rearrange(torch.cat(self._synth), "(n s) l k -> n s l k", s=S)
+        synth = rearrange(self.gather_ordered(synth).cpu(), "n s l k -> (n s) l k")
         self._real, self._synth = [], []
         hp = self.hparams
         scores = scores_with_baselines(
@@ -120,8 +132,4 @@ class GenerationTask(DiffusionTask):
             lr=hp.score_lr, batch_size=hp.score_batch_size,
         )  # fmt: skip
         self.last_scores = scores
-        self.last_generation = (real, synth)
         self.log_dict({f"test/{k}": float(v) for k, v in scores.items()}, sync_dist=False)
-        log_dir = getattr(self.trainer, "log_dir", None)
-        if hp.plot and log_dir:
-            plot_generation(real, synth, Path(log_dir) / "generation")

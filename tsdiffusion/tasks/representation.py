@@ -9,7 +9,8 @@ Xiang et al., ICCV 2023: linear probes of pooled U-Net activations at a small no
 
 At test time the probe (standardised features, logistic regression) is fitted on the DataModule's train split
 and scored on the test split (accuracy, AUROC); k-means with as many clusters as classes is scored on the
-test split (NMI, ARI). The same four numbers on the raw, flattened inputs are logged as ``test/raw_<name>``.
+test split (NMI, ARI); see :mod:`tsdiffusion.metrics.representation`. The same four numbers on the raw,
+flattened inputs are logged as ``test/raw_<name>``.
 """
 
 from __future__ import annotations
@@ -24,56 +25,10 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from tsdiffusion.batch import TSBatch
+from tsdiffusion.denoisers import capabilities_of
 from tsdiffusion.masking import make_cond_mask
+from tsdiffusion.metrics.representation import evaluate_features
 from tsdiffusion.tasks.base import DiffusionTask, make_cond
-
-
-def linear_probe(
-    train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, *, C: float = 1.0
-) -> dict[str, float]:
-    """Logistic regression on standardised features: ``{"probe_accuracy", "probe_auroc"}`` on the test set.
-
-    train_x: (N, H), train_y: (N,) int classes; AUROC is one-vs-rest macro-averaged for more than 2 classes.
-    """
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import accuracy_score, roc_auc_score
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    if len(np.unique(train_y)) < 2:
-        raise ValueError("linear_probe needs at least two classes in the train labels")
-    clf = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=5000))
-    clf.fit(train_x, train_y)
-    proba = clf.predict_proba(test_x)
-    acc = accuracy_score(test_y, clf.classes_[proba.argmax(1)])
-    if len(clf.classes_) == 2:
-        auroc = roc_auc_score(test_y, proba[:, 1]) if len(np.unique(test_y)) == 2 else float("nan")
-    else:
-        auroc = roc_auc_score(test_y, proba, multi_class="ovr", labels=clf.classes_)
-    return {"probe_accuracy": float(acc), "probe_auroc": float(auroc)}
-
-
-def kmeans_scores(x: np.ndarray, y: np.ndarray, *, num_clusters: int | None = None, seed: int = 0) -> dict[str, float]:
-    """k-means (10 restarts) on standardised features ``x`` (N, H) against classes ``y`` (N,):
-    ``{"kmeans_nmi", "kmeans_ari"}`` (normalised mutual information, adjusted Rand index)."""
-    from sklearn.cluster import KMeans
-    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
-    from sklearn.preprocessing import StandardScaler
-
-    k = num_clusters or len(np.unique(y))
-    pred = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(StandardScaler().fit_transform(x))
-    return {
-        "kmeans_nmi": float(normalized_mutual_info_score(y, pred)),
-        "kmeans_ari": float(adjusted_rand_score(y, pred)),
-    }
-
-
-def evaluate_features(
-    train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, *, prefix: str = "", seed: int = 0
-) -> dict[str, float]:
-    """Probe (fit on train, scored on test) and k-means (on test) scores; keys start with ``prefix``."""
-    scores = linear_probe(train_x, train_y, test_x, test_y) | kmeans_scores(test_x, test_y, seed=seed)
-    return {f"{prefix}{k}": v for k, v in scores.items()}
 
 
 def raw_features(batch: TSBatch) -> Tensor:
@@ -111,14 +66,15 @@ class RepresentationTask(DiffusionTask):
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
-        self.save_hyperparameters(ignore=["denoiser", "process"])
-        if not hasattr(self.denoiser, "features"):
+        self.save_hyperparameters(ignore=["denoiser", "process", "baseline"])
+        caps = capabilities_of(self.denoiser)
+        if not caps.features:
             raise TypeError(f"{type(self.denoiser).__name__} has no features(x_t, t, cond) method to probe")
-        if getattr(self.denoiser, "num_classes", 0):
+        if caps.num_classes:
             raise ValueError("the denoiser of a representation task must not see labels (num_classes=0)")
         if not 0 <= feature_step < self.process.num_steps:
             raise ValueError(f"feature_step must be in [0, {self.process.num_steps}), got {feature_step}")
-        self._test: list[tuple[Tensor, Tensor, Tensor]] = []
+        self._test: list[dict[str, Tensor]] = []
         self.last_scores: dict[str, float] = {}
 
     def train_cond_mask(self, batch: TSBatch) -> Tensor:
@@ -153,12 +109,19 @@ class RepresentationTask(DiffusionTask):
         return torch.cat(feats).numpy(), torch.cat(raws).numpy(), torch.cat(labels).numpy()
 
     # -- evaluation ---------------------------------------------------------------------------------
-    def test_step(self, batch: TSBatch, batch_idx: int) -> None:
-        f, r, y = self.extract([batch])
-        self._test.append((f, r, y))
+    def test_step(self, batch: TSBatch, batch_idx: int) -> dict[str, Tensor]:
+        """Features of the test windows; returns ``{"features": (B, H), "raw": (B, L*K[*2]), "label": (B,)}``."""
+        if "label" not in batch:
+            raise KeyError("RepresentationTask needs batches with a 'label' field")
+        # every test batch draws its x_t noise from the generator of batch 0, as the recorded scores were taken
+        out = {"features": self.features(batch, 0), "raw": raw_features(batch), "label": batch["label"]}
+        self._test.append(out)
+        return out
 
     def on_test_epoch_end(self) -> None:
-        test_f, test_r, test_y = (np.concatenate(parts) for parts in zip(*self._test))
+        """Probe and cluster the features of the whole test set (gathered over ranks, in loader order)."""
+        gathered = (self.gather_ordered(torch.cat([o[k] for o in self._test])) for k in ("features", "raw", "label"))
+        test_f, test_r, test_y = (x.cpu().numpy() for x in gathered)
         self._test = []
         train_f, train_r, train_y = self.extract(self._probe_batches())
         seed = self.hparams.feature_seed

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import matplotlib
-
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
+
+from tsdiffusion.plots.samples import new_figure
 
 
 def label_segments(labels: np.ndarray) -> list[tuple[int, int]]:
@@ -23,7 +20,8 @@ def plot_anomaly_scores(
 ) -> Figure:
     """Two panels over the test steps (T,): the series (feature 0, original units) and the score with the
     threshold; labelled anomaly windows shaded red, steps over the threshold marked."""
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(12, 5), sharex=True)
+    fig = new_figure((12, 5))
+    top, bottom = fig.subplots(2, 1, sharex=True)
     steps = np.arange(len(values))
     top.plot(steps, values, lw=0.7, color="C0")
     bottom.plot(steps, scores, lw=0.7, color="C1", label="score")

@@ -1,4 +1,5 @@
-"""Scores of synthetic time series against held-out real ones, with trivial baselines and plots.
+"""Scores of synthetic time series against held-out real ones, with trivial baselines (figures:
+:func:`tsdiffusion.plots.plot_generation`).
 
 All functions take ``real`` (N, L, K) and ``synth`` (M, L, K) arrays or tensors of complete windows (no
 missing values) in the same units.
@@ -17,8 +18,6 @@ missing values) in the same units.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -285,7 +284,7 @@ def scores_with_baselines(
     return out
 
 
-# -- plots --------------------------------------------------------------------------------------
+# -- projections ---------------------------------------------------------------------------------
 
 
 def pca_2d(real: ArrayLike, synth: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
@@ -295,38 +294,3 @@ def pca_2d(real: ArrayLike, synth: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     mean = fr.mean(axis=0)
     _, _, vt = np.linalg.svd(fr - mean, full_matrices=False)
     return (fr - mean) @ vt[:2].T, (fs - mean) @ vt[:2].T
-
-
-def plot_generation(
-    real: ArrayLike, synth: ArrayLike, folder: str | Path, *, num_windows: int = 6, features: Sequence[int] = (0,)
-) -> list[Path]:
-    """Write ``samples.png`` (real vs synthetic windows), ``marginals.png`` (per-feature histograms) and
-    ``pca.png`` (both sets on the real set's first two principal components) into ``folder``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    r, s = _check_pair(real, synth)
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = [folder / "samples.png", folder / "marginals.png", folder / "pca.png"]
-    feats = [k for k in features if k < r.shape[-1]] or [0]
-    fig, axes = plt.subplots(len(feats), 2, figsize=(10, 2.5 * len(feats)), squeeze=False)
-    for row, k in enumerate(feats):
-        for col, (name, x) in enumerate((("real", r), ("synthetic", s))):
-            axes[row, col].plot(x[:num_windows, :, k].T, lw=0.8)
-            axes[row, col].set_title(f"{name}, feature {k}")
-    fig.tight_layout(), fig.savefig(paths[0], dpi=100), plt.close(fig)
-    K = min(r.shape[-1], 8)
-    fig, axes = plt.subplots(1, K, figsize=(3 * K, 2.5), squeeze=False)
-    for k in range(K):
-        axes[0, k].hist(r[..., k].ravel(), bins=50, alpha=0.5, density=True, label="real")
-        axes[0, k].hist(s[..., k].ravel(), bins=50, alpha=0.5, density=True, label="synthetic")
-        axes[0, k].set_title(f"feature {k}")
-    axes[0, 0].legend(), fig.tight_layout(), fig.savefig(paths[1], dpi=100), plt.close(fig)
-    pr, ps = pca_2d(r, s)
-    fig, ax = plt.subplots(figsize=(4, 4))
-    ax.scatter(*pr.T, s=6, alpha=0.6, label="real"), ax.scatter(*ps.T, s=6, alpha=0.6, label="synthetic")
-    ax.legend(), ax.set_title("PCA of windows"), fig.tight_layout(), fig.savefig(paths[2], dpi=100), plt.close(fig)
-    return paths

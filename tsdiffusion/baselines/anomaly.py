@@ -1,8 +1,7 @@
-"""Non-learned anomaly scorers that sit in a task's denoiser slot, so they are windowed, stitched,
-thresholded and scored exactly like the diffusion model (:class:`tsdiffusion.tasks.anomaly.AnomalyTask`).
+"""Non-learned anomaly scorers: the ``baseline`` of :class:`tsdiffusion.tasks.AnomalyTask`, so they are
+windowed, stitched, thresholded and scored exactly like the diffusion model.
 
-A scorer has ``score(observed (B, L, K), observed_mask (B, L, K)) -> (B, L, K)``; its ``forward`` returns
-zeros, so it has no training signal and no parameters (fit with ``trainer.max_epochs: 0``).
+A scorer is a :class:`ScoringBaseline`: ``score(batch) -> (B, L, K)``; it has no parameters and nothing to train.
 """
 
 from __future__ import annotations
@@ -10,9 +9,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from torch import Tensor, nn
+from torch import Tensor
 
-from tsdiffusion.batch import Cond
+from tsdiffusion.baselines.base import ScoringBaseline
+from tsdiffusion.batch import TSBatch
 
 #: MAD -> standard deviation for Gaussian data (1 / Phi^-1(3/4)).
 MAD_TO_STD = 1.4826
@@ -40,25 +40,19 @@ def rolling_mad_score(x: Tensor, mask: Tensor, width: int, eps: float) -> Tensor
     return torch.nan_to_num(score, nan=0.0) * mask
 
 
-class RollingMedianScorer(nn.Module):
+class RollingMedianScorer(ScoringBaseline):
     """Distance from a centred rolling median, in units of the rolling MAD (a robust z-score), per feature.
 
     Args:
-        num_features: K (unused; the CLI links it into every denoiser slot).
         width: rolling window in steps (odd values centre it exactly).
         eps: added to the scaled MAD (normalised units), so flat stretches do not divide by zero.
     """
 
-    def __init__(self, num_features: int, width: int = 25, eps: float = 0.1):
-        super().__init__()
+    def __init__(self, width: int = 25, eps: float = 0.1):
         if width < 2:
             raise ValueError(f"width must be >= 2, got {width}")
-        self.num_features, self.width, self.eps = num_features, width, eps
+        self.width, self.eps = width, eps
 
-    def forward(self, x_t: Tensor, t: Tensor, cond: Cond) -> Tensor:
-        """No learned part: (B, L, K) zeros."""
-        return torch.zeros_like(x_t)
-
-    def score(self, observed: Tensor, observed_mask: Tensor) -> Tensor:
+    def score(self, batch: TSBatch) -> Tensor:
         """(B, L, K) anomaly score of every observed point."""
-        return rolling_mad_score(observed, observed_mask, self.width, self.eps)
+        return rolling_mad_score(batch["observed"], batch["observed_mask"], self.width, self.eps)

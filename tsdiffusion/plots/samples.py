@@ -22,16 +22,23 @@ def _np(x: ArrayLike) -> np.ndarray:
     return x.detach().cpu().double().numpy() if isinstance(x, Tensor) else np.asarray(x, dtype=np.float64)
 
 
-def _figure(n: int, title: str | None) -> tuple[Figure, list]:
-    fig = Figure(figsize=(8, 2.2 * n))
+def new_figure(size: tuple[float, float]) -> Figure:
+    """A figure with its own Agg canvas (no pyplot state, no global backend)."""
+    fig = Figure(figsize=size)
     FigureCanvasAgg(fig)
+    return fig
+
+
+def _figure(n: int, title: str | None) -> tuple[Figure, list]:
+    fig = new_figure((8, 2.2 * n))
     axes = fig.subplots(n, 1, squeeze=False)[:, 0].tolist()
     if title:
         fig.suptitle(title)
     return fig, axes
 
 
-def _save(fig: Figure, path: str | Path | None) -> None:
+def save_figure(fig: Figure, path: str | Path | None) -> None:
+    """Write ``fig`` as a PNG at ``path`` (folders created); nothing when ``path`` is None."""
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=100)
@@ -66,7 +73,7 @@ def fan_chart(
         ax.set_ylabel(f"series {k}")
     if axes:
         axes[0].legend(loc="upper left", fontsize="small", ncol=5)
-    _save(fig, path)
+    save_figure(fig, path)
     return fig
 
 
@@ -98,7 +105,7 @@ def imputation_plot(
         ax.set_ylabel(f"series {k}")
     if axes:
         axes[0].legend(loc="upper left", fontsize="small", ncol=4)
-    _save(fig, path)
+    save_figure(fig, path)
     return fig
 
 
@@ -108,7 +115,7 @@ def log_figure(trainer, fig: Figure, name: str, path: str | Path) -> None:
     wandb (``WandbLogger.log_image``) and TensorBoard (``add_figure``) receive the figure; other loggers
     (CSV) keep only the PNG beside their files.
     """
-    _save(fig, path)
+    save_figure(fig, path)
     for logger in getattr(trainer, "loggers", []):
         if hasattr(logger, "log_image"):
             logger.log_image(key=name, images=[str(path)], step=trainer.global_step)

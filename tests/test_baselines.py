@@ -1,0 +1,67 @@
+"""Baselines have their own interface, not the denoiser's, and the tasks evaluate them in place of a denoiser."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from tsdiffusion.baselines import (
+    InterpolationImputer,
+    RandomWalk,
+    RollingMedianScorer,
+    SamplingBaseline,
+    ScoringBaseline,
+    SeasonalNaive,
+    interpolate,
+)
+from tsdiffusion.denoisers import CSDIDenoiser
+from tsdiffusion.tasks import AnomalyTask, ForecastingTask, ImputationTask
+
+
+def test_interpolate_is_exact_on_a_line_and_constant_beyond_the_ends():
+    x = (3.0 * torch.arange(10.0) - 1).view(1, 10, 1)
+    mask = torch.zeros_like(x)
+    mask[0, [2, 5, 6]] = 1
+    out = interpolate(x * mask, mask)[0, :, 0]
+    torch.testing.assert_close(out[2:7], x[0, 2:7, 0])  # linear between the given points
+    assert out[:2].tolist() == [x[0, 2, 0].item()] * 2 and out[7:].tolist() == [x[0, 6, 0].item()] * 3
+    assert interpolate(x, torch.zeros_like(x)).abs().sum() == 0  # nothing given: 0
+
+
+def test_baselines_are_not_denoisers():
+    for baseline in (SeasonalNaive(24), RandomWalk(), InterpolationImputer(), RollingMedianScorer()):
+        assert not isinstance(baseline, torch.nn.Module) and not hasattr(baseline, "forward")
+    assert isinstance(RandomWalk(), SamplingBaseline) and RandomWalk().season == 1
+    assert isinstance(RollingMedianScorer(), ScoringBaseline)
+
+
+def test_a_task_takes_exactly_one_of_denoiser_and_baseline():
+    with pytest.raises(ValueError, match="exactly one"):
+        ForecastingTask()
+    with pytest.raises(ValueError, match="exactly one"):
+        ForecastingTask(CSDIDenoiser(2, channels=8, layers=1, heads=2), baseline=RandomWalk())
+    with pytest.raises(TypeError, match="ScoringBaseline"):
+        AnomalyTask(baseline=RandomWalk(), num_samples=2)
+    task = ForecastingTask(baseline=RandomWalk())
+    assert not task.learned and task.configure_optimizers() is None and "baseline" not in task.hparams
+
+
+def test_imputation_task_scores_a_baseline_as_a_model(tmp_path):
+    """Interpolation of a line with held-out points is exact: every error metric of the task is 0; on a sine
+    its MAE is the mean |error| of the interpolated held-out points, computed here by hand."""
+    L_, K = 20, 2
+    t = torch.arange(L_, dtype=torch.float32)
+    values = torch.stack([torch.sin(t), 0.5 * t], dim=-1)
+    target = torch.zeros(L_, K)
+    target[[3, 4, 10, 15], :] = 1
+    item = {"observed": values, "observed_mask": torch.ones(L_, K), "target_mask": target}
+    task = ImputationTask(baseline=InterpolationImputer(), num_samples=3, plot_windows=0, metrics=["mae_median"])
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=tmp_path)  # fmt: skip
+    mae = trainer.test(task, DataLoader([item], batch_size=1), verbose=False)[0]["test/mae_median"]
+    fill = interpolate((values * (1 - target))[None], (1 - target)[None])[0]
+    expected = ((fill - values).abs() * target).sum() / target.sum()
+    assert mae == pytest.approx(float(expected), rel=1e-5)
+    assert float(((fill - values).abs() * target)[:, 1].sum()) < 1e-5  # the line is interpolated exactly

@@ -1,0 +1,22 @@
+"""Non-learned baselines with their own interface (:mod:`.base`), evaluated by the tasks in place of a denoiser:
+forecasting (seasonal naive, random walk), imputation (interpolation) and anomaly scoring (rolling median)."""
+
+from tsdiffusion.baselines.anomaly import RollingMedianScorer, rolling_mad_score, rolling_median
+from tsdiffusion.baselines.base import Baseline, SamplingBaseline, ScoringBaseline
+from tsdiffusion.baselines.forecasting import RandomWalk, SeasonalNaive, bootstrap_forecast, seasonal_residuals
+from tsdiffusion.baselines.imputation import InterpolationImputer, interpolate
+
+__all__ = [
+    "Baseline",
+    "InterpolationImputer",
+    "RandomWalk",
+    "RollingMedianScorer",
+    "SamplingBaseline",
+    "ScoringBaseline",
+    "SeasonalNaive",
+    "bootstrap_forecast",
+    "interpolate",
+    "rolling_mad_score",
+    "rolling_median",
+    "seasonal_residuals",
+]
