@@ -10,6 +10,7 @@ from tsdiffusion.diffusion import (
     GaussianDiffusion,
     draw_samples,
     make_betas,
+    sample,
     sample_ddim,
     sample_ddpm,
     sample_dpmpp,
@@ -109,12 +110,15 @@ def optimal_output(p: GaussianDiffusion):
     return fn
 
 
-def reference_moments(abar: np.ndarray, seq: list[int], sampler: str, eta: float = 1.0) -> tuple[float, float]:
+def reference_moments(
+    abar: np.ndarray, seq: list[int], sampler: str, eta: float = 1.0, start: tuple[float, float] = (0.0, 1.0)
+) -> tuple[float, float]:
     """Propagate (mean, var) of x exactly through the discretised sampler, eps-form equations, float64.
 
-    Every step is affine in x_t plus independent Gaussian noise: x_s = A x_t + b + sd * z.
+    Every step is affine in x_t plus independent Gaussian noise: x_s = A x_t + b + sd * z. ``start``: the
+    (mean, var) of x at ``seq[0]`` (N(0, 1) at T).
     """
-    m, v = 0.0, 1.0
+    m, v = start
     for t, s in zip(seq, [*seq[1:], -1]):
         a_t, a_s = abar[t], (abar[s] if s >= 0 else 1.0)
         k = math.sqrt(1 - a_t) / (a_t * SIGMA**2 + 1 - a_t)  # eps_hat = k (x_t - sqrt(a_t) MU)
@@ -160,8 +164,8 @@ def test_ddim_eta_one_single_steps_equal_ddpm():
     p = GaussianDiffusion(20, "linear", 1e-4, 0.3).double()
     x = torch.randn(6, 5, 2, dtype=torch.float64)
     out = torch.randn(6, 5, 2, dtype=torch.float64)
-    a = p.ddim_step(out, 7, 6, x, eta=1.0, generator=torch.Generator().manual_seed(3))
-    b = p.ddpm_step(out, 7, x, 6, generator=torch.Generator().manual_seed(3))
+    a = p.ddim_step(out, x, 7, s=6, eta=1.0, generator=torch.Generator().manual_seed(3))
+    b = p.ddpm_step(out, x, 7, s=6, generator=torch.Generator().manual_seed(3))
     torch.testing.assert_close(a, b)
 
 
@@ -230,7 +234,7 @@ def test_dpmpp_first_step_is_ddim():
     )
     seq = timesteps(50, 2)
     out = optimal_output(p)(x_T, torch.full((5,), seq[0]))
-    expected_x1 = p.ddim_step(out, seq[0], seq[1], x_T)
+    expected_x1 = p.ddim_step(out, x_T, seq[0], s=seq[1])
     captured = []
 
     def fn(x, t):
@@ -255,7 +259,7 @@ def test_dpmpp_sde_single_steps_are_ddpm_and_recover_gaussian_data():
     captured = []
     sample_dpmpp(p, lambda x, t: captured.append(x) or fn(x, t), x_T[:8], steps=25, stochastic=True,
                  generator=torch.Generator().manual_seed(4))  # fmt: skip
-    expected = p.ddpm_step(fn(x_T[:8], torch.full((8,), seq[0])), seq[0], x_T[:8], seq[1],
+    expected = p.ddpm_step(fn(x_T[:8], torch.full((8,), seq[0])), x_T[:8], seq[0], s=seq[1],
                            generator=torch.Generator().manual_seed(4))  # fmt: skip
     torch.testing.assert_close(captured[1], expected)
 
@@ -270,3 +274,97 @@ def test_draw_samples_with_dpmpp(sampler):
     torch.testing.assert_close(out, obs.unsqueeze(1).expand(B, S, L, K), atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="unknown sampler"):
         draw_samples(p, lambda x_t, t, cond: x_t, {"observed": obs}, (B, L, K), S, sampler="euler")
+
+
+# -- samplers started from any step t_start ---------------------------------------------------------------
+def marginal(p: GaussianDiffusion, t: int) -> tuple[float, float]:
+    """(mean, var) of x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps for x0 ~ N(MU, SIGMA^2)."""
+    a = p.alphas_cumprod[t].item()
+    return math.sqrt(a) * MU, a * SIGMA**2 + 1 - a
+
+
+@pytest.mark.parametrize(("sampler", "steps", "eta"), [("ddpm", None, 0.0), ("ddpm", 4, 0.0), ("ddim", 3, 0.0),
+                                                       ("ddim", 50, 0.6)])  # fmt: skip
+def test_sampler_from_t_start_is_the_chain_run_by_hand(sampler, steps, eta):
+    p = GaussianDiffusion(20, "quad").double()
+    fn, t_start = optimal_output(p), 9
+    x = torch.randn(16, 5, 2, dtype=torch.float64)
+    out = sample(p, fn, x, sampler, steps=steps, eta=eta, t_start=t_start, generator=torch.Generator().manual_seed(2))
+    seq = timesteps(t_start + 1, min(steps or 10, 10))  # the grid over [0, t_start], steps capped at t_start + 1
+    assert seq[0] == t_start and seq[-1] == 0
+    g, ref = torch.Generator().manual_seed(2), x
+    for t, s in zip(seq, [*seq[1:], -1]):
+        o = fn(ref, torch.full((16,), t))
+        ref = (p.ddpm_step(o, ref, t, s=s, generator=g) if sampler == "ddpm"
+               else p.ddim_step(o, ref, t, s=s, eta=eta, generator=g))  # fmt: skip
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(("t_start", "steps"), [(30, None), (30, 8), (60, 15)])
+def test_ddpm_from_t_start_recovers_gaussian_data(t_start, steps):
+    """x_{t_start} drawn from the data's marginal: the partial chain follows the law of the discretised chain."""
+    p = GaussianDiffusion(100, "cosine").double()
+    n, (m0, v0) = 20_000, marginal(p, t_start)
+    g = torch.Generator().manual_seed(t_start)
+    x = m0 + math.sqrt(v0) * torch.randn(n, 1, 1, generator=g, dtype=torch.float64)
+    x0 = sample_ddpm(p, optimal_output(p), x, steps=steps, t_start=t_start, generator=g)
+    seq = timesteps(t_start + 1, steps)
+    m, v = reference_moments(p.alphas_cumprod.numpy(), seq, "ddpm", start=(m0, v0))
+    assert abs(x0.mean().item() - m) < 5 * math.sqrt(v / n)
+    assert abs(x0.var().item() - v) < 5 * v * math.sqrt(2 / n)
+    assert abs(m - MU) < 1e-3 and abs(math.sqrt(v) - SIGMA) < (0.04 if steps is None else 0.1)  # discretisation
+
+
+@pytest.mark.parametrize("t_start", [20, 50])
+def test_ddim_and_dpmpp_from_t_start_map_the_marginal_to_the_data(t_start):
+    """Deterministic samplers are affine in x_{t_start}: their output law from the marginal N(m0, v0) is exact."""
+    p = GaussianDiffusion(100, "cosine").double()
+    m0, v0 = marginal(p, t_start)
+    errs = {}
+    for name, fn in (("ddim", sample_ddim), ("dpmpp", sample_dpmpp)):
+        b, A = affine_law(lambda x, fn=fn: fn(p, optimal_output(p), x, steps=8, t_start=t_start))
+        m, sd = A * m0 + b, abs(A) * math.sqrt(v0)
+        errs[name] = abs(sd - SIGMA) + abs(m - MU)
+        if name == "ddim":  # against the exact propagation of DDIM's equations
+            ref_m, ref_v = reference_moments(p.alphas_cumprod.numpy(), timesteps(t_start + 1, 8), "ddim", eta=0.0,
+                                             start=(m0, v0))  # fmt: skip
+            assert m == pytest.approx(ref_m, rel=1e-9) and sd == pytest.approx(math.sqrt(ref_v), rel=1e-9)
+    assert errs["dpmpp"] < errs["ddim"] / 2 and errs["dpmpp"] < 0.01  # second order pays off on partial chains
+    # from N - 1 the start argument changes nothing
+    x = torch.randn(4, 3, 2, dtype=torch.float64)
+    torch.testing.assert_close(sample_dpmpp(p, optimal_output(p), x, steps=8, t_start=99),
+                               sample_dpmpp(p, optimal_output(p), x, steps=8), rtol=0, atol=0)  # fmt: skip
+
+
+def test_t_start_caps_steps_and_is_checked():
+    p = GaussianDiffusion(20, "linear", 1e-4, 0.2)
+    calls = []
+    fn = lambda x, t: calls.append(int(t[0])) or torch.zeros_like(x)
+    for name in ("ddpm", "ddim", "dpmpp"):
+        calls.clear()
+        sample(p, fn, torch.randn(2, 3, 1), name, steps=15, t_start=4)
+        assert calls == [4, 3, 2, 1, 0], name
+    with pytest.raises(ValueError, match="t_start must be a step in"):
+        sample_ddpm(p, fn, torch.randn(2, 3, 1), t_start=20)
+
+
+@pytest.mark.parametrize(("sampler", "max_batch"), [("ddpm", None), ("ddim", 4)])
+def test_draw_samples_from_t_start_noises_x0_with_the_start_draw(sampler, max_batch):
+    p = GaussianDiffusion(10, "linear", 1e-4, 0.2)
+    B, L, K, S, t_start = 3, 4, 2, 2, 6
+    x0 = torch.randn(B, L, K)
+    den = lambda x_t, t, cond: x_t * 0.5 + cond["observed"]
+    out = draw_samples(p, den, {"observed": x0}, (B, L, K), S, sampler=sampler, steps=3, eta=0.3,
+                       max_batch=max_batch, t_start=t_start, x0=x0, generator=torch.Generator().manual_seed(1))
+    # by hand: chunks of rows (b s), each drawing z, then running the chain from q_sample(x0, t_start, z)
+    g, rows, chunk = torch.Generator().manual_seed(1), x0.repeat_interleave(S, 0), max_batch or B * S
+    ref = []
+    for i in range(0, B * S, chunk):
+        x0_c = rows[i : i + chunk]
+        z = torch.randn(x0_c.shape, generator=g)
+        x = p.q_sample(x0_c, torch.full((len(x0_c),), t_start), z)
+        ref.append(sample(p, lambda x_t, t, c=x0_c: den(x_t, t, {"observed": c}), x, sampler, steps=3, eta=0.3,
+                          t_start=t_start, generator=g))  # fmt: skip
+    torch.testing.assert_close(out, torch.cat(ref).view(B, S, L, K), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="t_start and x0 go together"):
+        draw_samples(p, den, {"observed": x0}, (B, L, K), S, t_start=t_start)

@@ -29,6 +29,7 @@ from torch.utils.checkpoint import checkpoint
 
 from tsdiffusion.batch import Cond
 from tsdiffusion.denoisers.layers import DiffusionStepEmbedding, time_sinusoids
+from tsdiffusion.denoisers.protocol import Capabilities
 
 # (B, L, K, C) <-> the (batch, heads, sequence, head_dim) views that the attention kernels take.
 # Both are views without copies when q, k and v are separate channel-last tensors.
@@ -331,6 +332,11 @@ class CSDIDenoiser(nn.Module):
         self.output_projection1 = _kaiming_linear(channels, channels)
         self.output_projection2 = _kaiming_linear(channels, 1)
         nn.init.zeros_(self.output_projection2.weight)
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """Conditional unless built ``unconditional=True``; no labels, no ``features``."""
+        return Capabilities(conditional=not self.unconditional)
 
     def forward(self, x_t: Tensor, t: Tensor, cond: Cond) -> Tensor:
         """x_t: (B, L, K) noisy series; t: (B,) long step; cond: see :class:`tsdiffusion.batch.Cond`.

@@ -42,6 +42,7 @@ from torch import Tensor, nn
 
 from tsdiffusion.batch import Cond
 from tsdiffusion.denoisers.layers import DiffusionStepEmbedding
+from tsdiffusion.denoisers.protocol import Capabilities
 
 RNNState = Tensor | tuple[Tensor, Tensor]
 
@@ -187,6 +188,9 @@ class TimeGradDenoiser(nn.Module):
         step_embedding_dim: sinusoidal width of the diffusion-step encoding (TimeGrad: 2 x 16).
         step_hidden: width of the step embedding after its projections (TimeGrad: 64).
     """
+
+    # conditioned on the past through cond["hidden"] (the encoder's state), no labels, no features
+    capabilities = Capabilities(conditional=True)
 
     def __init__(
         self,

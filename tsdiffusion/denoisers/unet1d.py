@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from tsdiffusion.batch import Cond
 from tsdiffusion.denoisers.layers import DiffusionStepEmbedding
+from tsdiffusion.denoisers.protocol import Capabilities
 
 
 def _groups(channels: int) -> int:
@@ -153,6 +154,11 @@ class UNet1DDenoiser(nn.Module):
         return up, upsample
 
     # -- forward -----------------------------------------------------------------------------------
+    @property
+    def capabilities(self) -> Capabilities:
+        """Conditional with ``use_cond_channels``; ``num_classes`` labels; pooled :meth:`features`."""
+        return Capabilities(conditional=self.use_cond_channels, num_classes=self.num_classes, features=True)
+
     def forward(self, x_t: Tensor, t: Tensor, cond: Cond) -> Tensor:
         """x_t: (B, L, K) noisy series; t: (B,) step; cond: see :class:`tsdiffusion.batch.Cond` -> (B, L, K)."""
         h, _ = self._run(x_t, t, cond)

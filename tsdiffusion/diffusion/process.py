@@ -145,14 +145,17 @@ class GaussianDiffusion(nn.Module):
         return residual.pow(2).sum() / loss_mask.sum().clamp(min=1)
 
     # -- reverse steps --------------------------------------------------------------------------
+    # Every method that maps a denoiser output takes ``(out, x_t, t)``, the denoiser's own order after its
+    # output (as predict_x0 / predict_eps); the step a reverse step goes to is the keyword ``s``.
     def _noise_like(self, x: Tensor, generator: torch.Generator | None) -> Tensor:
         return torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)
 
     def ddpm_step(
         self,
         out: Tensor,
-        t: Tensor | int,
         x_t: Tensor,
+        t: Tensor | int,
+        *,
         s: Tensor | int | None = None,
         generator: torch.Generator | None = None,
     ) -> Tensor:
@@ -169,17 +172,19 @@ class GaussianDiffusion(nn.Module):
     def ddim_step(
         self,
         out: Tensor,
-        t: Tensor | int,
-        s: Tensor | int,
         x_t: Tensor,
+        t: Tensor | int,
+        *,
+        s: Tensor | int | None = None,
         eta: float = 0.0,
         generator: torch.Generator | None = None,
     ) -> Tensor:
         """DDIM step x_t -> x_s (Song et al. 2021, eq. 12), sigma = eta * sqrt((1-abar_s)/(1-abar_t) (1-abar_t/abar_s)).
 
-        eta = 0 is deterministic; eta = 1 with s = t - 1 equals the DDPM ancestral step.
+        s = t - 1 by default. eta = 0 is deterministic; eta = 1 with s = t - 1 equals the DDPM ancestral step.
         """
-        t, s = self._steps(t, x_t), self._steps(s, x_t)
+        t = self._steps(t, x_t)
+        s = t - 1 if s is None else self._steps(s, x_t)
         abar_t, abar_s = self._abar(t, x_t), self._abar(s, x_t)
         x0 = self.predict_x0(out, x_t, t)
         eps = self.predict_eps(out, x_t, t)

@@ -1,5 +1,9 @@
 """Samplers as pure functions (k-diffusion style). Conditioning is a closure ``denoise_fn(x_t, t) -> out``.
 
+Every sampler runs the chain from step N - 1 by default, or from any step ``t_start`` (``x_T`` is then x at
+step ``t_start``, e.g. data noised by ``q_sample``: the partial chains of SDEdit / AnoDDPM-style reconstruction),
+on an even grid of ``steps`` evaluations over ``[0, t_start]``.
+
 ``draw_samples`` repeats a conditioning dict per sample, ``b ... -> (b s) ...``, and runs one batched
 sampler call per chunk of at most ``max_batch`` rows, instead of a Python loop over samples.
 """
@@ -34,6 +38,19 @@ def timesteps(num_steps: int, steps: int | None = None) -> list[int]:
     return grid.flip(0).tolist()
 
 
+def _grid(process: GaussianDiffusion, steps: int | None, t_start: int | None) -> list[int]:
+    """Descending steps from ``t_start`` (default N - 1) to 0 with ``steps`` evaluations (None: every step).
+
+    From N - 1, ``steps`` must lie in [1, N]; from an earlier ``t_start`` it is capped at ``t_start + 1``.
+    """
+    if t_start is None:
+        return timesteps(process.num_steps, steps)
+    if not 0 <= t_start < process.num_steps:
+        raise ValueError(f"t_start must be a step in [0, {process.num_steps}) (the training steps), got {t_start}")
+    n = t_start + 1
+    return timesteps(n, n if steps is None else min(steps, n))
+
+
 def _pairs(seq: list[int], progress: bool):
     """The sampler's (t, s) steps along ``seq``, ending at s = -1 (the data); a progress bar if asked."""
     pairs = list(zip(seq, [*seq[1:], -1]))
@@ -61,17 +78,18 @@ def sample_ddpm(
     x_T: Tensor,
     *,
     steps: int | None = None,
+    t_start: int | None = None,
     generator: torch.Generator | None = None,
     progress: bool = False,
 ) -> Tensor:
     """Ancestral DDPM sampling (Ho et al. 2020, Algorithm 2), optionally on a strided subsequence of steps.
 
-    x_T: (N, ...) standard normal start -> x_0: (N, ...).
+    x_T: (N, ...) standard normal start, or x at step ``t_start`` -> x_0: (N, ...).
     """
-    seq = timesteps(process.num_steps, steps)
+    seq = _grid(process, steps, t_start)
 
     def step(x: Tensor, t: int, s: int) -> Tensor:
-        return process.ddpm_step(denoise_fn(x, _t(x, t)), t, x, s, generator=generator)
+        return process.ddpm_step(denoise_fn(x, _t(x, t)), x, t, s=s, generator=generator)
 
     return _loop(x_T, seq, step, progress)
 
@@ -84,14 +102,18 @@ def sample_ddim(
     *,
     steps: int = 50,
     eta: float = 0.0,
+    t_start: int | None = None,
     generator: torch.Generator | None = None,
     progress: bool = False,
 ) -> Tensor:
-    """DDIM sampling (Song et al. 2021, eq. 12) with ``steps`` denoiser calls. x_T: (N, ...) -> x_0: (N, ...)."""
-    seq = timesteps(process.num_steps, min(steps, process.num_steps))
+    """DDIM sampling (Song et al. 2021, eq. 12) with ``steps`` denoiser calls.
+
+    x_T: (N, ...) standard normal start, or x at step ``t_start`` -> x_0: (N, ...).
+    """
+    seq = _grid(process, min(steps, process.num_steps), t_start)
 
     def step(x: Tensor, t: int, s: int) -> Tensor:
-        return process.ddim_step(denoise_fn(x, _t(x, t)), t, s, x, eta=eta, generator=generator)
+        return process.ddim_step(denoise_fn(x, _t(x, t)), x, t, s=s, eta=eta, generator=generator)
 
     return _loop(x_T, seq, step, progress)
 
@@ -104,6 +126,7 @@ def sample_dpmpp(
     *,
     steps: int = 20,
     stochastic: bool = False,
+    t_start: int | None = None,
     generator: torch.Generator | None = None,
     progress: bool = False,
 ) -> Tensor:
@@ -124,10 +147,11 @@ def sample_dpmpp(
         x_s = sigma_s / sigma_t e^-h x_t - alpha_s expm1(-2h) D + sigma_s sqrt(-expm1(-2h)) z,
 
     whose first-order step is the (respaced) DDPM ancestral step. The step from the last grid point,
-    ``t = 0``, to the data returns ``x0_hat`` (first order: ``lambda = inf`` there). Same grid as DDIM.
-    x_T: (N, ...) -> x_0: (N, ...).
+    ``t = 0``, to the data returns ``x0_hat`` (first order: ``lambda = inf`` there). Same grid as DDIM, also
+    from ``t_start`` (the solver integrates the same ODE from ``lambda_{t_start}``).
+    x_T: (N, ...) standard normal start, or x at step ``t_start`` -> x_0: (N, ...).
     """
-    seq = timesteps(process.num_steps, min(steps, process.num_steps))
+    seq = _grid(process, min(steps, process.num_steps), t_start)
     abar = process.alphas_cumprod.tolist()
     lam = [0.5 * math.log(a / (1 - a)) for a in abar]
     x, x0_prev, h_prev = x_T, None, None
@@ -158,20 +182,21 @@ def sample(
     *,
     steps: int | None = None,
     eta: float = 0.0,
+    t_start: int | None = None,
     generator: torch.Generator | None = None,
     progress: bool = False,
 ) -> Tensor:
     """Run the named sampler: ``ddpm`` (ancestral, ``steps=None``: every step), ``ddim`` (``eta``),
-    ``dpmpp`` (DPM-Solver++(2M)) or ``dpmpp_sde`` (its SDE variant); ``steps=None`` means ``num_steps``."""
+    ``dpmpp`` (DPM-Solver++(2M)) or ``dpmpp_sde`` (its SDE variant); ``steps=None`` means every step.
+    ``t_start``: start from x at that step (``x_T``) instead of N - 1."""
+    kw = {"t_start": t_start, "generator": generator, "progress": progress}
     if sampler == "ddpm":
-        return sample_ddpm(process, denoise_fn, x_T, steps=steps, generator=generator, progress=progress)
+        return sample_ddpm(process, denoise_fn, x_T, steps=steps, **kw)
     n = steps or process.num_steps
     if sampler == "ddim":
-        return sample_ddim(process, denoise_fn, x_T, steps=n, eta=eta, generator=generator, progress=progress)
+        return sample_ddim(process, denoise_fn, x_T, steps=n, eta=eta, **kw)
     if sampler in ("dpmpp", "dpmpp_sde"):
-        return sample_dpmpp(
-            process, denoise_fn, x_T, steps=n, stochastic=sampler == "dpmpp_sde", generator=generator, progress=progress
-        )
+        return sample_dpmpp(process, denoise_fn, x_T, steps=n, stochastic=sampler == "dpmpp_sde", **kw)
     raise ValueError(f"unknown sampler {sampler!r}: expected one of {SAMPLERS}")
 
 
@@ -187,6 +212,8 @@ def draw_samples(
     steps: int | None = None,
     eta: float = 0.0,
     max_batch: int | None = None,
+    t_start: int | None = None,
+    x0: Tensor | None = None,
     generator: torch.Generator | None = None,
     device: torch.device | None = None,
     progress: bool = False,
@@ -195,7 +222,11 @@ def draw_samples(
 
     cond: dict of (B, ...) tensors; shape: (B, L, K). Returns (B, S, L, K). Rows are ordered ``(b s)``
     and split into chunks of at most ``max_batch`` rows (default: all rows at once).
+    With ``t_start``, each row starts from its item of ``x0`` (B, L, K) noised to step ``t_start``,
+    ``q_sample(x0, t_start, z)`` with the draw ``z`` that is otherwise the start x_T, and the chain runs from there.
     """
+    if (t_start is None) != (x0 is None):
+        raise ValueError("draw_samples: t_start and x0 go together (the rows start from x0 noised to t_start)")
     B = shape[0]
     rows = B * num_samples
     chunk = rows if max_batch is None else max(1, max_batch)
@@ -205,6 +236,9 @@ def draw_samples(
         idx = torch.arange(start, min(start + chunk, rows), device=device) // num_samples
         c = {k: v[idx] for k, v in cond.items()}
         x_T = torch.randn((len(idx), *shape[1:]), device=device, generator=generator)
+        if t_start is not None:
+            x_T = process.q_sample(x0[idx], _t(x_T, t_start), x_T)
         fn = lambda x, t, c=c: denoiser(x, t, c).to(x.dtype)  # the chain stays in x's dtype under autocast
-        out.append(sample(process, fn, x_T, sampler, steps=steps, eta=eta, generator=generator, progress=progress))
+        out.append(sample(process, fn, x_T, sampler, steps=steps, eta=eta, t_start=t_start, generator=generator,
+                          progress=progress))  # fmt: skip
     return rearrange(torch.cat(out), "(b s) l k -> b s l k", s=num_samples)
