@@ -252,3 +252,43 @@ def test_denoising_energy_is_lower_for_data_than_for_outliers():
     e_data = denoising_energy(process, _exact_denoiser(process), data, gen).mean()
     e_out = denoising_energy(process, _exact_denoiser(process), data * 4, gen).mean()
     assert e_out > 2 * e_data
+
+
+def _tiny_batch(B=2, L=12, K=3):
+    gen = torch.Generator().manual_seed(9)
+    observed = torch.randn(B, L, K, generator=gen)
+    target = torch.zeros(B, L, K)
+    target[:, -4:] = 1
+    return {"observed": observed, "observed_mask": torch.ones(B, L, K), "target_mask": target}
+
+
+@pytest.mark.slow
+def test_guided_tasks_train_unconditionally_and_sample_with_guidance_or_refinement():
+    from tsdiffusion.baselines import SeasonalNaive
+    from tsdiffusion.denoisers import CSDIDenoiser, UNet1DDenoiser
+    from tsdiffusion.tasks.guided import GuidedForecastingTask, GuidedImputationTask
+
+    torch.manual_seed(0)
+    unet = UNet1DDenoiser(3, channels=8, channel_mults=(1,), attention=False, use_cond_channels=False)
+    process = GaussianDiffusion(num_steps=10)
+    task = GuidedForecastingTask(unet, process, num_samples=3, sampler="ddim", sample_steps=4, guidance_scale=2.0,
+                                 num_train_features=None)  # fmt: skip
+    batch = _tiny_batch()
+    assert torch.equal(task.train_cond_mask(batch), torch.zeros_like(batch["observed"]))
+    assert torch.isfinite(task.training_step(batch, 0))
+    cond_mask = 1 - batch["target_mask"]
+    with torch.inference_mode():  # as Lightning's test loop
+        draws = task.sample(batch, cond_mask, generator=torch.Generator().manual_seed(1))
+    assert draws.shape == (2, 3, 12, 3)
+    assert torch.equal(draws[:, :, :8], batch["observed"][:, None, :8].expand(-1, 3, -1, -1))
+    task.base_forecaster, task.hparams.refine_iterations = SeasonalNaive(season_length=2), 3
+    refined = task.sample(batch, cond_mask, generator=torch.Generator().manual_seed(1))
+    assert refined.shape == (2, 3, 12, 3) and torch.isfinite(refined).all()
+    csdi = CSDIDenoiser(3, channels=8, layers=1, heads=2, diffusion_embedding_dim=16, time_embedding_dim=16,
+                        feature_embedding_dim=4, unconditional=True)  # fmt: skip
+    imp = GuidedImputationTask(csdi, process, num_samples=2, sampler="dpmpp", sample_steps=3, guidance="quantile")
+    random_mask = (torch.rand(2, 12, 3, generator=torch.Generator().manual_seed(2)) < 0.5).float()
+    out = imp.sample(batch, random_mask)
+    assert out.shape == (2, 2, 12, 3)
+    with pytest.raises(ValueError, match="unconditional"):
+        GuidedForecastingTask(UNet1DDenoiser(3, channels=8, channel_mults=(1,), attention=False), process)

@@ -1,0 +1,90 @@
+"""The speed/quality curve (tsdiffusion.curve) of a tiny run trained for a few steps in tmp_path."""
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tsdiffusion.cli import TSDiffusionCLI, main
+from tsdiffusion.curve import _load_run, _mean_se, evaluate_sampler, fixed_windows, markdown_table, speed_quality_curve
+
+
+def _tiny_run(tmp_path: Path) -> Path:
+    cfg = {
+        "seed_everything": 3,
+        "trainer": {
+            "max_epochs": 1, "accelerator": "cpu", "enable_progress_bar": False, "enable_model_summary": False,
+            "limit_train_batches": 3, "limit_val_batches": 1, "limit_test_batches": 1,
+            "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
+                       "init_args": {"save_dir": str(tmp_path / "runs"), "name": "tiny"}},
+        },
+        "model": {
+            "class_path": "tsdiffusion.tasks.ImputationTask",
+            "init_args": {
+                "denoiser": {"class_path": "tsdiffusion.denoisers.CSDIDenoiser",
+                             "init_args": {"channels": 8, "layers": 1, "heads": 2, "diffusion_embedding_dim": 16,
+                                           "time_embedding_dim": 16, "feature_embedding_dim": 4}},
+                "process": {"class_path": "tsdiffusion.diffusion.GaussianDiffusion", "init_args": {"num_steps": 8}},
+                "num_samples": 3, "sampler": "ddim", "sample_steps": 3, "val_loss_steps": 2, "plot_windows": 0,
+            },
+        },
+        "data": {
+            "class_path": "tsdiffusion.data.PhysioNetDataModule",
+            "init_args": {"path": "embedded", "max_records": 40, "cache_dir": str(tmp_path / "cache"), "batch_size": 4,
+                          "eval_batch_size": 2},
+        },
+    }  # fmt: skip
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    cli = TSDiffusionCLI(args=["fit", "--config", str(path), "--test_after_fit", "true"])
+    return Path(cli.trainer.log_dir)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    return _tiny_run(tmp_path_factory.mktemp("curve"))
+
+
+def test_mean_se():
+    assert _mean_se([1.0, 3.0]) == (2.0, 1.0)  # std 1.414 / sqrt(2)
+    assert math.isnan(_mean_se([1.0])[1])
+
+
+@pytest.mark.slow
+def test_curve_of_a_tiny_run(tiny_run):
+    run = tiny_run
+    assert (run / "metrics.json").exists() and (run / "checkpoints" / "last.ckpt").exists()
+    main(["curve", "--run", str(run), "--samplers", "ddim", "ddpm", "dpmpp_sde", "--steps", "2", "8", "20",
+          "--num_samples", "4", "--repeats", "2", "--max_batches", "1"])  # fmt: skip
+    rows = list(csv.DictReader(open(run / "curve.csv")))
+    # steps above the 8 training steps are dropped: 3 samplers x {2, 8}
+    assert [(r["sampler"], int(r["steps"])) for r in rows] == [
+        ("ddim", 2), ("ddim", 8), ("ddpm", 2), ("ddpm", 8), ("dpmpp_sde", 2), ("dpmpp_sde", 8)]  # fmt: skip
+    for r in rows:
+        assert float(r["calls"]) == pytest.approx(int(r["steps"]))  # one network call per step and sample path
+        assert float(r["crps"]) > 0 and float(r["crps_sum"]) > 0 and float(r["crps_se"]) >= 0
+        assert float(r["wall_s"]) > 0 and int(r["windows"]) == 2
+    ref = rows[1]  # ddim at the most steps is the reference of the differences
+    assert float(ref["d_crps"]) == 0 and float(ref["d_crps_se"]) == 0
+    assert (run / "curve.png").stat().st_size > 1000
+    assert "ΔCRPS vs ddim-8" in (run / "curve.md").read_text()
+    assert json.loads((run / "metrics.json").read_text())["task"] == "ImputationTask"
+
+
+@pytest.mark.slow
+def test_same_streams_make_configurations_reproducible_and_differences_paired(tiny_run):
+    task, dm, _ = _load_run(tiny_run)
+    windows = fixed_windows(dm, 1)
+    a = evaluate_sampler(task, windows, "ddpm", 4, num_samples=4, repeats=3)
+    b = evaluate_sampler(task, windows, "ddpm", 4, num_samples=4, repeats=3)
+    assert a["crps"] == b["crps"] and a["crps_sum"] == b["crps_sum"]  # fixed seeds per window and repeat
+    assert len(set(a["crps"])) == 3  # the repeats are independent sample sets
+    assert task.hparams.sampler == "ddim" and task.hparams.sample_steps == 3  # restored
+    rows = speed_quality_curve(task, windows, ("ddim",), (2, 8), num_samples=4, repeats=2)
+    assert len(rows) == 2 and rows[1]["d_crps"] == 0
+    # the paired difference is the mean of per-repeat differences
+    assert rows[0]["d_crps"] == pytest.approx(rows[0]["crps"] - rows[1]["crps"])
+    assert "| ddim | 2 |" in markdown_table(rows)
