@@ -13,9 +13,7 @@ import csv
 import io
 import json
 import re
-import tarfile
-import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -24,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from tsdiffusion.data.download import DataSourceError
+from tsdiffusion.data.sources.archive import iter_members
 from tsdiffusion.data.sources.panel import Panel
 
 #: telemanom's data (Hundman et al. 2018): arrays in a zip (checksum unknown offline), labels in the repo.
@@ -52,32 +51,6 @@ class AnomalySeries:
         values = self.train if part == "train" else self.test
         label = None if part == "train" else self.labels[None]
         return Panel.of(values[None], self.name, items=[self.name]).replace(point_label=label)
-
-
-# -- containers: a folder, a .tar(.gz) or a .zip, read without extracting -----------------------------
-
-
-def iter_members(path: str | Path, pattern: re.Pattern) -> Iterator[tuple[str, bytes]]:
-    """(name, bytes) of every file under ``path`` (folder, tar or zip) whose path matches ``pattern``."""
-    path = Path(path)
-    if path.is_dir():
-        for p in sorted(path.rglob("*")):
-            name = p.relative_to(path).as_posix()
-            if p.is_file() and pattern.search(name):
-                yield name, p.read_bytes()
-    elif zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as zf:
-            for name in sorted(zf.namelist()):
-                if pattern.search(name):
-                    yield name, zf.read(name)
-    else:
-        try:
-            with tarfile.open(path, "r:*") as tar:
-                for m in tar:
-                    if m.isfile() and pattern.search(m.name):
-                        yield m.name, tar.extractfile(m).read()
-        except (tarfile.TarError, OSError, EOFError) as err:
-            raise DataSourceError(f"{path}: not a folder, zip or readable tar archive ({err})") from err
 
 
 # -- SMAP / MSL -----------------------------------------------------------------------------------------

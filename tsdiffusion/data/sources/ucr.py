@@ -14,15 +14,15 @@ Series Archive", 2019). The project's copy is ``../shared/data/ucr_uea/GunPoint.
 
 from __future__ import annotations
 
-import tarfile
-import zipfile
+import re
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
 from tsdiffusion.data.download import DataSourceError
+from tsdiffusion.data.sources.archive import iter_members
 from tsdiffusion.data.sources.panel import Panel
 
 URL_TEMPLATE = "https://www.timeseriesclassification.com/aeon-toolkit/{name}.zip"
@@ -146,16 +146,7 @@ def read_ucr_split(source: str | Path, name: str, split: Literal["TRAIN", "TEST"
 
 
 def _read_member(archive: Path, target: str) -> str:
-    if zipfile.is_zipfile(archive):
-        with zipfile.ZipFile(archive) as zf:
-            names = [n for n in zf.namelist() if PurePosixPath(n).name == target]
-            if names:
-                return zf.read(names[0]).decode("utf-8", errors="replace")
-    elif tarfile.is_tarfile(archive):
-        with tarfile.open(archive) as tf:
-            members = [m for m in tf.getmembers() if m.isfile() and PurePosixPath(m.name).name == target]
-            if members:
-                return tf.extractfile(members[0]).read().decode("utf-8", errors="replace")
-    else:
-        raise DataSourceError(f"{archive}: not a folder, .zip or tar archive")
+    """The text of the first member of ``archive`` (a tar or zip) named ``target``, in any folder."""
+    for _, data in iter_members(archive, re.compile(rf"(^|/){re.escape(target)}$")):
+        return data.decode("utf-8", errors="replace")
     raise DataSourceError(f"{archive}: no member named {target}")
