@@ -14,7 +14,6 @@ import pytest
 import torch
 
 from tsdiffusion.batch import check_batch
-from tsdiffusion.data.sources import physionet
 from tsdiffusion.data.download import DataSourceError, safe_extract
 from tsdiffusion.data.physionet import (
     ATTRIBUTES,
@@ -24,6 +23,7 @@ from tsdiffusion.data.physionet import (
     parse_record,
     split_indices,
 )
+from tsdiffusion.data.sources import physionet
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "physionet2012"
 PARAMS = ("HR", "Temp", "GCS", "pH", "Urine", "Weight", "MechVent", "Cholesterol")
