@@ -5,6 +5,7 @@ from tsdiffusion.data.datamodule import TSDataModule, WindowDataset
 from tsdiffusion.data.frame import FrameDataError, FrameDataModule
 from tsdiffusion.data.gluonts import GluonTSDataModule
 from tsdiffusion.data.physionet import PhysioNetDataModule
+from tsdiffusion.data.synthetic import SyntheticDataModule as SyntheticDataModule
 from tsdiffusion.data.ucr import UCRDataModule
 
 __all__ = [
