@@ -206,3 +206,20 @@ def test_record_info_carries_the_optimum_in_the_tasks_units():
     # a perfect sampler at S = 50 scores close to the exact optimum (slightly above: finite-sample quantiles)
     assert sampled["crps"]["mean"] == pytest.approx(exact["crps"], rel=0.05)
     assert _small("forecast").metric_units == "original"
+
+
+def test_report_shows_the_ratio_to_the_optimum():
+    from tsdiffusion.benchmark.report import Group, markdown, optimum_ratio
+
+    def record(crps: float) -> dict:
+        return {"metrics": {"crps": crps, "crps_sum": 0.5}, "data": {"optimal": {"crps": 0.2}}}
+
+    synthetic = Group("ForecastingTask", "synthetic_forecast", "CSDIDenoiser", "c", "", [record(0.22), record(0.26)])
+    real = Group("ForecastingTask", "electricity", "CSDIDenoiser", "c", "", [{"metrics": {"crps": 0.3}}])
+    mean, std, n = optimum_ratio(synthetic, "crps")
+    assert (mean, n) == (pytest.approx(1.2), 2) and std == pytest.approx(math.sqrt(0.02))
+    assert optimum_ratio(real, "crps")[2] == 0 and optimum_ratio(synthetic, "crps_sum")[2] == 0
+    text = markdown([synthetic, real], {}, [], "t")
+    header = text.splitlines()[2]
+    assert "crps / optimum" in header and "crps_sum / optimum" not in header
+    assert "| 1.2 ± 0.14 |" in text.splitlines()[4] and text.splitlines()[5].count("–") >= 2

@@ -203,10 +203,11 @@ def markdown(
     shown = metrics or [m for m in DEFAULT_METRICS if m in present]
     refs = [references_for(g, entries) for g in groups]
     with_ref = [m for m in shown if any(m in r for r in refs)]
+    with_opt = [m for m in shown if not m.startswith("coverage") and any(optimum_ratio(g, m)[2] for g in groups)]
     notes: list[str] = []
     header = ["task", "dataset", "model", "config", "setting", "seeds"]
     for m in shown:
-        header += [m] + ([f"{m} (paper)"] if m in with_ref else [])
+        header += [m] + ([f"{m} (paper)"] if m in with_ref else []) + ([f"{m} / optimum"] if m in with_opt else [])
     lines = [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for g, r in zip(groups, refs):
         cells = [g.task, g.dataset, g.model, g.config, g.setting or "–", str(len(g.records))]
@@ -214,6 +215,8 @@ def markdown(
             cells.append(fmt(*g.stats(m)[:2]))
             if m in with_ref:
                 cells.append(_ref_cell(r.get(m), notes))
+            if m in with_opt:
+                cells.append(fmt(*optimum_ratio(g, m)[:2]))
         lines.append("| " + " | ".join(cells) + " |")
     lines += [""] + [f"[{i + 1}] {_cite(e, sources)}" for i, e in enumerate(notes)]
     if any("(embedded)" in g.dataset for g in groups):
@@ -225,6 +228,20 @@ def markdown(
         ]
     lines += _unfinished_lines(unfinished or [])
     return "\n".join(lines) + "\n"
+
+
+def optimum_ratio(group: Group, metric: str) -> tuple[float, float, int]:
+    """(mean, std, n) over seeds of the metric divided by the record's exact optimum ``data.optimal[metric]``
+    (synthetic data sets whose Bayes-optimal score is known, :class:`tsdiffusion.data.SyntheticDataModule`)."""
+    ratios = []
+    for rec in group.records:
+        value, best = rec["metrics"].get(metric), lookup(rec, f"data.optimal.{metric}")
+        if isinstance(value, int | float) and isinstance(best, int | float) and best > 0:
+            ratios.append(value / best)
+    if not ratios:
+        return math.nan, math.nan, 0
+    v = np.array(ratios)
+    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else math.nan, len(v)
 
 
 def _ref_cell(ref: tuple[float, dict] | None, notes: list[dict]) -> str:
