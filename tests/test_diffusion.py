@@ -354,8 +354,20 @@ def test_draw_samples_from_t_start_noises_x0_with_the_start_draw(sampler, max_ba
     B, L, K, S, t_start = 3, 4, 2, 2, 6
     x0 = torch.randn(B, L, K)
     den = lambda x_t, t, cond: x_t * 0.5 + cond["observed"]
-    out = draw_samples(p, den, {"observed": x0}, (B, L, K), S, sampler=sampler, steps=3, eta=0.3,
-                       max_batch=max_batch, t_start=t_start, x0=x0, generator=torch.Generator().manual_seed(1))
+    out = draw_samples(
+        p,
+        den,
+        {"observed": x0},
+        (B, L, K),
+        S,
+        sampler=sampler,
+        steps=3,
+        eta=0.3,
+        max_batch=max_batch,
+        t_start=t_start,
+        x0=x0,
+        generator=torch.Generator().manual_seed(1),
+    )
     # by hand: chunks of rows (b s), each drawing z, then running the chain from q_sample(x0, t_start, z)
     g, rows, chunk = torch.Generator().manual_seed(1), x0.repeat_interleave(S, 0), max_batch or B * S
     ref = []

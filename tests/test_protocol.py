@@ -158,15 +158,25 @@ def old_reconstruction_score(task, batch, generator):
 
 
 @pytest.mark.parametrize("unconditional", [False, True])
-@pytest.mark.parametrize(("sampler", "denoise_steps", "eta", "noise_step"),
-                         [("ddpm", None, 0.0, None), ("ddpm", 3, 0.0, 7), ("ddim", 30, 0.0, 9), ("ddim", 4, 0.7, 5)])
+@pytest.mark.parametrize(
+    ("sampler", "denoise_steps", "eta", "noise_step"),
+    [("ddpm", None, 0.0, None), ("ddpm", 3, 0.0, 7), ("ddim", 30, 0.0, 9), ("ddim", 4, 0.7, 5)],
+)
 def test_reconstruction_scores_equal_the_replaced_loop(unconditional, sampler, denoise_steps, eta, noise_step):
     g = torch.Generator().manual_seed(0)
     mask = (torch.rand(3, 12, 3, generator=g) > 0.1).float()
     batch = {"observed": torch.randn(3, 12, 3, generator=g) * mask, "observed_mask": mask,
              "timepoints": torch.arange(12.0).expand(3, 12)}  # fmt: skip
-    task = AnomalyTask(small_csdi(unconditional), GaussianDiffusion(20, "quad"), scoring="reconstruction",
-                       num_samples=4, sampler=sampler, eta=eta, denoise_steps=denoise_steps, noise_step=noise_step)
+    task = AnomalyTask(
+        small_csdi(unconditional),
+        GaussianDiffusion(20, "quad"),
+        scoring="reconstruction",
+        num_samples=4,
+        sampler=sampler,
+        eta=eta,
+        denoise_steps=denoise_steps,
+        noise_step=noise_step,
+    )
     torch.manual_seed(11)  # the unconditional wrapper draws from the global generator, as before
     new = task.reconstruction_score(batch, torch.Generator().manual_seed(5))
     torch.manual_seed(11)
