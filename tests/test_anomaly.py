@@ -14,7 +14,6 @@ import pytest
 import torch
 
 from tsdiffusion.baselines import RollingMedianScorer, rolling_mad_score
-from tsdiffusion.cli import TSDiffusionCLI
 from tsdiffusion.data.anomaly import (
     AnomalyDataModule,
     AnomalySeries,
@@ -38,7 +37,6 @@ from tsdiffusion.metrics.anomaly import (
 from tsdiffusion.plots import label_segments
 from tsdiffusion.tasks.anomaly import AnomalyTask, mask_patterns
 
-CONFIGS = sorted((Path(__file__).resolve().parent.parent / "experiments" / "anomaly").glob("*/*.yaml"))
 SMAP_CHANNELS = {"P-1": 25, "S-1": 25, "E-1": 25, "P-2": 25}
 MSL_CHANNELS = {"M-6": 55, "M-1": 55, "M-2": 55, "S-2": 55, "P-10": 55}
 NAB_SERIES = [
@@ -284,28 +282,6 @@ def test_rolling_median_scorer_flags_an_outlier():
     score = rolling_mad_score(x, torch.ones_like(x), width=7, eps=0.1)
     assert score[0, 15, 1] == score.max() and score[0, :, 0].abs().max() == 0
     assert label_segments(np.array([0, 1, 1, 0, 1])) == [(1, 3), (4, 5)]
-
-
-# -- every experiment config ------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.stem}")
-def test_config_fast_dev_run(config, smap_archive, nab_archive, tmp_path):
-    data = str(nab_archive if config.parent.name == "nab" else smap_archive)
-    # the paper-sized denoisers shrink so that fast_dev_run stays fast on CPU; the scorers have no such arguments
-    small = ["--model.init_args.denoiser.init_args.channels", "16", "--model.init_args.denoiser.init_args.layers", "1",
-             "--model.init_args.val_loss_steps", "1", "--data.init_args.window_length", "32"]  # fmt: skip
-    cli = TSDiffusionCLI(args=[
-        "fit", "--config", str(config), "--trainer.fast_dev_run", "true",
-        "--trainer.default_root_dir", str(tmp_path), "--trainer.logger.init_args.save_dir", str(tmp_path),
-        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-        "--data.init_args.path", data,
-        "--data.init_args.batch_size", "4", "--data.init_args.eval_batch_size", "4",
-        "--model.init_args.num_samples", "2", "--model.init_args.sample_steps", "2",
-        "--model.init_args.plot_series", "0", *(small if "csdi" in config.stem else []),
-    ])  # fmt: skip
-    assert isinstance(cli.model, AnomalyTask)
-    assert {"test/auroc", "test/pa_f1", "test/threshold"} <= set(cli.trainer.callback_metrics)
 
 
 def test_reconstruction_scoring_rejects_multistep_samplers():

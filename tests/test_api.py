@@ -20,7 +20,6 @@ from tsdiffusion.tasks.imputation import ImputationTask
 
 ROOT = Path(__file__).resolve().parents[1]
 CSV = Path(str(resources.files("tsdiffusion") / "resources" / "exchange_rate.csv"))
-CONFIGS = sorted((ROOT / "experiments" / "own_data").glob("*.yaml"))
 TINY = {
     "channels": 8, "layers": 1, "heads": 2, "diffusion_embedding_dim": 16, "time_embedding_dim": 16,
     "feature_embedding_dim": 4, "num_steps": 4, "num_samples": 3, "batch_size": 16, "val_loss_steps": 1,
@@ -162,23 +161,6 @@ def test_anomaly_scores_per_time_step(rates):
 
 
 # -- the CLI and the notebook ---------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
-def test_config_fast_dev_run(config, tmp_path):
-    cli = TSDiffusionCLI(args=[
-        "fit", "--config", str(config), "--trainer.fast_dev_run", "true",
-        "--trainer.default_root_dir", str(tmp_path), "--trainer.logger.init_args.save_dir", str(tmp_path),
-        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-        "--data.init_args.path", str(CSV), "--data.init_args.batch_size", "4",
-        "--model.init_args.denoiser.init_args.channels", "8",
-        "--model.init_args.denoiser.init_args.heads", "2",
-        "--model.init_args.num_samples", "2", "--model.init_args.sample_steps", "2",
-        "--model.init_args.val_loss_steps", "1",
-    ])  # fmt: skip
-    assert cli.datamodule.num_features == 8
-    assert cli.model.denoiser.num_features == 8  # linked from the data
-    assert "test/crps" in cli.trainer.callback_metrics
 
 
 @pytest.mark.slow  # a kernel start and two tiny fits: ~25 s on an idle 2-core machine

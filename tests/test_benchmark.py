@@ -438,16 +438,3 @@ def test_quickstart_notebook_runs(tiny_sweep, tmp_path, monkeypatch):
     text = " ".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/markdown", "")) for o in outputs)
     assert "| ImputationTask | physionet (embedded) |" in text and "samples (8, 2, 48, 35)" in text
     assert sum("image/png" in o.get("data", {}) for o in outputs) >= 1
-
-
-@pytest.mark.parametrize("config", sorted((ROOT / "experiments" / "quick").glob("*.yaml")), ids=lambda p: p.stem)
-def test_quick_config_fast_dev_run(config, tmp_path):
-    from tsdiffusion.cli import TSDiffusionCLI
-
-    cli = TSDiffusionCLI(args=[
-        "fit", "--config", str(config), "--trainer.fast_dev_run", "true",
-        "--trainer.default_root_dir", str(tmp_path), "--trainer.logger.init_args.save_dir", str(tmp_path),
-        "--data.init_args.cache_dir", str(tmp_path / "cache"),
-        "--model.init_args.num_samples", "2", "--model.init_args.sample_steps", "2",
-    ])  # fmt: skip
-    assert "test/crps" in cli.trainer.callback_metrics

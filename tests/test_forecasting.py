@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -12,7 +11,6 @@ import torch
 import torch.nn.functional as F
 
 from tsdiffusion.baselines import RandomWalk, SeasonalNaive, bootstrap_forecast
-from tsdiffusion.cli import TSDiffusionCLI
 from tsdiffusion.denoisers import CSDIDenoiser
 from tsdiffusion.denoisers.timegrad import TimeGradDenoiser, TimeGradEncoder, lag_inputs
 from tsdiffusion.diffusion import GaussianDiffusion
@@ -21,7 +19,6 @@ from tsdiffusion.plots import fan_chart, imputation_plot
 from tsdiffusion.tasks.forecasting import ForecastingTask, TimeGradTask, subsample_features
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = sorted((ROOT / "experiments" / "forecasting").glob("*/*.yaml"))
 B, L, K, H, F_TIME = 2, 14, 5, 4, 3
 
 
@@ -238,46 +235,3 @@ def test_plots_save_png(tmp_path):
     assert len(fig.axes) == 1
     for name in ("fan.png", "imp.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
-# -- every config ----------------------------------------------------------------------------------
-
-
-def write_hourly_fixture(root: Path, k: int = 4, train: int = 400, horizon: int = 24, windows: int = 2) -> Path:
-    """A small data set in the GluonTS layout (metadata.json, train/data.json, test/data.json), hourly."""
-    t = torch.arange(train + windows * horizon).float()
-    values = [(10 + j + torch.sin(2 * math.pi * t / 24 + j)).tolist() for j in range(k)]
-    (root / "train").mkdir(parents=True)
-    (root / "test").mkdir()
-    (root / "metadata.json").write_text(json.dumps({"freq": "H", "prediction_length": horizon}))
-    start = "2014-01-01 00:00:00"
-    lines = [{"start": start, "target": v[:train], "feat_static_cat": [j]} for j, v in enumerate(values)]
-    (root / "train" / "data.json").write_text("".join(json.dumps(x) + "\n" for x in lines))
-    test = [{"start": start, "target": v[: train + (i + 1) * horizon]} for i in range(windows) for v in values]
-    (root / "test" / "data.json").write_text("".join(json.dumps(x) + "\n" for x in test))
-    return root
-
-
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.stem}")
-def test_config_fast_dev_run(config, tmp_path):
-    text = config.read_text()
-    shared = [w for w in text.split() if w.startswith("../shared/") and w.endswith(".tar.gz,")]
-    if shared and not (ROOT / shared[0].rstrip(",")).exists():
-        pytest.skip(f"{shared[0]} is not on this machine")
-    args = [
-        "--config", str(config), "--trainer.fast_dev_run", "true",
-        "--trainer.default_root_dir", str(tmp_path), "--trainer.logger.init_args.save_dir", str(tmp_path),
-        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-        "--data.init_args.cache_dir", str(tmp_path / "cache"), "--model.init_args.num_samples", "2",
-    ]  # fmt: skip
-    if "path: null" in text:  # the canonical download: a small fixture in the same layout instead
-        args += ["--data.init_args.path", str(write_hourly_fixture(tmp_path / "fixture"))]
-    if "tsdiffusion.baselines." in text:
-        cli = TSDiffusionCLI(args=["test", *args])
-    else:
-        args += ["--model.init_args.sample_steps", "2", "--data.init_args.batch_size", "2",
-                 "--data.init_args.eval_batch_size", "2", "--model.init_args.sample_batch_size", "4"]  # fmt: skip
-        cli = TSDiffusionCLI(args=["fit", *args])
-    metrics = cli.trainer.callback_metrics
-    assert math.isfinite(float(metrics["test/crps"])) and math.isfinite(float(metrics["test/crps_sum"]))
-    assert cli.model.baseline is not None or cli.model.denoiser.num_features == cli.datamodule.num_features

@@ -15,7 +15,6 @@ from tsdiffusion.plots import plot_generation
 from tsdiffusion.tasks.generation import GenerationTask
 
 ROOT = Path(__file__).resolve().parents[1]
-GUNPOINT = ROOT.parent / "shared" / "data" / "ucr_uea" / "GunPoint.tar.gz"
 
 
 def _randomise_output(net: UNet1DDenoiser) -> None:
@@ -150,24 +149,3 @@ def test_scores_with_baselines_and_plots(tmp_path):
     assert all(p.is_file() and p.stat().st_size > 0 for p in paths)
     with pytest.raises(ValueError, match="NaN"):
         gen_scores.marginal_distance(real, np.full_like(real, np.nan))
-
-
-# -- configs -------------------------------------------------------------------------------------------------
-
-CONFIGS = sorted((ROOT / "experiments" / "generation").rglob("*.yaml"))
-
-
-@pytest.mark.skipif(not GUNPOINT.exists(), reason="needs ../shared/data/ucr_uea/GunPoint.tar.gz")
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: str(p.relative_to(ROOT)))
-def test_generation_config_fast_dev_run(config, tmp_path):
-    from tsdiffusion.cli import TSDiffusionCLI
-
-    args = [
-        "fit", "--config", str(config), "--trainer.fast_dev_run", "true",
-        "--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.default_root_dir", str(tmp_path),
-        "--trainer.enable_progress_bar", "false", "--model.init_args.score_iterations", "2",
-        "--model.init_args.sample_steps", "2", "--data.init_args.path", str(GUNPOINT),
-    ]  # fmt: skip
-    cli = TSDiffusionCLI(args=args)
-    scores = cli.model.last_scores
-    assert {"discriminative", "baseline_noise_discriminative", "marginal"} <= scores.keys()

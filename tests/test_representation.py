@@ -122,32 +122,3 @@ def test_representation_features_are_fixed_functions_of_the_input():
     assert f.shape == (3, 2 * (8 + 16 + 16)) and torch.equal(f, task.features(batch))
     with pytest.raises(ValueError, match="labels"):
         RepresentationTask(UNet1DDenoiser(1, channels=8, channel_mults=(1,), num_classes=2))
-
-
-# -- configs ---------------------------------------------------------------------------------------------------
-
-CONFIGS = sorted((ROOT / "experiments" / "representation").rglob("*.yaml"))
-
-
-def _data_override(config: Path) -> list[str]:
-    if "physionet" in config.parts:
-        return ["--data.init_args.path", "embedded", "--data.init_args.max_records", "100"]
-    return ["--data.init_args.path", str(GUNPOINT)]
-
-
-@pytest.mark.skipif(not GUNPOINT.exists(), reason="needs ../shared/data/ucr_uea/GunPoint.tar.gz")
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: str(p.relative_to(ROOT)))
-def test_representation_config_fast_dev_run(config, tmp_path, monkeypatch):
-    from tsdiffusion.cli import TSDiffusionCLI
-
-    monkeypatch.setenv("TSDIFFUSION_CACHE", str(tmp_path / "cache"))
-    args = [
-        "fit", "--config", str(config), "--trainer.fast_dev_run", "true",
-        "--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.default_root_dir", str(tmp_path),
-        "--trainer.enable_progress_bar", "false", *_data_override(config),
-    ]  # fmt: skip
-    if "physionet" in config.parts:
-        args += ["--data.init_args.cache_dir", str(tmp_path / "cache")]
-    cli = TSDiffusionCLI(args=args)
-    scores = cli.model.last_scores
-    assert {"probe_accuracy", "probe_auroc", "kmeans_nmi", "raw_probe_accuracy", "raw_kmeans_ari"} <= scores.keys()
