@@ -1,0 +1,175 @@
+"""Golden equivalence with the reference CSDI code (ermongroup/CSDI, commit 7f24a43).
+
+The fixtures in tests/fixtures/reference/ were written by benchmarks/reference/make_csdi_fixtures.py from the
+reference's own functions (see the README there); no reference code is needed here. With the reference weights
+converted by ``convert_original_state_dict``, the same batch, masks, diffusion steps and noise, our denoiser,
+loss, gradients, reverse step and 50-step chain must equal the reference's. Each check compares the tensors in
+pipeline order and names the first one that differs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import Tensor
+
+from tsdiffusion.denoisers import CSDIDenoiser
+from tsdiffusion.denoisers.csdi import convert_original_state_dict
+from tsdiffusion.diffusion import GaussianDiffusion, sample_ddpm
+
+FIXTURES = Path(__file__).parent / "fixtures" / "reference"
+ATOL = 1e-5  # denoiser output, loss, inputs (float32)
+GRAD_RTOL = 1e-4  # |g_ours - g_ref| / |g_ref| per parameter tensor
+CHAIN_RTOL = 1e-5  # sampling: two algebraic forms of the step in float32, relative to max |x| (an untrained
+# model's chain reaches |x| ~ 100)
+
+
+def assert_same(name: str, ours: Tensor, ref: Tensor, atol: float = ATOL, rtol: float = 0.0) -> None:
+    """max |ours - ref| <= atol + rtol max |ref|, or fail naming ``name`` (checks run in pipeline order, so the
+    failure names the first differing tensor)."""
+    assert ours.shape == ref.shape, f"first differing tensor: {name}: shape {tuple(ours.shape)} != {tuple(ref.shape)}"
+    err = (ours.double() - ref.double()).abs().max().item()
+    bound = atol + rtol * ref.abs().max().item()
+    assert err <= bound, f"first differing tensor: {name}: max abs error {err:.3g} > {bound:.3g}"
+
+
+def load(variant: str) -> dict:
+    path = FIXTURES / f"csdi_{variant}.pt"
+    if not path.exists():
+        pytest.fail(f"{path} is missing: run benchmarks/reference/make_csdi_fixtures.py (see the README there)")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def our_model(fx: dict) -> CSDIDenoiser:
+    """CSDIDenoiser built from the fixture's reference config, loaded with the converted reference weights."""
+    diff, model = fx["meta"]["config"]["diffusion"], fx["meta"]["config"]["model"]
+    num_features = fx["state"]["embed_layer.weight"].shape[0]
+    den = CSDIDenoiser(
+        num_features,
+        channels=diff["channels"],
+        layers=diff["layers"],
+        heads=diff["nheads"],
+        diffusion_embedding_dim=diff["diffusion_embedding_dim"],
+        time_embedding_dim=model["timeemb"],
+        feature_embedding_dim=model["featureemb"],
+        attention="linear" if diff["is_linear"] else "softmax",
+    )
+    den.load_state_dict(convert_original_state_dict(fx["state"]))
+    return den.eval()  # the fixtures were drawn in eval mode (dropout off)
+
+
+def our_process(fx: dict) -> GaussianDiffusion:
+    diff = fx["meta"]["config"]["diffusion"]
+    return GaussianDiffusion(diff["num_steps"], diff["schedule"], diff["beta_start"], diff["beta_end"])
+
+
+def kl(x: Tensor) -> Tensor:
+    """The reference's (B, K, L) <-> our (B, L, K)."""
+    return x.transpose(1, 2)
+
+
+def cond_of(fx: dict, cond_mask_kl: Tensor, data_lk: Tensor, feature_ids: Tensor | None = None) -> dict:
+    cm = kl(cond_mask_kl)
+    cond = {"observed": data_lk * cm, "cond_mask": cm, "timepoints": fx["batch"]["timepoints"]}
+    if feature_ids is not None:
+        cond["feature_ids"] = feature_ids
+    return cond
+
+
+def training_case(fx: dict) -> tuple[Tensor, Tensor, dict]:
+    """(x0, loss mask, cond) of the loss fixture, in our layout; forecasting uses the sampled features."""
+    batch = fx["batch"]
+    if "feature_id" in fx:
+        idx = fx["feature_id"]  # (B, k) the features sample_features drew
+        take = lambda x: torch.stack([x[b][:, idx[b]] for b in range(len(idx))])
+        x0, obs = take(batch["observed_data"]), take(batch["observed_mask"])
+        return x0, obs * (1 - kl(fx["cond_mask"])), cond_of(fx, fx["cond_mask"], x0, idx)
+    x0, obs = batch["observed_data"], batch["observed_mask"]
+    return x0, obs * (1 - kl(fx["cond_mask"])), cond_of(fx, fx["cond_mask"], x0)
+
+
+VARIANTS = ["imputation", pytest.param("forecasting", marks=pytest.mark.skipif(
+    not (FIXTURES / "csdi_forecasting.pt").exists(), reason="forecasting fixture not generated"))]  # fmt: skip
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_denoiser_output_and_loss(variant: str) -> None:
+    fx = load(variant)
+    den, proc, ref = our_model(fx), our_process(fx), fx["loss"]
+    x0, loss_mask, cond = training_case(fx)
+    t, noise = ref["t"], kl(ref["noise"])
+    x_t = proc.q_sample(x0, t, noise)
+    assert_same("noisy target (1 - cond_mask) x_t", x_t * (1 - cond["cond_mask"]), kl(ref["total_input"][:, 1]))
+    assert_same("conditioning input cond_mask * x0", cond["observed"], kl(ref["total_input"][:, 0]))
+    with torch.no_grad():
+        assert_same("denoiser output", den(x_t, t, cond), kl(ref["predicted"]))
+        loss = proc.loss(den, x0, cond, loss_mask, t=t, noise=noise)
+    assert_same("loss", loss, ref["loss"])
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_parameter_gradients(variant: str) -> None:
+    fx = load(variant)
+    den, proc, ref = our_model(fx), our_process(fx), fx["loss"]
+    x0, loss_mask, cond = training_case(fx)
+    proc.loss(den, x0, cond, loss_mask, t=ref["t"], noise=kl(ref["noise"])).backward()
+    ref_grads = convert_original_state_dict(ref["grads"])
+    ours = {name: p.grad for name, p in den.named_parameters()}
+    assert sorted(ours) == sorted(ref_grads), "parameter sets differ: " + str(set(ours) ^ set(ref_grads))
+    for name, g in ours.items():  # our parameter order: input projection first
+        scale = ref_grads[name].norm().item()
+        assert scale > 0, f"{name}: the reference gradient is 0, the fixture does not exercise it"
+        err = (g - ref_grads[name]).norm().item() / scale
+        assert err <= GRAD_RTOL, f"first differing tensor: gradient of {name}: relative error {err:.3g}"
+
+
+class NoiseSequence:
+    """Stands in for the process's noise draws: returns the given tensors in order (zeros once exhausted)."""
+
+    def __init__(self, tensors: list[Tensor]) -> None:
+        self.tensors, self.used = list(tensors), 0
+
+    def __call__(self, x: Tensor, generator=None) -> Tensor:
+        self.used += 1
+        return self.tensors.pop(0) if self.tensors else torch.zeros_like(x)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_reverse_steps_given_the_reference_outputs(variant: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every single ancestral step x_t -> x_{t-1}, fed the reference's x_t, denoiser output and noise."""
+    fx, chain = load(variant), load(variant)["chain"]
+    proc = our_process(fx)
+    free = 1 - fx["batch"]["gt_mask"]  # (B, L, K); the reference's x_t input is (1 - cond_mask) x_t
+    steps, inputs, outputs, noise = chain["steps"].tolist(), chain["inputs"], chain["outputs"], chain["noise"]
+    assert steps == list(range(proc.num_steps - 1, -1, -1))
+    for i, t in enumerate(steps):
+        z = kl(noise[i + 1]) if t > 0 else torch.zeros_like(free)
+        monkeypatch.setattr(proc, "_noise_like", NoiseSequence([z]))
+        x_s = proc.ddpm_step(kl(outputs[i]), x_t=kl(inputs[i]), t=t)
+        ref_next = kl(inputs[i + 1]) if t > 0 else kl(chain["sample"]) * free
+        assert_same(f"reverse step t={t} -> {t - 1}", x_s * free, ref_next, ATOL, CHAIN_RTOL)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_full_chain_given_the_same_noise(variant: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """sample_ddpm over all 50 steps from the reference's x_T and step noise equals ``impute``."""
+    fx = load(variant)
+    den, proc, chain = our_model(fx), our_process(fx), fx["chain"]
+    batch = fx["batch"]
+    cond = cond_of(fx, kl(batch["gt_mask"]), batch["observed_data"])
+    noise = [kl(n) for n in chain["noise"]]
+    draws = NoiseSequence(noise[1:])
+    monkeypatch.setattr(proc, "_noise_like", draws)
+    seen: list[Tensor] = []
+
+    def fn(x: Tensor, t: Tensor) -> Tensor:
+        seen.append(x * (1 - cond["cond_mask"]))
+        return den(x, t, cond)
+
+    sample = sample_ddpm(proc, fn, noise[0])
+    assert draws.used == proc.num_steps and not draws.tensors, "sample_ddpm drew noise in an unexpected pattern"
+    for i, t in enumerate(chain["steps"].tolist()):
+        assert_same(f"chain input at t={t}", seen[i], kl(chain["inputs"][i]), ATOL, CHAIN_RTOL)
+    assert_same("chain output x_0", sample, kl(chain["sample"]), ATOL, CHAIN_RTOL)
