@@ -81,7 +81,8 @@ SchedulerType=sched/backfill
 SchedulerParameters=sched_interval=1,bf_interval=1
 ReturnToService=2
 JobRequeue=1
-KillWait=5
+EnforcePartLimits=ALL
+KillWait=15
 InactiveLimit=0
 MinJobAge=600
 MessageTimeout=20

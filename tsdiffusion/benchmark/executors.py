@@ -309,6 +309,8 @@ _SBATCH_OPTIONS = (
     ("feature", "--constraint", "slurm_constraint"),
     ("constraint", "--constraint", "slurm_constraint"),
     ("time limit", "--time", "timeout_min"),
+    ("--time", "--time", "timeout_min"),
+    ("processors", "--cpus-per-task", "cpus_per_task"),
     ("memory", "--mem", "mem_gb"),
     ("ntasks-per-node", "--ntasks-per-node", "tasks_per_node"),
     ("cpus-per-task", "--cpus-per-task", "cpus_per_task"),

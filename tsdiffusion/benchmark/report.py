@@ -266,7 +266,8 @@ def _unfinished_lines(unfinished: list[dict]) -> list[str]:
     lines = ["", f"Not included: {len(unfinished)} run(s) not done:", ""]
     for u in unfinished:
         err = (u.get("error_tail") or u.get("error") or "").strip().splitlines()[-1:] or [""]
-        lines.append(f"- `{u['id']}`: {u.get('state')} {err[0][:160]}".rstrip())
+        job = f" (job {u['job_id']})" if u.get("job_id") else ""
+        lines.append(f"- `{u['id']}`: {u.get('state')}{job} {err[0][:160]}".rstrip())
     return lines
 
 

@@ -263,4 +263,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.no_report and not (args.executor == "slurm" and args.no_wait):
         print(report(sweep_dir, metrics=args.metrics.split(",") if args.metrics else None))
         print(f"report: {sweep_dir}/results.md, results.csv, results.png", file=sys.stderr)
-    return 0 if progress.done == progress.total else 1
+    submitted_only = args.executor == "slurm" and args.no_wait  # the jobs go on; `report` collects them later
+    return 0 if progress.done == progress.total or submitted_only else 1
