@@ -2,6 +2,7 @@
 bad configs are rejected, and resumption from a checkpoint is exact."""
 
 import json
+from argparse import ArgumentError
 from pathlib import Path
 
 import lightning as L
@@ -14,6 +15,7 @@ from tsdiffusion.cli import TSDiffusionCLI
 from tsdiffusion.data import PhysioNetDataModule
 from tsdiffusion.denoisers import CSDIDenoiser
 from tsdiffusion.diffusion import GaussianDiffusion
+from tsdiffusion.runs import instantiate, load_run
 from tsdiffusion.tasks import ImputationTask
 
 
@@ -145,3 +147,19 @@ def test_test_command_honours_overrides_over_checkpoint_hparams(tmp_path):
     assert cli2.model.hparams.sampler == "ddpm" and cli2.model.hparams.num_samples == 2
     record = json.loads((tmp_path / "o" / "metrics.json").read_text())
     assert record["sampler"] == "ddpm" and record["num_samples"] == 2 and record["ckpt_path"].endswith("last.ckpt")
+
+
+def test_load_run_and_instantiate_rebuild_what_the_cli_trained(tmp_path):
+    cli = run_cli("fit", "--config", str(tiny_config(tmp_path)), "--test_after_fit", "true")
+    run_dir = Path(cli.trainer.log_dir)
+    task, datamodule, record = load_run(run_dir)  # the record's config + checkpoints/last.ckpt
+    assert record["metrics"]["crps"] > 0 and not task.training and datamodule.num_features == 35
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    for name, value in task.state_dict().items():
+        torch.testing.assert_close(value, ckpt[name], rtol=0, atol=0, msg=name)
+    built = instantiate(run_dir / "config.yaml", trainer=False)  # the saved config builds the same model
+    assert type(built.task) is type(cli.model) and built.trainer is None
+    assert built.config["model"]["init_args"]["denoiser"]["init_args"]["num_features"] == 35
+    assert built.task.state_dict().keys() == task.state_dict().keys()
+    with pytest.raises(ArgumentError, match="num_sampels"):  # the CLI's checks, as an exception
+        instantiate({**yaml.safe_load(tiny_config(tmp_path).read_text()), "num_sampels": 2})

@@ -11,6 +11,7 @@ the denoiser's ``num_features``), the same seed handling and the same errors for
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import warnings
 from collections.abc import Mapping
@@ -20,6 +21,7 @@ from typing import Any, NamedTuple
 import torch
 import yaml
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.cli import LightningCLI
 
 from tsdiffusion.cli import TSDiffusionCLI
 from tsdiffusion.records import RECORD_NAME
@@ -51,18 +53,24 @@ def read_config(config: ConfigLike) -> dict[str, Any]:
     return loaded
 
 
+def _subcommand_keys() -> set[str]:
+    """The arguments of the Trainer methods behind ``fit``/``test``/... (``ckpt_path``, ``weights_only``, ...)
+    and ``config``: the config a run saves holds them, and building a model has no use for them."""
+    keys = {"config"}
+    for name, skipped in LightningCLI.subcommands().items():
+        keys |= set(inspect.signature(getattr(Trainer, name)).parameters) - skipped - {"self"}
+    return keys
+
+
 class _Builder(TSDiffusionCLI):
     """The CLI without a subcommand: parses a config, then builds the task and data (and a trainer if asked)."""
 
-    def __init__(self, config: dict[str, Any], *, build: bool, trainer: bool = False, known_only: bool = False):
-        self._build, self._with_trainer, self._known_only = build, trainer, known_only
+    def __init__(self, config: dict[str, Any], *, build: bool, trainer: bool = False):
+        self._build, self._with_trainer = build, trainer
         super().__init__(args=config, run=False, parser_kwargs={"exit_on_error": False})
 
     def parse_arguments(self, parser, args) -> None:
-        if self._known_only:  # a record's config also holds the subcommand's own keys (ckpt_path, ...)
-            known = {key.split(".", 1)[0] for key in parser.get_defaults().keys()}
-            args = {k: v for k, v in args.items() if k in known}
-        super().parse_arguments(parser, args)
+        super().parse_arguments(parser, {k: v for k, v in args.items() if k not in _subcommand_keys()})
 
     def instantiate_classes(self) -> None:
         if not self._build:
@@ -89,7 +97,8 @@ def complete_config(config: ConfigLike) -> dict[str, Any]:
 
 def instantiate(config: ConfigLike, *, datamodule: LightningDataModule | None = None, trainer: bool = True) -> Built:
     """Build the task, its DataModule and (``trainer=True``) the Trainer of a config, as ``tsdiffusion fit``
-    does, seeding with the config's ``seed_everything``.
+    does, seeding with the config's ``seed_everything``. Weights are freshly initialised (a ``ckpt_path`` in
+    the config is not read: :func:`load_run` loads a trained run).
 
     Args:
         config: a yaml path or a mapping in the CLI's format.
@@ -131,7 +140,7 @@ def load_run(run_dir: str | Path, ckpt: str | Path | None = None) -> tuple[Any, 
     record = json.loads(path.read_text())
     cfg = copy.deepcopy(record["config"])
     cfg["trainer"] = {**(cfg.get("trainer") or {}), "logger": False, "enable_progress_bar": False}
-    builder = _Builder(cfg, build=True, known_only=True)
+    builder = _Builder(cfg, build=True)
     task, datamodule = builder.model, builder.datamodule
     ckpt_path = Path(ckpt) if ckpt else Path(record.get("ckpt_path") or "")
     if not ckpt_path.is_file():
