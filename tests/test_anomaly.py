@@ -2,14 +2,8 @@
 thresholds that never read test labels, point adjustment, a trained task that finds injected spikes,
 and every experiment config through fast_dev_run."""
 
-import io
-import json
-import tarfile
-from pathlib import Path
-
 import lightning as L
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
@@ -36,63 +30,6 @@ from tsdiffusion.metrics.anomaly import (
 )
 from tsdiffusion.plots import label_segments
 from tsdiffusion.tasks.anomaly import AnomalyTask, mask_patterns
-
-SMAP_CHANNELS = {"P-1": 25, "S-1": 25, "E-1": 25, "P-2": 25}
-MSL_CHANNELS = {"M-6": 55, "M-1": 55, "M-2": 55, "S-2": 55, "P-10": 55}
-NAB_SERIES = [
-    f"realKnownCause/{name}"
-    for name in ("nyc_taxi", "ambient_temperature_system_failure", "ec2_request_latency_system_failure",
-                 "rogue_agent_key_hold")
-]  # fmt: skip
-
-
-def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    tar.addfile(info, io.BytesIO(data))
-
-
-def _npy(a: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, a)
-    return buf.getvalue()
-
-
-@pytest.fixture(scope="module")
-def smap_archive(tmp_path_factory) -> Path:
-    """telemanom's layout: labeled_anomalies.csv (P-2 twice, as the original), train/ and test/ arrays."""
-    rng = np.random.default_rng(0)
-    path = tmp_path_factory.mktemp("smap") / "SMAP_MSL.tar.gz"
-    rows = ["chan_id,spacecraft,anomaly_sequences,class,num_values"]
-    with tarfile.open(path, "w:gz") as tar:
-        for chan, d in {**SMAP_CHANNELS, **MSL_CHANNELS}.items():
-            craft = "SMAP" if chan in SMAP_CHANNELS else "MSL"
-            train, test = rng.normal(size=(240, d)), rng.normal(size=(180, d))
-            test[100:111, 0] += 6.0 * (-1.0) ** np.arange(11)  # spiky anomalies on the labelled steps
-            test[170:176, 0] += 6.0 * (-1.0) ** np.arange(6)
-            _add(tar, f"SMAP_MSL/train/{chan}.npy", _npy(train))
-            _add(tar, f"SMAP_MSL/test/{chan}.npy", _npy(test))
-            rows.append(f'{chan},{craft},"[[100, 110], [170, 175]]","[point, point]",180')
-        rows.append('P-2,SMAP,"[[0, 5]]",[point],180')  # the duplicate row of the original; ignored
-        _add(tar, "SMAP_MSL/labeled_anomalies.csv", ("\n".join(rows) + "\n").encode())
-    return path
-
-
-@pytest.fixture(scope="module")
-def nab_archive(tmp_path_factory) -> Path:
-    """NAB's layout: data/<category>/<name>.csv and labels/combined_windows.json."""
-    rng = np.random.default_rng(1)
-    path = tmp_path_factory.mktemp("nab") / "NAB.tar.gz"
-    windows = {}
-    with tarfile.open(path, "w:gz") as tar:
-        for name in NAB_SERIES:
-            ts = pd.date_range("2014-07-01", periods=400, freq="5min")
-            frame = pd.DataFrame({"timestamp": ts.strftime("%Y-%m-%d %H:%M:%S"), "value": rng.normal(size=400)})
-            _add(tar, f"NAB/data/{name}.csv", frame.to_csv(index=False).encode())
-            windows[f"{name}.csv"] = [[f"{ts[300]}.000000", f"{ts[309]}.000000"]]
-        _add(tar, "NAB/labels/combined_windows.json", json.dumps(windows).encode())
-    return path
-
 
 # -- readers ------------------------------------------------------------------------------------------
 
