@@ -34,7 +34,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 import types
 from pathlib import Path
@@ -48,16 +47,13 @@ SAMPLERS = ("ddpm-50", "ddim-10", "ddim-5", "dpmpp-10")
 
 def load_run(run: Path):
     """(task, datamodule) of a finished run: its saved config (model + data) and its last checkpoint's weights."""
-    from tsdiffusion.cli import TSDiffusionCLI
+    from tsdiffusion.runs import instantiate
 
     config = yaml.safe_load((run / "config.yaml").read_text())
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
-        yaml.safe_dump({"model": config["model"], "data": config["data"]}, f)
-    cli = TSDiffusionCLI(args=["--config", f.name], run=False)
-    os.unlink(f.name)
+    task, datamodule, _, _ = instantiate({"model": config["model"], "data": config["data"]}, trainer=False)
     state = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
-    cli.model.load_state_dict(state)
-    return cli.model.eval(), cli.datamodule
+    task.load_state_dict(state)
+    return task.eval(), datamodule
 
 
 def first_records(datamodule, n: int) -> dict:
