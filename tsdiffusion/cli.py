@@ -6,6 +6,10 @@
 - every ``test`` writes a result record ``metrics.json`` (see :mod:`tsdiffusion.records`) in its run folder;
 - a checkpoint (``last.ckpt``) is saved every epoch with the random state, so ``fit --ckpt_path last.ckpt``
   resumes exactly; the saved ``config.yaml`` reproduces the run.
+
+In Python, :func:`tsdiffusion.runs.instantiate` (a config) and :func:`tsdiffusion.runs.load_run` (a finished
+run) build the same objects through this class's parser. This module imports the benchmark runner only inside
+:func:`main` (``tsdiffusion benchmark ...``), and the runner never imports it back.
 """
 
 from __future__ import annotations
