@@ -292,3 +292,26 @@ def test_guided_tasks_train_unconditionally_and_sample_with_guidance_or_refineme
     assert out.shape == (2, 2, 12, 3)
     with pytest.raises(ValueError, match="unconditional"):
         GuidedForecastingTask(UNet1DDenoiser(3, channels=8, channel_mults=(1,), attention=False), process)
+
+
+def test_identity_jacobian_is_exact_for_white_data_and_needs_no_backward_pass():
+    """For x0 ~ N(0, I), x0_hat = E[x0 | x_t] = sqrt(abar_t) x_t exactly, so ``jacobian="identity"`` equals the
+    network gradient; it never differentiates through the denoiser (the denoiser here forbids it)."""
+    process = _process()
+    observed, mask = _obs(32)
+    x_t = torch.randn(32, 3, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(10))
+    white = lambda x, t: (1 - process.alphas_cumprod[t].view(-1, 1, 1)).sqrt() * x  # eps of N(0, I)
+    for t in (99, 50, 5):
+        tt = torch.full((32,), t)
+        net = guided(process, white, observed, mask, scale=3.0)(x_t, tt)
+        no_grad = lambda x, t: white(x, t).detach() if not x.requires_grad else pytest.fail("backward pass")
+        ident = guided(process, no_grad, observed, mask, scale=3.0, jacobian="identity")(x_t, tt)
+        assert torch.allclose(net, ident, atol=1e-12), t
+    # with correlated data the two differ (identity is then an approximation)
+    base = _exact_denoiser(process)
+    tt = torch.full((32,), 50)
+    a = guided(process, base, observed, mask, scale=3.0)(x_t, tt)
+    b = guided(process, base, observed, mask, scale=3.0, jacobian="identity")(x_t, tt)
+    assert not torch.allclose(a, b)
+    with pytest.raises(ValueError, match="jacobian"):
+        guided(process, base, observed, mask, jacobian="none")

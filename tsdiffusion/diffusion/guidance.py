@@ -21,7 +21,11 @@ the denoiser (autograd). :func:`guided` wraps a denoise function ``(x_t, t) -> o
 guided output in the process's prediction units (eps, x0 or v), so every sampler of
 :mod:`tsdiffusion.diffusion.samplers` (DDPM, DDIM, DPM-Solver++ ODE/SDE) runs guided unchanged, with any
 denoiser whose output does not depend on the conditioning values (the unconditional U-Net or CSDI).
-``w_t = 0`` returns the unguided output bit for bit.
+``w_t = 0`` returns the unguided output bit for bit. ``jacobian="identity"`` replaces the network's Jacobian
+``d x0_hat / d x_t`` by ``sqrt(abar_t) I`` (exact for white data; no backward pass): with an imperfectly trained
+model and a schedule that ends near ``abar = 0`` (CSDI's 50 quad steps: ``abar_49 = 3.4e-5``) the network
+Jacobian, amplified by ``1 / sqrt(abar_t)``, made guidance diverge in our CPU runs
+(benchmarks/results/guided/README.md), while the identity form stayed stable for ``w`` in (0, 2).
 
 For jointly Gaussian data, ``p(y | x_t)`` is exactly Gaussian with mean ``E[x0_obs | x_t] = x0_hat_obs`` and a
 covariance that does not depend on ``x_t``; so with one observed entry and ``w_t = 1 / Var(x0_obs | x_t)`` the
@@ -58,6 +62,7 @@ from tsdiffusion.diffusion.samplers import SamplerName, sample
 
 GuidanceKind = Literal["mse", "quantile"]
 RefineMethod = Literal["ml", "langevin"]
+Jacobian = Literal["network", "identity"]
 Scale = float | Callable[[Tensor], Tensor]
 CondDenoiser = Callable[[Tensor, Tensor, Mapping[str, Tensor]], Tensor]
 
@@ -128,27 +133,44 @@ def guided(
     scale: Scale = 1.0,
     kind: GuidanceKind = "mse",
     quantiles: Tensor | None = None,
+    jacobian: Jacobian = "network",
 ) -> DenoiseFn:
     """Observation self-guidance around ``denoise_fn(x_t, t) -> out`` (see the module docstring).
 
     observed, mask: (N, L, K), the values and where they are observed (1) for the N rows the sampler runs;
     scale: the guidance scale ``w``, a number or a function of the steps ``t`` (N,) -> (N,);
-    kind: ``mse`` or ``quantile``; quantiles: (N,) levels of the quantile variant (default 0.5).
+    kind: ``mse`` or ``quantile``; quantiles: (N,) levels of the quantile variant (default 0.5);
+    jacobian: ``network`` (TSDiff): the gradient w.r.t. x_t through the denoiser (autograd, one backward pass
+    per call); ``identity``: ``d x0_hat / d x_t`` replaced by ``sqrt(abar_t) I``, its value for data of identity
+    covariance, so no backward pass through the network: then ``x0_hat_guided = x0_hat + w sigma_t^2 grad_x0
+    log p`` (for ``mse`` and ``w = 1`` at high noise: the observed entries of x0_hat replaced by the observations).
+    The network Jacobian of an imperfectly trained model is amplified by ``1 / sqrt(abar_t)`` at high noise
+    (``x0_hat = (x_t - sigma_t eps) / sqrt(abar_t)``), which can make ``network`` guidance diverge there.
     Returns ``fn(x_t, t) -> out_guided`` (detached), in the same units as ``out``.
     """
     if kind not in ("mse", "quantile"):
         raise ValueError(f"guidance kind must be 'mse' or 'quantile', got {kind!r}")
+    if jacobian not in ("network", "identity"):
+        raise ValueError(f"guidance jacobian must be 'network' or 'identity', got {jacobian!r}")
 
     def fn(x_t: Tensor, t: Tensor) -> Tensor:
         with _autograd():
-            x = x_t.detach().clone().requires_grad_(True)
-            t_ = t.clone()
-            out = denoise_fn(x, t_)
-            x0_hat = process.predict_x0(out, x, t_)
-            obs, m = observed.clone().to(x.dtype), mask.clone().to(x.dtype)
+            obs, m = observed.clone().to(x_t.dtype), mask.clone().to(x_t.dtype)
             q = None if quantiles is None else quantiles.clone()
-            log_lik = observation_log_likelihood(x0_hat, obs, m, kind, q).sum()
-            (grad,) = torch.autograd.grad(log_lik, x)
+            if jacobian == "network":
+                x = x_t.detach().clone().requires_grad_(True)
+                t_ = t.clone()
+                out = denoise_fn(x, t_)
+                x0_hat = process.predict_x0(out, x, t_)
+                log_lik = observation_log_likelihood(x0_hat, obs, m, kind, q).sum()
+                (grad,) = torch.autograd.grad(log_lik, x)
+            else:
+                with torch.no_grad():
+                    out = denoise_fn(x_t, t)
+                x0_hat = process.predict_x0(out.detach(), x_t.detach(), t).clone().requires_grad_(True)
+                log_lik = observation_log_likelihood(x0_hat, obs, m, kind, q).sum()
+                (grad,) = torch.autograd.grad(log_lik, x0_hat)
+                grad = grad * _rows(process.alphas_cumprod[t.long()].sqrt().to(x_t.dtype), x_t)
         sigma = _rows((1 - process.alphas_cumprod[t.long()]).sqrt().to(x_t.dtype), x_t)
         d_eps = -_scale_at(scale, t, x_t) * sigma * grad
         return out.detach() + _eps_to_out(process, d_eps, x_t, t)
@@ -166,6 +188,7 @@ def draw_guided_samples(
     *,
     scale: Scale = 1.0,
     kind: GuidanceKind = "mse",
+    jacobian: Jacobian = "network",
     sampler: SamplerName = "ddpm",
     steps: int | None = None,
     eta: float = 0.0,
@@ -190,7 +213,7 @@ def draw_guided_samples(
         c = {k: v[idx] for k, v in cond.items()}
         x_T = torch.randn((len(idx), L, K), device=device, generator=generator)
         base = lambda x, t, c=c: denoiser(x, t, c).to(x.dtype)
-        fn = guided(process, base, observed[idx], mask[idx], scale, kind, levels[r % num_samples])
+        fn = guided(process, base, observed[idx], mask[idx], scale, kind, levels[r % num_samples], jacobian)
         out.append(sample(process, fn, x_T, sampler, steps=steps, eta=eta, generator=generator))
     return rearrange(torch.cat(out), "(b s) l k -> b s l k", s=num_samples)
 

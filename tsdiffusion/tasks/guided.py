@@ -59,7 +59,7 @@ class _Guided:
             cond = make_cond(batch, torch.zeros_like(cond_mask))  # side information only
             draws = draw_guided_samples(
                 self.process, self.denoiser, cond, observed, cond_mask, S, scale=hp.guidance_scale,
-                kind=hp.guidance, sampler=hp.sampler, steps=hp.sample_steps, eta=hp.eta,
+                kind=hp.guidance, jacobian=hp.guidance_jacobian, sampler=hp.sampler, steps=hp.sample_steps, eta=hp.eta,
                 max_batch=hp.sample_batch_size, generator=generator,
             )  # fmt: skip
         else:
@@ -98,6 +98,8 @@ class GuidedForecastingTask(_Guided, ForecastingTask):
         guidance: the observation likelihood: ``mse`` (unit Gaussian) or ``quantile`` (asymmetric Laplace, the
             samples of a window at the levels j / (S + 1)).
         guidance_scale: w, the weight of the observation score (TSDiff's s); 0 samples the unconditional model.
+        guidance_jacobian: ``network`` (TSDiff: the gradient through the denoiser) or ``identity`` (no backward
+            pass; see :func:`tsdiffusion.diffusion.guidance.guided`).
         base_forecaster: refine this forecaster's samples instead of sampling by guidance (any object with
             ``sample(batch, cond_mask, num_samples, generator) -> (B, S, L, K)``, e.g.
             ``tsdiffusion.baselines.SeasonalNaive``).
@@ -111,6 +113,7 @@ class GuidedForecastingTask(_Guided, ForecastingTask):
         *args,
         guidance: GuidanceKind = "mse",
         guidance_scale: float = 1.0,
+        guidance_jacobian: Literal["network", "identity"] = "network",
         base_forecaster: object | None = None,
         refine_iterations: int = 20,
         refine_step_size: float = 0.01,
@@ -136,6 +139,7 @@ class GuidedImputationTask(_Guided, ImputationTask):
         *args,
         guidance: GuidanceKind = "mse",
         guidance_scale: float = 1.0,
+        guidance_jacobian: Literal["network", "identity"] = "network",
         base_forecaster: object | None = None,
         refine_iterations: int = 20,
         refine_step_size: float = 0.01,
