@@ -9,11 +9,14 @@ from torch.utils.data import DataLoader
 
 from tsdiffusion.baselines import (
     InterpolationImputer,
+    LOCFImputer,
+    MeanImputer,
     RandomWalk,
     RollingMedianScorer,
     SamplingBaseline,
     ScoringBaseline,
     SeasonalNaive,
+    carry_forward,
     interpolate,
 )
 from tsdiffusion.denoisers import CSDIDenoiser
@@ -65,3 +68,47 @@ def test_imputation_task_scores_a_baseline_as_a_model(tmp_path):
     expected = ((fill - values).abs() * target).sum() / target.sum()
     assert mae == pytest.approx(float(expected), rel=1e-5)
     assert float(((fill - values).abs() * target)[:, 1].sum()) < 1e-5  # the line is interpolated exactly
+
+
+def _tiny_panel() -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """One window, L=6, K=3: series 0 seen at steps 1 and 4, series 1 seen at 0, 2, 5, series 2 never seen."""
+    observed = torch.tensor(
+        [[9.0, 1.0, 7.0], [2.0, 5.0, 7.0], [9.0, 3.0, 7.0], [9.0, 5.0, 7.0], [6.0, 5.0, 7.0], [9.0, -1.0, 7.0]]
+    )[None]
+    cond = torch.zeros(1, 6, 3)
+    cond[0, [1, 4], 0] = 1
+    cond[0, [0, 2, 5], 1] = 1
+    batch = {"observed": observed, "observed_mask": torch.ones_like(observed), "target_mask": 1 - cond}
+    return batch, cond
+
+
+def test_locf_imputer_matches_hand_computed_fill():
+    batch, cond = _tiny_panel()
+    out = LOCFImputer().sample(batch, cond, num_samples=2)
+    assert out.shape == (1, 2, 6, 3)
+    expected = torch.tensor(
+        [[2.0, 1.0, 0.0], [2.0, 1.0, 0.0], [2.0, 3.0, 0.0], [2.0, 3.0, 0.0], [6.0, 3.0, 0.0], [6.0, -1.0, 0.0]]
+    )  # step 0 of series 0 takes the first observation (2); series 2 has none: 0
+    torch.testing.assert_close(out[0, 0], expected)
+    torch.testing.assert_close(out[0, 1], expected)
+    torch.testing.assert_close(carry_forward(batch["observed"] * cond, cond)[0], expected)
+
+
+def test_mean_imputer_matches_hand_computed_fill():
+    batch, cond = _tiny_panel()
+    window = MeanImputer("window").sample(batch, cond, num_samples=1)[0, 0]
+    expected = torch.tensor(
+        [[4.0, 1.0, 0.0], [2.0, 1.0, 0.0], [4.0, 3.0, 0.0], [4.0, 1.0, 0.0], [6.0, 1.0, 0.0], [4.0, -1.0, 0.0]]
+    )  # series 0: mean(2, 6) = 4; series 1: mean(1, 3, -1) = 1; series 2: nothing seen, 0
+    torch.testing.assert_close(window, expected)
+    data = MeanImputer("data").sample(batch, cond, num_samples=1)[0, 0]
+    torch.testing.assert_close(data, expected.where(cond[0] > 0, torch.zeros(())))  # normalised: the mean is 0
+    with pytest.raises(ValueError, match="over must be"):
+        MeanImputer("median")  # type: ignore[arg-type]
+
+
+def test_linear_interpolation_matches_hand_computed_fill_on_the_tiny_panel():
+    batch, cond = _tiny_panel()
+    out = InterpolationImputer().sample(batch, cond, num_samples=1)[0, 0]
+    expected = torch.tensor([[2, 1, 0], [2, 2, 0], [10 / 3, 3, 0], [14 / 3, 5 / 3, 0], [6, 1 / 3, 0], [6, -1, 0]])
+    torch.testing.assert_close(out, expected)

@@ -1,20 +1,24 @@
 """Non-learned baselines with their own interface (:mod:`.base`), evaluated by the tasks in place of a denoiser:
-forecasting (seasonal naive, random walk), imputation (interpolation) and anomaly scoring (rolling median)."""
+forecasting (seasonal naive, random walk), imputation (interpolation, LOCF, mean) and anomaly scoring
+(rolling median)."""
 
 from tsdiffusion.baselines.anomaly import RollingMedianScorer, rolling_mad_score, rolling_median
 from tsdiffusion.baselines.base import Baseline, SamplingBaseline, ScoringBaseline
 from tsdiffusion.baselines.forecasting import RandomWalk, SeasonalNaive, bootstrap_forecast, seasonal_residuals
-from tsdiffusion.baselines.imputation import InterpolationImputer, interpolate
+from tsdiffusion.baselines.imputation import InterpolationImputer, LOCFImputer, MeanImputer, carry_forward, interpolate
 
 __all__ = [
     "Baseline",
     "InterpolationImputer",
+    "LOCFImputer",
+    "MeanImputer",
     "RandomWalk",
     "RollingMedianScorer",
     "SamplingBaseline",
     "ScoringBaseline",
     "SeasonalNaive",
     "bootstrap_forecast",
+    "carry_forward",
     "interpolate",
     "rolling_mad_score",
     "rolling_median",

@@ -53,3 +53,57 @@ class InterpolationImputer(SamplingBaseline):
             fill = (x.sum(1, keepdim=True) / cond_mask.sum(1, keepdim=True).clamp(min=1)).expand_as(x)
         fill = torch.where(cond_mask > 0, x, fill)
         return repeat(fill, "b l k -> b s l k", s=num_samples)
+
+
+def carry_forward(x: Tensor, mask: Tensor) -> Tensor:
+    """Last observation carried forward along L (the next observation carried backward before the first one;
+    0 for a series with none). x, mask: (B, L, K) -> (B, L, K)."""
+    B, L, K = x.shape
+    steps = torch.arange(L, device=x.device).view(1, L, 1).expand(B, L, K)
+    seen = mask > 0
+    prev = torch.where(seen, steps, torch.full_like(steps, -1)).cummax(dim=1).values
+    first = torch.where(seen, steps, torch.full_like(steps, L)).amin(dim=1, keepdim=True).expand(B, L, K)
+    idx = torch.where(prev >= 0, prev, first).clamp(max=L - 1)
+    out = x.gather(1, idx)
+    return torch.where(seen.any(dim=1, keepdim=True), out, torch.zeros_like(x))
+
+
+class LOCFImputer(SamplingBaseline):
+    """Last observation carried forward: each hidden value is the series' latest conditioning value before it
+    (the first one after it at the start of the window; 0 in normalised units when the series has none)."""
+
+    def sample(
+        self, batch: TSBatch, cond_mask: Tensor, num_samples: int, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """(B, S, L, K): S copies of the fill, the conditioning values kept where ``cond_mask`` is 1."""
+        x = batch["observed"] * cond_mask
+        fill = torch.where(cond_mask > 0, x, carry_forward(x, cond_mask))
+        return repeat(fill, "b l k -> b s l k", s=num_samples)
+
+
+class MeanImputer(SamplingBaseline):
+    """Per-variable mean fill.
+
+    Args:
+        over: ``data``: the data set's per-variable mean, i.e. 0 in normalised units (the data modules
+            standardise each variable by the mean and std of its training values, e.g.
+            :class:`tsdiffusion.data.PhysioNetDataModule`); ``window``: the mean of the series' conditioning
+            values in the window (0 when it has none).
+    """
+
+    def __init__(self, over: Literal["data", "window"] = "data") -> None:
+        if over not in ("data", "window"):
+            raise ValueError(f"MeanImputer: over must be 'data' or 'window', got {over!r}")
+        self.over = over
+
+    def sample(
+        self, batch: TSBatch, cond_mask: Tensor, num_samples: int, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """(B, S, L, K): S copies of the fill, the conditioning values kept where ``cond_mask`` is 1."""
+        x = batch["observed"] * cond_mask
+        if self.over == "data":
+            fill = torch.zeros_like(x)
+        else:
+            fill = (x.sum(1, keepdim=True) / cond_mask.sum(1, keepdim=True).clamp(min=1)).expand_as(x)
+        fill = torch.where(cond_mask > 0, x, fill)
+        return repeat(fill, "b l k -> b s l k", s=num_samples)
