@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 SMAP_CHANNELS = {"P-1": 25, "S-1": 25, "E-1": 25, "P-2": 25}
 MSL_CHANNELS = {"M-6": 55, "M-1": 55, "M-2": 55, "S-2": 55, "P-10": 55}
@@ -124,3 +125,20 @@ def nab_archive(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def ucr_folder(tmp_path_factory) -> Path:
     return write_ucr(tmp_path_factory.mktemp("ucr") / "GunPoint")
+
+
+@pytest.fixture(scope="session")
+def csdi_original_checkpoint(tmp_path_factory) -> Path:
+    """A state dict in the original CSDI code's layout (``CSDI_base``: ``diffmodel.*`` and ``embed_layer``), 35
+    features, tiny widths, random weights: stands in for the official PhysioNet model (a download)."""
+    from test_denoiser_csdi import ReferenceCSDI  # the original's module layout, written out in that test
+
+    torch.manual_seed(0)
+    ref = ReferenceCSDI(35, channels=8, layers=1, heads=2)
+    state = {
+        ("embed_layer.weight" if k.startswith("feature_embedding") else "diffmodel." + k): v
+        for k, v in ref.state_dict().items()
+    }
+    path = tmp_path_factory.mktemp("csdi_original") / "model.pth"
+    torch.save(state, path)
+    return path

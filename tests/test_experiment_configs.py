@@ -32,6 +32,8 @@ SCORES = {  # what each task folder's test must report (the old per-task config 
     "representation": {"test/probe_accuracy", "test/probe_auroc", "test/kmeans_nmi", "test/raw_probe_accuracy"},
     "quick": {"test/crps"},
     "own_data": {"test/crps"},
+    "synthetic": {"test/crps"},
+    "guided": {"test/crps"},
 }
 FINITE = {"test/crps", "test/crps_sum", "test/threshold", "test/discriminative", "test/probe_accuracy"}
 PREFIX = {"model": "model.init_args", "denoiser": "model.init_args.denoiser.init_args", "data": "data.init_args"}
@@ -45,6 +47,8 @@ def _stand_in(data_class: str, path: str | None, fixtures: dict[str, Path]) -> s
     stand_ins = {"GluonTSDataModule": fixtures["gluonts"], "PhysioNetDataModule": "embedded",
                  "UCRDataModule": fixtures["ucr"], "SMAPMSLDataModule": fixtures["smap"],
                  "NABDataModule": fixtures["nab"]}  # fmt: skip
+    if path is None and data_class not in stand_ins:  # a DataModule that reads no file (synthetic data)
+        return None
     if data_class not in stand_ins:
         raise AssertionError(f"{data_class} reads {path!r}: add a fixture in its real format to tests/conftest.py")
     return str(stand_ins[data_class])
@@ -65,6 +69,8 @@ def overrides(config: Path, tmp_path: Path, fixtures: dict[str, Path]) -> tuple[
             args += [f"--{PREFIX[section]}.{name}", str(value)] if name in accepted[section] else []
     if "cache_dir" in data:
         args += ["--data.init_args.cache_dir", str(tmp_path / "cache")]
+    if "checkpoint" in accepted["denoiser"] and accepted["denoiser"]["checkpoint"] is None:  # a download
+        args += ["--model.init_args.denoiser.init_args.checkpoint", str(fixtures["csdi_checkpoint"])]
     stand_in = _stand_in(full["data"]["class_path"].rsplit(".", 1)[-1], data.get("path"), fixtures)
     if stand_in is not None:
         args += ["--data.init_args.path", stand_in]
@@ -73,8 +79,9 @@ def overrides(config: Path, tmp_path: Path, fixtures: dict[str, Path]) -> tuple[
 
 
 @pytest.fixture
-def fixtures(gluonts_hourly, ucr_folder, smap_archive, nab_archive) -> dict[str, Path]:
-    return {"gluonts": gluonts_hourly, "ucr": ucr_folder, "smap": smap_archive, "nab": nab_archive}
+def fixtures(gluonts_hourly, ucr_folder, smap_archive, nab_archive, csdi_original_checkpoint) -> dict[str, Path]:
+    return {"gluonts": gluonts_hourly, "ucr": ucr_folder, "smap": smap_archive, "nab": nab_archive,
+            "csdi_checkpoint": csdi_original_checkpoint}  # fmt: skip
 
 
 def test_every_task_folder_has_its_scores():
