@@ -3,7 +3,14 @@
 Schema::
 
     {"task", "dataset", "model", "config", "seed", "metrics": {name: value}, "wall_time_s", "machine",
-     "date", "sampler", "num_samples", "sample_steps", "ckpt_path", "data": {...}}
+     "cpu", "date", "baseline", "flags": {name: count}, "sampler", "num_samples", "sample_steps", "ckpt_path",
+     "data": {...}}
+
+``baseline`` is the class name of the task's non-learned baseline (:mod:`tsdiffusion.baselines`), null for a
+trained model. ``flags`` lists what makes a run's numbers untrustworthy: metrics logged as ``flag_<name>`` by
+the task (e.g. ``flag_extreme_samples``: sampled values far outside the data's range, see
+:meth:`tsdiffusion.tasks.base.DiffusionTask.test_step`) with a non-zero count, and ``non_finite`` (the names
+of metrics that are NaN or infinite). The benchmark report keeps flagged runs out of its means.
 """
 
 from __future__ import annotations
@@ -32,6 +39,40 @@ def machine_info() -> str:
     return f"{dev}; torch {torch.__version__}; python {platform.python_version()}; {platform.system()}"
 
 
+def cpu_model() -> str:
+    """The CPU's model name as ``lscpu`` prints it (``/proc/cpuinfo``), else ``platform.processor()``."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def record_flags(metrics: dict[str, Any]) -> dict[str, Any]:
+    """``{name: count}`` of the non-zero ``flag_<name>`` metrics, plus ``non_finite``: the metrics that are
+    NaN or infinite (None or a string after :func:`_plain`)."""
+    flags: dict[str, Any] = {}
+    for key, value in metrics.items():
+        if key.startswith("flag_"):
+            if value:
+                flags[key.removeprefix("flag_")] = value
+        elif value is None or isinstance(value, str):
+            flags.setdefault("non_finite", []).append(key)
+    return flags
+
+
+def baseline_name(config: dict[str, Any] | str | None) -> str | None:
+    """The class name of ``model.init_args.baseline`` in a run's config, None for a trained model."""
+    init = config.get("model", {}).get("init_args", {}) if isinstance(config, dict) else {}
+    spec = init.get("baseline") if isinstance(init, dict) else None
+    if not spec:
+        return None
+    path = spec.get("class_path", "") if isinstance(spec, dict) else str(spec)
+    return path.rsplit(".", 1)[-1] or None
+
+
 def _plain(value: Any) -> Any:
     if hasattr(value, "numel") and hasattr(value, "tolist"):  # a tensor
         value = value.item() if value.numel() == 1 else value.tolist()
@@ -51,8 +92,11 @@ def make_record(
     wall_time_s: float,
     **extra: Any,
 ) -> dict[str, Any]:
-    """Assemble a record; metric names lose their ``test/`` prefix; NaN becomes null."""
+    """Assemble a record; metric names lose their ``test/`` prefix; NaN becomes null; ``flag_*`` metrics move
+    to ``flags`` (:func:`record_flags`)."""
     clean = {k.split("/", 1)[-1]: _plain(v) for k, v in sorted(metrics.items())}
+    flags = record_flags(clean)
+    clean = {k: v for k, v in clean.items() if not k.startswith("flag_")}
     record = {
         "task": task,
         "dataset": dataset,
@@ -62,7 +106,10 @@ def make_record(
         "metrics": clean,
         "wall_time_s": round(float(wall_time_s), 3),
         "machine": machine_info(),
+        "cpu": cpu_model(),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "baseline": baseline_name(config),
+        "flags": flags,
     }
     record.update({k: _plain(v) for k, v in extra.items()})
     return record

@@ -2,8 +2,10 @@
 switch), and the Lightning callbacks that draw a task's test results and send them to the logger."""
 
 from tsdiffusion.plots.anomaly import label_segments, plot_anomaly_scores
+from tsdiffusion.plots.calibration import NOMINAL_LEVELS, calibration_plot, central_coverage, pit_values
 from tsdiffusion.plots.callbacks import (
     AnomalyPlotCallback,
+    CalibrationCallback,
     FanChartCallback,
     GenerationPlotCallback,
     ImputationPlotCallback,
@@ -20,10 +22,14 @@ from tsdiffusion.plots.samples import (
 )
 
 __all__ = [
+    "NOMINAL_LEVELS",
     "AnomalyPlotCallback",
+    "CalibrationCallback",
     "FanChartCallback",
     "GenerationPlotCallback",
     "ImputationPlotCallback",
+    "calibration_plot",
+    "central_coverage",
     "fan_chart",
     "first_window",
     "imputation_plot",
@@ -31,6 +37,7 @@ __all__ = [
     "label_segments",
     "log_figure",
     "new_figure",
+    "pit_values",
     "plot_anomaly_scores",
     "plot_generation",
     "save_figure",

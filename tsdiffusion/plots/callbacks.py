@@ -5,7 +5,9 @@ Each callback is fed by what ``test_step`` returns (``outputs`` of ``on_test_bat
 * :class:`FanChartCallback`: ``{"samples": (B, S, L, K)}`` of forecasting tasks -> ``fan_chart.png``;
 * :class:`ImputationPlotCallback`: the same of imputation -> ``imputation_<i>.png``;
 * :class:`AnomalyPlotCallback`: the window scores of :class:`AnomalyTask` -> ``anomaly_<series>.png``;
-* :class:`GenerationPlotCallback`: ``{"real", "synth"}`` of :class:`GenerationTask` -> ``generation/*.png``.
+* :class:`GenerationPlotCallback`: ``{"real", "synth"}`` of :class:`GenerationTask` -> ``generation/*.png``;
+* :class:`CalibrationCallback`: ``{"samples"}`` of every test batch of forecasting and imputation ->
+  ``calibration.png`` (PIT histogram, coverage vs nominal) and ``calibration.json``.
 
 Tasks register the one they need in ``configure_callbacks`` from their plot options (``plot_series``,
 ``plot_windows``, ``plot``). Figures are drawn on global rank 0 only, from that rank's batches, and not under
@@ -14,15 +16,19 @@ Tasks register the one they need in ``configure_callbacks`` from their plot opti
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 from torch import Tensor
 
 from tsdiffusion.plots.anomaly import plot_anomaly_scores
+from tsdiffusion.plots.calibration import NOMINAL_LEVELS, calibration_plot, central_coverage, pit_values
 from tsdiffusion.plots.generation import plot_generation
 from tsdiffusion.plots.samples import fan_chart, first_window, imputation_plot, imputation_windows, log_figure
+from tsdiffusion.records import write_json_atomic
 
 
 def _folder(trainer: L.Trainer) -> str | None:
@@ -87,6 +93,53 @@ class ImputationPlotCallback(_LastBatchCallback):
             fig.clear()
 
 
+class CalibrationCallback(L.Callback):
+    """PIT histogram and coverage of central intervals against their nominal level, over every test batch of
+    this rank (:mod:`tsdiffusion.plots.calibration`): ``calibration.png`` (logged as ``test/calibration``) and
+    ``calibration.json`` (PIT bin counts, levels, coverage) in the run's log folder.
+
+    Args:
+        bins: PIT histogram bins.
+        levels: nominal levels of the central intervals.
+        seed: seed of the uniform draws that break ties in the PIT.
+    """
+
+    def __init__(self, bins: int = 10, levels: tuple[float, ...] = NOMINAL_LEVELS, seed: int = 0) -> None:
+        self.bins, self.levels, self.seed = bins, tuple(levels), seed
+
+    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.pit_counts = torch.zeros(self.bins, dtype=torch.float64)
+        self.inside = torch.zeros(len(self.levels), dtype=torch.float64)
+        self.n_points = torch.zeros((), dtype=torch.float64)
+        self.generator = torch.Generator().manual_seed(self.seed)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if not (isinstance(outputs, dict) and "samples" in outputs and "target_mask" in batch):
+            return
+        samples = outputs["samples"].detach().cpu()
+        target, mask = batch["observed"].detach().cpu(), batch["target_mask"].detach().cpu()
+        pit = pit_values(samples, target, mask, self.generator)
+        self.pit_counts += torch.histc(pit, bins=self.bins, min=0.0, max=1.0)
+        inside, n = central_coverage(samples, target, mask, self.levels)
+        self.inside += inside
+        self.n_points += n
+
+    def coverage(self) -> list[float]:
+        """Coverage at each nominal level so far (NaN before any scored value)."""
+        return (self.inside / self.n_points).tolist() if self.n_points > 0 else [math.nan] * len(self.levels)
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        folder = _folder(trainer)
+        if folder is None or getattr(self, "n_points", 0) == 0:
+            return
+        summary = {"pit_counts": self.pit_counts.tolist(), "levels": list(self.levels), "coverage": self.coverage()}
+        write_json_atomic(Path(folder) / "calibration.json", summary)
+        title = f"{type(pl_module).__name__}: {int(self.n_points)} scored values"
+        fig = calibration_plot(self.pit_counts.numpy(), self.levels, np.array(summary["coverage"]), title=title)
+        log_figure(trainer, fig, "test/calibration", f"{folder}/calibration.png")
+        fig.clear()
+
+
 class AnomalyPlotCallback(L.Callback):
     """Series, stitched score, threshold and labels of the first ``series`` test series (``anomaly_<name>.png``).
 
@@ -149,6 +202,7 @@ class GenerationPlotCallback(L.Callback):
 
 __all__ = [
     "AnomalyPlotCallback",
+    "CalibrationCallback",
     "FanChartCallback",
     "GenerationPlotCallback",
     "ImputationPlotCallback",

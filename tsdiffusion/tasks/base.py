@@ -7,6 +7,8 @@ The math lives in :mod:`tsdiffusion.diffusion`, the networks in :mod:`tsdiffusio
 
 from __future__ import annotations
 
+import math
+import statistics
 from collections.abc import Sequence
 from typing import Literal
 
@@ -24,6 +26,10 @@ from tsdiffusion.metrics import DEFAULT_METRICS, MetricName, ProbabilisticMetric
 _COND_FIELDS = ("timepoints", "feature_ids", "time_features", "label")
 
 
+class TrainingDivergedError(RuntimeError):
+    """The training loss became non-finite or exploded (see ``DiffusionTask(divergence_factor=...)``)."""
+
+
 def make_cond(batch: TSBatch, cond_mask: Tensor) -> Cond:
     """The denoiser's view of a batch: observed values only where ``cond_mask`` is 1, plus side information."""
     cond: Cond = {"observed": batch["observed"] * cond_mask, "cond_mask": cond_mask}
@@ -31,6 +37,19 @@ def make_cond(batch: TSBatch, cond_mask: Tensor) -> Cond:
         if key in batch:
             cond[key] = batch[key]
     return cond
+
+
+def extreme_counts(samples: Tensor, batch: TSBatch, limit: float) -> Tensor:
+    """(extreme, non-finite) counts, float64 (2,), of the sampled values (B, S, L, K) at scored positions
+    (``target_mask``): extreme when ``|x| > limit * max(1, max_l |observed_l|)`` of the series in the window,
+    normalised units (standardised data: ``limit`` standard deviations of the training data)."""
+    scored = (batch["target_mask"] > 0).unsqueeze(1)  # (B, 1, L, K)
+    observed = (batch["observed"] * batch["observed_mask"]).abs().amax(dim=1, keepdim=True)  # (B, 1, K)
+    bound = limit * observed.clamp(min=1.0).unsqueeze(1)  # (B, 1, 1, K)
+    finite = torch.isfinite(samples)
+    extreme = (finite & (samples.abs() > bound) & scored).sum()
+    nonfinite = (~finite & scored).sum()
+    return torch.stack([extreme, nonfinite]).double().cpu()
 
 
 class DiffusionTask(L.LightningModule):
@@ -55,6 +74,17 @@ class DiffusionTask(L.LightningModule):
         val_loss_steps: validation loss averaged over this many evenly spaced diffusion steps (None = all,
             as CSDI); uses a fixed generator, so it is comparable across epochs.
         metrics: metric names reported on test (see :mod:`tsdiffusion.metrics`).
+        divergence_factor: training stops with :class:`TrainingDivergedError` (naming the step) when the loss
+            is NaN/inf or exceeds this multiple of the median loss of the first 10 optimisation steps (None:
+            only non-finite losses stop it). The check runs in ``on_train_batch_end``, before the epoch's
+            checkpoint is written (``save_on_train_epoch_end``), so ``last.ckpt`` keeps the last good epoch.
+        extreme_limit: on test, a sampled value at a scored position counts as extreme when its magnitude (in
+            normalised units) exceeds ``extreme_limit x max(1, max |observed|)`` of its series in the window;
+            the counts of extreme and non-finite sampled values are logged as ``test/flag_extreme_samples``
+            and ``test/flag_nonfinite_samples`` and a non-zero count flags the run's record
+            (:func:`tsdiffusion.records.record_flags`).
+        plot_calibration: after ``test``, a PIT histogram and a coverage-vs-nominal plot of the scored
+            values (:class:`tsdiffusion.plots.CalibrationCallback`), saved and logged.
     """
 
     metric_units: Literal["normalised", "original"] = "normalised"
@@ -76,6 +106,9 @@ class DiffusionTask(L.LightningModule):
         val_loss_steps: int | None = None,
         metrics: Sequence[MetricName] = DEFAULT_METRICS,
         baseline: Baseline | None = None,
+        divergence_factor: float | None = 1000.0,
+        extreme_limit: float = 20.0,
+        plot_calibration: bool = True,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["denoiser", "process", "baseline"])
@@ -84,6 +117,8 @@ class DiffusionTask(L.LightningModule):
         self.denoiser, self.baseline = denoiser, baseline
         self.process = process if process is not None else GaussianDiffusion()
         self.test_metrics = ProbabilisticMetrics(metrics, prefix="test/")
+        self._first_losses: list[float] = []
+        self._flag_counts = torch.zeros(2, dtype=torch.float64)  # extreme, non-finite sampled values
 
     # -- conditioning (override in subclasses) ----------------------------------------------------
     def train_cond_mask(self, batch: TSBatch) -> Tensor:
@@ -99,7 +134,38 @@ class DiffusionTask(L.LightningModule):
         """False for a baseline (nothing to train, validate or optimise)."""
         return self.baseline is None
 
+    def configure_callbacks(self) -> list:
+        """The calibration figures (:class:`CalibrationCallback`) when ``plot_calibration``; subclasses add
+        their own figures to these."""
+        from tsdiffusion.plots.callbacks import CalibrationCallback
+
+        return [CalibrationCallback()] if self.hparams.get("plot_calibration", True) else []
+
     # -- training -------------------------------------------------------------------------------
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        """Stop on a non-finite or exploding loss (``divergence_factor``) with an error naming the step."""
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if loss is None:
+            return
+        value = float(loss.detach()) if isinstance(loss, Tensor) else float(loss)
+        factor = self.hparams.get("divergence_factor", 1000.0)
+        if math.isfinite(value) and len(self._first_losses) < 10:
+            self._first_losses.append(value)
+        reference = statistics.median(self._first_losses) if self._first_losses else math.nan
+        exploded = factor is not None and reference > 0 and value > factor * reference
+        if math.isfinite(value) and not exploded:
+            return
+        what = f"is {value}"
+        if math.isfinite(value):
+            what = f"= {value:.4g}, over {factor:g} x the median of the first steps' losses ({reference:.4g})"
+        ckpt = getattr(self.trainer.checkpoint_callback, "last_model_path", "") or "none written yet"
+        raise TrainingDivergedError(
+            f"{type(self).__name__}: training loss {what} at optimisation step {self.global_step} (epoch "
+            f"{self.current_epoch}, batch {batch_idx}); stopped before this epoch's checkpoint, last good "
+            f"checkpoint: {ckpt}. Lower the learning rate (model.init_args.lr={self.hparams.lr:g}) or clip "
+            "gradients (trainer.gradient_clip_val)."
+        )
+
     def training_step(self, batch: TSBatch, batch_idx: int) -> Tensor | None:
         if not self.learned:
             return None
@@ -171,11 +237,18 @@ class DiffusionTask(L.LightningModule):
         samples = self.sample(batch, cond_mask, generator=self._generator(batch_idx))
         target = self.to_units(batch["observed"], batch)
         self.test_metrics.update(self.to_units(samples, batch), target, batch["target_mask"])
+        self._flag_counts += extreme_counts(samples, batch, self.hparams.get("extreme_limit", 20.0))
         return {"samples": samples}
+
+    def on_test_epoch_start(self) -> None:
+        self._flag_counts = torch.zeros(2, dtype=torch.float64)
 
     def on_test_epoch_end(self) -> None:
         self.log_dict(self.test_metrics.compute(), sync_dist=False)
         self.test_metrics.reset()
+        counts = self._flag_counts.to(self.device)
+        for i, name in enumerate(("extreme_samples", "nonfinite_samples")):
+            self.log(f"test/flag_{name}", counts[i], sync_dist=True, reduce_fx="sum")
 
     def predict_step(self, batch: TSBatch, batch_idx: int) -> dict[str, Tensor]:
         cond_mask = self.eval_cond_mask(batch)

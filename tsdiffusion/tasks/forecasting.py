@@ -72,8 +72,9 @@ class ForecastingTask(DiffusionTask):
         return forecast_mask(batch)
 
     def configure_callbacks(self) -> list:
-        """A :class:`FanChartCallback` of ``plot_series`` series (none for 0)."""
-        return [FanChartCallback(self.hparams.plot_series)] if self.hparams.plot_series else []
+        """The calibration figures and a :class:`FanChartCallback` of ``plot_series`` series (none for 0)."""
+        fan = [FanChartCallback(self.hparams.plot_series)] if self.hparams.plot_series else []
+        return [*super().configure_callbacks(), *fan]
 
     def training_step(self, batch: TSBatch, batch_idx: int) -> Tensor:
         n = self.hparams.num_train_features
@@ -130,8 +131,9 @@ class TimeGradTask(DiffusionTask):
         )  # fmt: skip
 
     def configure_callbacks(self) -> list:
-        """A :class:`FanChartCallback` of ``plot_series`` series (none for 0)."""
-        return [FanChartCallback(self.hparams.plot_series)] if self.hparams.plot_series else []
+        """The calibration figures and a :class:`FanChartCallback` of ``plot_series`` series (none for 0)."""
+        fan = [FanChartCallback(self.hparams.plot_series)] if self.hparams.plot_series else []
+        return [*super().configure_callbacks(), *fan]
 
     # -- training -------------------------------------------------------------------------------
     def _inputs(self, batch: TSBatch) -> tuple[Tensor, Tensor, Tensor]:

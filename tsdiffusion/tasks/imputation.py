@@ -45,6 +45,7 @@ class ImputationTask(DiffusionTask):
         return make_cond_mask(self.hparams.mask_strategy, batch)
 
     def configure_callbacks(self) -> list:
-        """An :class:`ImputationPlotCallback` of ``plot_windows`` windows (none for 0)."""
+        """The calibration figures and an :class:`ImputationPlotCallback` of ``plot_windows`` windows (none for 0)."""
         hp = self.hparams
-        return [ImputationPlotCallback(hp.plot_windows, hp.plot_features)] if hp.plot_windows else []
+        plots = [ImputationPlotCallback(hp.plot_windows, hp.plot_features)] if hp.plot_windows else []
+        return [*super().configure_callbacks(), *plots]
