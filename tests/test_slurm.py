@@ -85,9 +85,10 @@ def write_spec(root: Path, name: str, configs: list[str], seeds=(1, 2)) -> Path:
     return path
 
 
-def stand_ins(tmp_path: Path, monkeypatch, squeue_error: str | None = None) -> Path:
+def stand_ins(tmp_path: Path, monkeypatch, squeue_error: str | None = None, squeue_out: str | None = None) -> Path:
     """A stand-in ``sbatch`` on PATH that keeps every job script in ``<tmp>/scripts`` and answers job ids 100,
-    101, ...; ``srun`` does nothing; ``squeue`` fails with ``squeue_error`` when given. Returns the scripts dir."""
+    101, ...; ``srun`` does nothing; ``scancel`` appends its arguments to ``<tmp>/scancel.txt``; ``squeue``
+    fails with ``squeue_error`` or prints ``squeue_out`` when given. Returns the scripts dir."""
     bin_dir, scripts = tmp_path / "bin", tmp_path / "scripts"
     bin_dir.mkdir()
     scripts.mkdir()
@@ -98,8 +99,11 @@ echo "Submitted batch job $id"
 """
     (bin_dir / "sbatch").write_text(sbatch)
     (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "scancel").write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/scancel.txt\n')
     if squeue_error:
         (bin_dir / "squeue").write_text(f"#!/bin/sh\necho '{squeue_error}' >&2\nexit 1\n")
+    if squeue_out:
+        (bin_dir / "squeue").write_text(f"#!/bin/sh\nprintf '{squeue_out}'\n")
     for f in bin_dir.iterdir():
         f.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
@@ -203,6 +207,20 @@ def test_squeue_failure_is_one_line_and_runs_stay_pending(tmp_path, monkeypatch)
     assert [(s["state"], s["job_id"]) for s in statuses] == [("pending", "100_0"), ("pending", "100_1")]
 
 
+def test_a_job_slurm_never_starts_is_cancelled_and_failed(tmp_path, monkeypatch):
+    # job 100_0 pends with a reason that waiting does not cure; 100_1 has left the queue without a status
+    stand_ins(tmp_path, monkeypatch, squeue_out="100_0|PENDING|PartitionConfig\\n")
+    spec = load_spec(write_spec(tmp_path, "never", [str(tiny_config(tmp_path))]))
+    ex = SlurmExecutor(tmp_path / "slurm", SlurmOptions(partition="cpu", cpus_per_task=1), poll_s=0.01)
+    progress = run_sweep(spec, tmp_path / "sweep", ex, entry=LAUNCHER.split(), stream=io.StringIO())
+    assert (progress.done, progress.failed) == (0, 2)
+    never, gone = [read_status(run_dir(tmp_path / "sweep", r)) for r in expand(spec)]
+    assert never["error"].startswith("job 100_0 cannot start (SLURM: PartitionConfig) and was cancelled")
+    assert "--partition=cpu" in never["error"] and "--ntasks-per-node=1" in never["error"]
+    assert (tmp_path / "scancel.txt").read_text().split() == ["100_0"]
+    assert gone["error"] == "job 100_1 left the queue before the run finished; the next sweep resumes it"
+
+
 # -- a real SLURM ------------------------------------------------------------------------------------------
 
 
@@ -266,8 +284,8 @@ def test_sweep_on_slurm_equals_the_local_sweep(cpu_sweep, capsys):
     runs = folders(spec, out)
     statuses = [read_status(f) for f in runs]
     assert [s["state"] for s in statuses] == ["done", "done"], statuses
-    array = {s["job_id"].split("_")[0] for s in statuses}
-    assert len(array) == 1 and sorted(s["job_id"] for s in statuses) == [f"{array.pop()}_{i}" for i in (0, 1)]
+    (array,) = {s["job_id"].split("_")[0] for s in statuses}  # one job array
+    assert sorted(s["job_id"] for s in statuses) == [f"{array}_0", f"{array}_1"]
     # the CPU job script: no GPU request, one task, the partition asked for
     (script,) = (out / "slurm").glob("*_submission.sh")
     lines = sbatch_lines(script)

@@ -171,6 +171,10 @@ class LocalExecutor:
 ENDED = frozenset(
     {"BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "TIMEOUT"}
 )
+#: pending reasons that do not go away by waiting: the job asks for what its partition or account cannot give
+CANNOT_START = frozenset(
+    {"BadConstraints", "InvalidAccount", "InvalidQOS", "PartitionConfig", "PartitionNodeLimit", "PartitionTimeLimit"}
+)
 NOT_AVAILABLE = (
     "SLURM is not available here (no `sbatch` on PATH): submit from a login node of your cluster, or run the "
     "sweep on this machine with `--executor local` (the default; `--workers N` runs N CPU runs at once)"
@@ -589,11 +593,16 @@ class SlurmExecutor:
                 time.sleep(self.poll_s)
                 continue
             for job_id, item in list(waiting.items()):
-                state = states.get(job_id, ("GONE", ""))[0]
-                if state in ENDED or state == "GONE":
+                state, reason = states.get(job_id, ("GONE", ""))
+                if state in ENDED or state == "GONE" or (state == "PENDING" and reason in CANNOT_START):
                     del waiting[job_id]
                     progress.running = sum(states.get(j, ("",))[0] == "RUNNING" for j in waiting)
-                    progress.finished(item, self._ended(job_id, item, state))
+                    status = (
+                        self._ended(job_id, item, state)
+                        if state != "PENDING"
+                        else self._unstartable(job_id, item, reason)
+                    )
+                    progress.finished(item, status)
             counts = Counter(states.get(j, ("?", ""))[0] for j in waiting)
             reasons = sorted({states[j][1] for j in waiting if j in states and states[j][0] == "PENDING"} - {"None"})
             progress.running = counts["RUNNING"]
@@ -626,6 +635,14 @@ class SlurmExecutor:
             progress.running = sum(read_status(i.folder).get("state") == "running" for i in waiting.values())
             if waiting:
                 time.sleep(self.poll_s)
+
+    def _unstartable(self, job_id: str, item: Item, reason: str) -> dict[str, Any]:
+        """Cancel a job SLURM will never start (``reason`` in :data:`CANNOT_START`); its run becomes failed."""
+        subprocess.run(["scancel", job_id], capture_output=True, timeout=60)
+        params = self.options.parameters("", run_resources(item.command))
+        flags = " ".join(_flag(o, k, params) for o, k in _RESOURCE_OPTIONS if k in params)
+        error = f"job {job_id} cannot start (SLURM: {reason}) and was cancelled; it asks for {flags}"
+        return write_status(item.folder, "failed", error=error, error_tail=error)
 
     def _ended(self, job_id: str, item: Item, state: str) -> dict[str, Any]:
         """The run's status once its job has ended; a job that died before writing one marks it failed."""
