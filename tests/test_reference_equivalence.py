@@ -1,4 +1,4 @@
-"""Golden equivalence with the reference CSDI code (ermongroup/CSDI, commit 7f24a43).
+"""Golden equivalence with the reference CSDI code (ermongroup/CSDI, commit 7f24a43) and TimeGrad (pytorch-ts 0.6.0).
 
 The fixtures in tests/fixtures/reference/ were written by benchmarks/reference/make_csdi_fixtures.py from the
 reference's own functions (see the README there); no reference code is needed here. With the reference weights
@@ -15,8 +15,9 @@ import pytest
 import torch
 from torch import Tensor
 
-from tsdiffusion.denoisers import CSDIDenoiser
+from tsdiffusion.denoisers import CSDIDenoiser, TimeGradDenoiser, TimeGradEncoder
 from tsdiffusion.denoisers.csdi import convert_original_state_dict
+from tsdiffusion.denoisers.timegrad import convert_pytorchts_encoder_state_dict, convert_pytorchts_state_dict
 from tsdiffusion.diffusion import GaussianDiffusion, sample_ddpm
 
 FIXTURES = Path(__file__).parent / "fixtures" / "reference"
@@ -173,3 +174,90 @@ def test_full_chain_given_the_same_noise(variant: str, monkeypatch: pytest.Monke
     for i, t in enumerate(chain["steps"].tolist()):
         assert_same(f"chain input at t={t}", seen[i], kl(chain["inputs"][i]), ATOL, CHAIN_RTOL)
     assert_same("chain output x_0", sample, kl(chain["sample"]), ATOL, CHAIN_RTOL)
+
+
+# ----------------------------------------------------------------------------- TimeGrad (pytorch-ts 0.6.0)
+
+
+def timegrad_models(fx: dict) -> tuple[TimeGradEncoder, TimeGradDenoiser, GaussianDiffusion]:
+    """Our encoder, eps-network (pytorch-ts step frequencies) and process with the converted reference weights."""
+    c = fx["meta"]["config"]
+    encoder = TimeGradEncoder(c["K"], c["time_features"], c["lags"], "LSTM", c["num_layers"], c["num_cells"],
+                              dropout=0.1, embedding_dim=1, cond_dim=c["conditioning_length"])  # fmt: skip
+    encoder.load_state_dict(convert_pytorchts_encoder_state_dict(fx["state"]))
+    den = TimeGradDenoiser(c["K"], c["conditioning_length"], c["residual_layers"], c["residual_channels"],
+                           c["dilation_cycle_length"], 2 * c["time_emb_dim"], c["residual_hidden"],
+                           step_frequencies="timegrad")  # fmt: skip
+    den.load_state_dict(convert_pytorchts_state_dict(fx["state"]))
+    process = GaussianDiffusion(c["diff_steps"], c["schedule"], 1e-4, c["beta_end"])
+    return encoder.eval(), den.eval(), process
+
+
+def timegrad_window(fx: dict) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Past and future as one window, scaled by the mean |value| of the last ``context`` past steps (MeanScaler,
+    re-implemented here): x (B, T, K), time features (B, T, F), feature ids (B, K), the modelled positions."""
+    b, c = fx["batch"], fx["meta"]["config"]
+    past, future = b["past_target_cdf"], b["future_target_cdf"]
+    scale = past[:, -c["context"] :].abs().mean(dim=1, keepdim=True)
+    assert_same("MeanScaler scale", scale, fx["loss"]["scale"])
+    x = torch.cat([past, future], dim=1) / scale
+    tf = torch.cat([b["past_time_feat"], b["future_time_feat"]], dim=1)
+    positions = torch.arange(x.shape[1] - c["context"] - c["prediction"], x.shape[1])
+    return x, tf, b["target_dimension_indicator"], positions
+
+
+def timegrad_loss(fx: dict, encoder, den, process) -> tuple[Tensor, dict[str, Tensor]]:
+    ref = fx["loss"]
+    x, tf, ids, positions = timegrad_window(fx)
+    assert_same("RNN input (lags, embedding, time features)", encoder.inputs(x, positions, tf, ids), ref["rnn_input"])
+    hidden, _ = encoder(x, positions, tf, ids)
+    seen = {"hidden": hidden}
+    x0 = x[:, positions].reshape(-1, 1, x.shape[-1])  # (b l) 1 k, as TimeGradTask.window_loss
+    cond = {"hidden": hidden.reshape(len(x0), 1, -1)}
+    noisy = process.q_sample(x0, ref["t"], ref["noise"])
+    seen["noisy"], seen["eps"] = noisy, den(noisy, ref["t"], cond)
+    return process.loss(den, x0, cond, torch.ones_like(x0), t=ref["t"], noise=ref["noise"]), seen
+
+
+@pytest.mark.skipif(not (FIXTURES / "timegrad.pt").exists(), reason="TimeGrad fixture not generated")
+def test_timegrad_encoder_denoiser_and_loss() -> None:
+    fx = torch.load(FIXTURES / "timegrad.pt", map_location="cpu", weights_only=True)
+    encoder, den, process = timegrad_models(fx)
+    ref = fx["loss"]
+    with torch.no_grad():
+        loss, seen = timegrad_loss(fx, encoder, den, process)
+    assert_same("conditioning h_t (RNN + projection)", seen["hidden"].reshape(ref["eps_cond"].shape), ref["eps_cond"])
+    assert_same("noisy target x_t", seen["noisy"], ref["eps_input"])
+    assert_same("eps-network output", seen["eps"], ref["eps_output"])
+    assert_same("loss", loss, ref["loss"])
+
+
+@pytest.mark.skipif(not (FIXTURES / "timegrad.pt").exists(), reason="TimeGrad fixture not generated")
+def test_timegrad_parameter_gradients() -> None:
+    fx = torch.load(FIXTURES / "timegrad.pt", map_location="cpu", weights_only=True)
+    encoder, den, process = timegrad_models(fx)
+    timegrad_loss(fx, encoder, den, process)[0].backward()
+    grads = fx["loss"]["grads"]
+    pairs = [(convert_pytorchts_encoder_state_dict(grads), encoder), (convert_pytorchts_state_dict(grads), den)]
+    for ref_grads, module in pairs:
+        ours = {name: p.grad for name, p in module.named_parameters()}
+        assert sorted(ours) == sorted(ref_grads), "parameter sets differ: " + str(set(ours) ^ set(ref_grads))
+        for name, g in ours.items():
+            scale = ref_grads[name].norm().item()
+            assert scale > 0, f"{name}: the reference gradient is 0, the fixture does not exercise it"
+            err = (g - ref_grads[name]).norm().item() / scale
+            assert err <= GRAD_RTOL, f"first differing tensor: gradient of {name}: relative error {err:.3g}"
+
+
+@pytest.mark.skipif(not (FIXTURES / "timegrad.pt").exists(), reason="TimeGrad fixture not generated")
+def test_timegrad_chain_given_the_same_noise(monkeypatch: pytest.MonkeyPatch) -> None:
+    """sample_ddpm over all 100 steps equals pytorch-ts's p_sample_loop (beta-tilde variance, no noise at t=0)."""
+    fx = torch.load(FIXTURES / "timegrad.pt", map_location="cpu", weights_only=True)
+    _, den, process = timegrad_models(fx)
+    chain = fx["chain"]
+    cond = {"hidden": chain["cond"]}
+    draws = NoiseSequence(list(chain["noise"][1:-1]))  # the reference's draw at t = 0 is multiplied by 0
+    monkeypatch.setattr(process, "_noise_like", draws)
+    sample = sample_ddpm(process, lambda x, t: den(x, t, cond), chain["noise"][0])
+    assert draws.used == process.num_steps and not draws.tensors, "sample_ddpm drew noise in an unexpected pattern"
+    assert_same("chain output x_0", sample, chain["sample"], ATOL, CHAIN_RTOL)

@@ -19,8 +19,10 @@ Facts from the reference implementation (zalandoresearch/pytorch-ts, ``time_grad
   convolution (zero-initialised). The original pads the series axis circularly by 2 at the input and
   removes the padding with the two unpadded kernel-3 convolutions at the end; so does this file.
 * diffusion-step embedding: DiffWave sinusoids of 16 frequencies (32 values), two Linear + SiLU to 64.
-  (:class:`DiffusionStepEmbedding` spaces the frequencies as CSDI, ``10^(4 i / 15)``; TimeGrad's table
-  uses ``10^(4 i / 16)``: the top frequency is 10^4 instead of 10^3.75.)
+  TimeGrad's table uses ``10^(4 i / 16)`` (``step_frequencies="timegrad"``); the default ``"csdi"`` spaces
+  them as CSDI, ``10^(4 i / 15)`` (the top frequency 10^4 instead of 10^3.75), as this file always did.
+  :func:`convert_pytorchts_state_dict` maps the original's weights; with ``step_frequencies="timegrad"`` the
+  eps-network then equals ``EpsilonTheta`` (tests/test_reference_equivalence.py).
 
 Shape convention (the choice documented for the project's common denoiser signature):
 :class:`TimeGradDenoiser` takes ``x_t`` (B, L, K) and ``cond["hidden"]`` (B, L, H) and treats every time
@@ -32,7 +34,7 @@ autoregressive sampling calls it with L = 1.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
 import torch
@@ -41,7 +43,7 @@ from einops import rearrange, repeat
 from torch import Tensor, nn
 
 from tsdiffusion.batch import Cond
-from tsdiffusion.denoisers.layers import DiffusionStepEmbedding
+from tsdiffusion.denoisers.layers import DiffusionStepEmbedding, StepFrequencies
 from tsdiffusion.denoisers.protocol import Capabilities
 
 RNNState = Tensor | tuple[Tensor, Tensor]
@@ -187,6 +189,8 @@ class TimeGradDenoiser(nn.Module):
         residual_layers, residual_channels, dilation_cycle: 8, 8, 2 (TimeGrad).
         step_embedding_dim: sinusoidal width of the diffusion-step encoding (TimeGrad: 2 x 16).
         step_hidden: width of the step embedding after its projections (TimeGrad: 64).
+        step_frequencies: ``"timegrad"`` spaces the step encoding's frequencies as pytorch-ts (``10^(4 i / 16)``);
+            ``"csdi"`` (default, this class's behaviour so far) as CSDI (``10^(4 i / 15)``).
     """
 
     # conditioned on the past through cond["hidden"] (the encoder's state), no labels, no features
@@ -201,6 +205,7 @@ class TimeGradDenoiser(nn.Module):
         dilation_cycle: int = 2,
         step_embedding_dim: int = 32,
         step_hidden: int = 64,
+        step_frequencies: StepFrequencies = "csdi",
     ) -> None:
         super().__init__()
         self.num_features, self.cond_dim = num_features, cond_dim
@@ -208,7 +213,7 @@ class TimeGradDenoiser(nn.Module):
         self.cond_upsampler = nn.Sequential(
             nn.Linear(cond_dim, mid), nn.LeakyReLU(0.4), nn.Linear(mid, num_features), nn.LeakyReLU(0.4)
         )
-        self.step_embedding = DiffusionStepEmbedding(step_embedding_dim, step_hidden)
+        self.step_embedding = DiffusionStepEmbedding(step_embedding_dim, step_hidden, step_frequencies)
         C = residual_channels
         self.input_projection = nn.Linear(1, C)
         self.blocks = nn.ModuleList(
@@ -257,3 +262,46 @@ def _circular(x: Tensor, pad: int) -> Tensor:
     K = x.shape[1]
     idx = torch.arange(-pad, K + pad, device=x.device) % K
     return x[:, idx]
+
+
+def convert_pytorchts_state_dict(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """pytorch-ts 0.6 ``EpsilonTheta`` weights -> a state dict that :class:`TimeGradDenoiser` loads.
+
+    ``state``: an ``EpsilonTheta`` state dict, or a whole ``TimeGradTrainingNetwork``/``TimeGradPredictionNetwork``
+    one, whose ``denoise_fn.*`` keys are taken (the rest: see :func:`convert_pytorchts_encoder_state_dict`).
+
+    The Conv1d layers become the Linear layers of this file: a kernel-1 weight (O, I, 1) -> (O, I); a kernel-3
+    weight (O, I, 3) -> (O, 3 I) ordered ``(tap, channel)``, the taps ``[x_{k-d}, x_k, x_{k+d}]`` that
+    :class:`TimeGradResidualBlock` and ``_valid3`` concatenate.
+    """
+    renames = {
+        "diffusion_embedding.": "step_embedding.",
+        "cond_upsampler.linear1.": "cond_upsampler.0.",
+        "cond_upsampler.linear2.": "cond_upsampler.2.",
+        "residual_layers.": "blocks.",
+        ".diffusion_projection.": ".step_projection.",
+        ".conditioner_projection.": ".cond_projection.",
+    }
+    if any(key.startswith("denoise_fn.") for key in state):
+        state = {key.removeprefix("denoise_fn."): v for key, v in state.items() if key.startswith("denoise_fn.")}
+    out = {}
+    for key, value in state.items():
+        for old, new in renames.items():
+            key = key.replace(old, new)
+        if value.dim() == 3:
+            value = value.squeeze(-1) if value.shape[-1] == 1 else rearrange(value, "o i tap -> o (tap i)")
+        out[key] = value
+    return out
+
+
+def convert_pytorchts_encoder_state_dict(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The RNN, series embedding and conditioning projection of a pytorch-ts 0.6 ``TimeGradTrainingNetwork`` state
+    dict -> a state dict that :class:`TimeGradEncoder` loads (``rnn.*`` as is, ``embed`` -> ``embedding``,
+    ``proj_dist_args.proj.0`` -> ``projection``). The lag order matches: pytorch-ts flattens (series, lag)."""
+    renames = {"rnn.": "rnn.", "embed.": "embedding.", "proj_dist_args.proj.0.": "projection."}
+    out = {}
+    for key, value in state.items():
+        for old, new in renames.items():
+            if key.startswith(old):
+                out[new + key.removeprefix(old)] = value
+    return out
