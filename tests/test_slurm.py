@@ -278,6 +278,7 @@ def cpu_sweep(slurm, tmp_path_factory):  # noqa: F811 (the fixture)
 
 
 @pytest.mark.slurm
+@pytest.mark.slow
 def test_sweep_on_slurm_equals_the_local_sweep(cpu_sweep, capsys):
     spec, out, local, submitted = cpu_sweep
     assert "submitted 2 jobs to slurm" in submitted and "tsdiffusion benchmark report" in submitted
@@ -301,6 +302,7 @@ def test_sweep_on_slurm_equals_the_local_sweep(cpu_sweep, capsys):
 
 
 @pytest.mark.slurm
+@pytest.mark.slow
 def test_preemption_and_scancel_resume_to_the_uninterrupted_result(cpu_sweep, slurm):  # noqa: F811
     """Seed 1 gets submitit's requeue signal (USR2) mid-training: it is requeued and resumes; seed 2 is
     cancelled mid-training: the sweep marks it failed, and rerunning the sweep resumes it from its checkpoint
