@@ -30,7 +30,7 @@ from tsdiffusion.benchmark.executors import (
     gpu_slots,
     parse_gpus,
 )
-from tsdiffusion.benchmark.report import report
+from tsdiffusion.benchmark.report import load_sweep, report, summary_markdown
 from tsdiffusion.benchmark.runs import (
     LoggerChoice,
     build_command,
@@ -98,6 +98,7 @@ def write_plan(spec: SweepSpec, sweep_dir: Path, runs: list[Run]) -> None:
             "spec": str(spec.path) if spec.path else None,
             "reference": str(ref) if ref else None,
             "configs": list(spec.configs),
+            "baselines": list(spec.baselines),
             "seeds": list(spec.seeds),
             "grid": spec.grid,
             "overrides": spec.overrides,
@@ -195,7 +196,24 @@ def _report_parser() -> argparse.ArgumentParser:
     p.add_argument("sweep_dir", type=Path)
     p.add_argument("--reference", type=Path, help="reference yaml (default: the sweep's)")
     p.add_argument("--metrics", help="comma-separated metrics for the Markdown table")
+    p.add_argument(
+        "--markdown",
+        action="store_true",
+        help="print the summary as Markdown (mean ± std over seeds, best in bold, machine and dates), ready to "
+        "paste into a README; default: the plain-text summary (120 columns)",
+    )
     return p
+
+
+def print_summary(sweep_dir: Path, reference: Path | None = None, metrics: list[str] | None = None,
+                  as_markdown: bool = False) -> None:  # fmt: skip
+    """Write the report files and print the summary table (text, or Markdown for a README)."""
+    report(sweep_dir, reference, metrics)
+    if as_markdown:
+        groups, records, _, entries, flagged, _ = load_sweep(sweep_dir, reference)
+        print(summary_markdown(groups, entries, records, flagged), end="")
+    else:
+        print((sweep_dir / "results.txt").read_text(), end="")
 
 
 def _executor(args: argparse.Namespace, sweep_dir: Path) -> tuple[LocalExecutor | SlurmExecutor, int | None]:
@@ -231,7 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] == "report":
         args = _report_parser().parse_args(argv[1:])
         metrics = args.metrics.split(",") if args.metrics else None
-        print(report(args.sweep_dir, args.reference, metrics))
+        print_summary(args.sweep_dir, args.reference, metrics, args.markdown)
         return 0
     args = _parser().parse_args(argv)
     spec = load_spec(args.spec)
@@ -261,7 +279,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
     if not args.no_report and not (args.executor == "slurm" and args.no_wait):
-        print(report(sweep_dir, metrics=args.metrics.split(",") if args.metrics else None))
-        print(f"report: {sweep_dir}/results.md, results.csv, results.png", file=sys.stderr)
+        print_summary(sweep_dir, metrics=args.metrics.split(",") if args.metrics else None)
+        print(f"report: {sweep_dir}/results.md (every metric), results.csv, results.png; Markdown for a README: "
+              f"tsdiffusion benchmark report {sweep_dir} --markdown", file=sys.stderr)  # fmt: skip
     submitted_only = args.executor == "slurm" and args.no_wait  # the jobs go on; `report` collects them later
     return 0 if progress.done == progress.total or submitted_only else 1

@@ -5,6 +5,8 @@ A spec::
     name: quick                      # the sweep's name (folder, wandb group)
     configs:                         # experiments/ yaml files (relative to the working directory or the spec)
       - experiments/quick/csdi_physionet.yaml
+    baselines:                       # optional: configs of non-learned baselines (tsdiffusion.baselines)
+      - experiments/imputation/physionet/interpolation.yaml
     seeds: [1, 2]
     grid:                            # ablations: every combination of these CLI overrides
       model.init_args.sample_steps: [5, 10]
@@ -12,7 +14,10 @@ A spec::
       trainer.max_epochs: 2
     reference: reference.yaml        # optional: published numbers (default: reference.yaml next to the spec)
 
-expands into ``len(configs) x prod(len(grid values)) x len(seeds)`` runs. A run's id is a readable prefix
+expands into ``len(configs) x prod(len(grid values)) x len(seeds)`` runs, plus one run per baseline: a baseline
+is deterministic given its ``sample_seed``, so it runs once, at the first seed, without the grid and overrides
+(which address models). Baselines may also be listed under ``configs``; either way the report recognises them
+from their records (``baseline``) and shows them as rows of the same table. A run's id is a readable prefix
 (config folder and name, seed) plus a hash of the config path as written, all overrides and the seed, so
 the same spec always gives the same ids, and changing a budget gives new ones.
 """
@@ -29,7 +34,7 @@ from typing import Any
 
 import yaml
 
-SPEC_KEYS = {"name", "configs", "seeds", "grid", "overrides", "reference", "description"}
+SPEC_KEYS = {"name", "configs", "baselines", "seeds", "grid", "overrides", "reference", "description"}
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
@@ -48,6 +53,7 @@ class SweepSpec:
     overrides: dict[str, Any] = field(default_factory=dict)
     reference: str | None = None
     path: Path | None = None
+    baselines: tuple[str, ...] = ()
 
     def resolve(self, config: str) -> Path:
         """A config path as written -> an existing file: the working directory first, then the spec's folder
@@ -105,9 +111,9 @@ def parse_spec(raw: dict[str, Any], path: Path | None = None) -> SweepSpec:
     name = str(raw.get("name") or (path.stem if path else ""))
     if not _NAME.match(name):
         raise SpecError(f"{where}: name {name!r} must be letters, digits, '_', '-' or '.'")
-    configs = raw.get("configs") or []
-    if isinstance(configs, str) or not configs:
-        raise SpecError(f"{where}: 'configs' must be a non-empty list of experiment yaml paths")
+    configs, baselines = raw.get("configs") or [], raw.get("baselines") or []
+    if isinstance(configs, str) or isinstance(baselines, str) or not (configs or baselines):
+        raise SpecError(f"{where}: 'configs' (and 'baselines') must be lists of experiment yaml paths, not both empty")
     seeds = raw.get("seeds", [1])
     seeds = [seeds] if isinstance(seeds, int) else list(seeds)
     if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
@@ -119,6 +125,7 @@ def parse_spec(raw: dict[str, Any], path: Path | None = None) -> SweepSpec:
     return SweepSpec(
         name=name,
         configs=tuple(str(c) for c in configs),
+        baselines=tuple(str(c) for c in baselines),
         seeds=tuple(seeds),
         grid=grid,
         overrides=dict(raw.get("overrides") or {}),
@@ -138,6 +145,8 @@ def expand(spec: SweepSpec) -> list[Run]:
             for seed in spec.seeds:
                 overrides = {**spec.overrides, **grid}
                 runs.append(Run(run_id(config, overrides, seed), config, seed, overrides, grid))
+    for config in spec.baselines:
+        runs.append(Run(run_id(config, {}, spec.seeds[0]), config, spec.seeds[0], {}, {}))
     ids = [r.id for r in runs]
     if len(set(ids)) != len(ids):
         raise SpecError("the spec expands to duplicate runs (a config or seed listed twice?)")
