@@ -18,6 +18,7 @@ import torch
 from einops import rearrange, repeat
 from torch import Tensor
 
+from tsdiffusion.baselines import SamplingBaseline
 from tsdiffusion.batch import TSBatch
 from tsdiffusion.diffusion.guidance import GuidanceKind, draw_guided_samples, quantile_levels, refine
 from tsdiffusion.tasks.base import make_cond
@@ -114,7 +115,7 @@ class GuidedForecastingTask(_Guided, ForecastingTask):
         guidance: GuidanceKind = "mse",
         guidance_scale: float = 1.0,
         guidance_jacobian: Literal["network", "identity"] = "network",
-        base_forecaster: object | None = None,
+        base_forecaster: SamplingBaseline | None = None,
         refine_iterations: int = 20,
         refine_step_size: float = 0.01,
         refine_method: Literal["ml", "langevin"] = "langevin",
@@ -140,7 +141,7 @@ class GuidedImputationTask(_Guided, ImputationTask):
         guidance: GuidanceKind = "mse",
         guidance_scale: float = 1.0,
         guidance_jacobian: Literal["network", "identity"] = "network",
-        base_forecaster: object | None = None,
+        base_forecaster: SamplingBaseline | None = None,
         refine_iterations: int = 20,
         refine_step_size: float = 0.01,
         refine_method: Literal["ml", "langevin"] = "langevin",
