@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import Tensor
@@ -261,3 +262,33 @@ def test_timegrad_chain_given_the_same_noise(monkeypatch: pytest.MonkeyPatch) ->
     sample = sample_ddpm(process, lambda x, t: den(x, t, cond), chain["noise"][0])
     assert draws.used == process.num_steps and not draws.tensors, "sample_ddpm drew noise in an unexpected pattern"
     assert_same("chain output x_0", sample, chain["sample"], ATOL, CHAIN_RTOL)
+
+
+# ----------------------------------------------------------------------------- the metric
+
+
+def csdi_calc_quantile_crps(target: Tensor, forecast: Tensor, eval_points: Tensor) -> float:
+    """CSDI's utils.calc_quantile_CRPS written out (scaler 1, mean 0): levels np.arange(0.05, 1.0, 0.05) in float64,
+    torch.quantile (linear interpolation) per item over the samples, 2 Σ|(Q - y) w (1{y <= Q} - q)| / Σ|y w|."""
+    levels = np.arange(0.05, 1.0, 0.05)
+    denom = torch.sum(torch.abs(target * eval_points))
+    total = 0.0
+    for q in levels:
+        qs = torch.cat([torch.quantile(forecast[j : j + 1], q, dim=1) for j in range(len(forecast))], 0)
+        total += 2 * torch.sum(torch.abs((qs - target) * eval_points * ((target <= qs) * 1.0 - q))) / denom
+    return total.item() / len(levels)
+
+
+@pytest.mark.parametrize("num_samples", [20, 100])
+def test_crps_equals_csdis_calc_quantile_crps_in_parts(num_samples: int) -> None:
+    """Our QuantileCRPS, updated batch by batch (sum states), equals CSDI's formula on the concatenated set."""
+    from tsdiffusion.metrics import QuantileCRPS
+
+    gen = torch.Generator().manual_seed(num_samples)
+    y = torch.randn(12, 48, 35, generator=gen)
+    s = y[:, None] + 0.2 + 0.7 * torch.randn(12, num_samples, 48, 35, generator=gen)
+    w = (torch.rand(12, 48, 35, generator=gen) < 0.1).float()
+    ours = QuantileCRPS()
+    for part in torch.arange(12).split(5):
+        ours.update(s[part], y[part], w[part])
+    assert abs(ours.compute().item() - csdi_calc_quantile_crps(y, s, w)) <= 1e-6
