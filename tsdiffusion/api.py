@@ -32,6 +32,7 @@ from einops import rearrange
 
 from tsdiffusion.data.frame import FrameDataModule, Panel, Windows, make_window_fields, panel_time_features
 from tsdiffusion.data.time_features import parse_freq
+from tsdiffusion.hardware import trainer_precision
 from tsdiffusion.runs import complete_config, instantiate
 from tsdiffusion.tasks.base import DiffusionTask
 
@@ -279,6 +280,7 @@ class Model:
             kwargs["max_epochs"] = max_epochs
         if root_dir is not None:
             kwargs["default_root_dir"] = str(root_dir)
+        kwargs["precision"] = trainer_precision(kwargs.get("precision"), kwargs.get("accelerator"))
         self.trainer = L.Trainer(**kwargs)
         self.trainer.fit(self.task, datamodule=dm)
         return self

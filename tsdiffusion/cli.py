@@ -24,6 +24,7 @@ from lightning.pytorch.cli import LightningCLI, _get_module_type, _InstantiatorF
 
 from tsdiffusion.callbacks import RNGStateCallback
 from tsdiffusion.data.datamodule import TSDataModule
+from tsdiffusion.hardware import trainer_precision
 from tsdiffusion.records import RECORD_NAME, make_record, write_json_atomic
 from tsdiffusion.tasks.base import DiffusionTask
 
@@ -76,6 +77,16 @@ class TSDiffusionCLI(LightningCLI):
         parser.add_argument("--test_after_fit", type=bool, default=False, help="test the last checkpoint after fit")
         parser.add_argument("--record_dir", type=str | None, default=None,
                             help="where test writes metrics.json (default: the run's log folder)")  # fmt: skip
+
+    def before_instantiate_classes(self) -> None:
+        """A ``trainer.precision`` left unset follows the machine (:func:`tsdiffusion.hardware.trainer_precision`:
+        bf16 autocast where bf16 matrix products are native, AMX / AVX512-BF16 / a bf16 GPU, float32 elsewhere),
+        written into the config so the saved ``config.yaml`` and the result record name the precision used. An
+        explicit ``--trainer.precision 32-true`` keeps float32."""
+        config = self.config.get(self.subcommand) if self.subcommand else self.config
+        trainer = config.get("trainer") if config is not None else None
+        if trainer is not None:
+            trainer["precision"] = trainer_precision(trainer.get("precision"), trainer.get("accelerator"))
 
     def _add_instantiators(self) -> None:
         self.parser.add_instantiator(_ModelInstantiator(cli=self, key="model"), _get_module_type(self._model_class),

@@ -86,6 +86,16 @@ def precision_policy(requested: PrecisionChoice | str | None = "auto", hardware:
     return "bf16-mixed" if hardware.fast_bf16 else "32-true"
 
 
+def trainer_precision(precision: PrecisionChoice | str | None, accelerator: str | None = None) -> str:
+    """The ``precision`` a Trainer gets from a config: :func:`precision_policy` of the device the ``accelerator``
+    selects (CUDA when it is ``gpu``/``cuda``, or ``auto``/unset with a GPU present; the CPU otherwise).
+    ``None`` (unset) and ``"auto"`` follow the hardware; an explicit value such as ``"32-true"`` is kept."""
+    if precision not in (None, "auto"):
+        return str(precision)
+    gpu = accelerator in ("gpu", "cuda") or (accelerator in (None, "auto") and torch.cuda.is_available())
+    return precision_policy("auto", detect("cuda" if gpu else "cpu"))
+
+
 # -- the allocator ------------------------------------------------------------------------------------------
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4
 _GLIBC_MMAP_MAX_DEFAULT = 65536

@@ -5,7 +5,8 @@ step ``t_start``, e.g. data noised by ``q_sample``: the partial chains of SDEdit
 on an even grid of ``steps`` evaluations over ``[0, t_start]``.
 
 ``draw_samples`` repeats a conditioning dict per sample, ``b ... -> (b s) ...``, and runs one batched
-sampler call per chunk of at most ``max_batch`` rows, instead of a Python loop over samples.
+sampler call per chunk of at most ``max_batch`` rows, instead of a Python loop over samples. On the CPU it runs
+inside :func:`tsdiffusion.hardware.keep_freed_memory`, so large chunks cost no more per row than small ones.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from einops import rearrange
 from torch import Tensor
 
 from tsdiffusion.diffusion.process import DenoiseFn, GaussianDiffusion
+from tsdiffusion.hardware import keep_freed_memory
 
 SamplerName = Literal["ddpm", "ddim", "dpmpp", "dpmpp_sde"]
 SAMPLERS: tuple[str, ...] = get_args(SamplerName)
@@ -232,13 +234,14 @@ def draw_samples(
     chunk = rows if max_batch is None else max(1, max_batch)
     device = device or next(iter(cond.values())).device
     out = []
-    for start in range(0, rows, chunk):
-        idx = torch.arange(start, min(start + chunk, rows), device=device) // num_samples
-        c = {k: v[idx] for k, v in cond.items()}
-        x_T = torch.randn((len(idx), *shape[1:]), device=device, generator=generator)
-        if t_start is not None:
-            x_T = process.q_sample(x0[idx], _t(x_T, t_start), x_T)
-        fn = lambda x, t, c=c: denoiser(x, t, c).to(x.dtype)  # the chain stays in x's dtype under autocast
-        out.append(sample(process, fn, x_T, sampler, steps=steps, eta=eta, t_start=t_start, generator=generator,
-                          progress=progress))  # fmt: skip
+    with keep_freed_memory(torch.device(device).type == "cpu"):  # the chain's activations reuse the same heap pages
+        for start in range(0, rows, chunk):
+            idx = torch.arange(start, min(start + chunk, rows), device=device) // num_samples
+            c = {k: v[idx] for k, v in cond.items()}
+            x_T = torch.randn((len(idx), *shape[1:]), device=device, generator=generator)
+            if t_start is not None:
+                x_T = process.q_sample(x0[idx], _t(x_T, t_start), x_T)
+            fn = lambda x, t, c=c: denoiser(x, t, c).to(x.dtype)  # the chain stays in x's dtype under autocast
+            out.append(sample(process, fn, x_T, sampler, steps=steps, eta=eta, t_start=t_start,
+                              generator=generator, progress=progress))  # fmt: skip
     return rearrange(torch.cat(out), "(b s) l k -> b s l k", s=num_samples)

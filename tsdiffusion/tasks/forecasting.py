@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from tsdiffusion.batch import TSBatch
 from tsdiffusion.denoisers.timegrad import TimeGradEncoder, repeat_state, slice_state
 from tsdiffusion.diffusion import GaussianDiffusion, sample, timesteps
+from tsdiffusion.hardware import keep_freed_memory
 from tsdiffusion.masking import forecast_mask, horizon_start
 from tsdiffusion.plots.callbacks import FanChartCallback
 from tsdiffusion.tasks.base import DiffusionTask
@@ -192,10 +193,11 @@ class TimeGradTask(DiffusionTask):
         paths = x.repeat_interleave(S, dim=0)  # (B S) L K, filled in place step by step
         tf, ids = tf.repeat_interleave(S, dim=0), ids.repeat_interleave(S, dim=0)
         state = None if state is None else repeat_state(state, S)
-        for r0 in range(0, rows, chunk):
-            r = slice(r0, min(r0 + chunk, rows))
-            st = None if state is None else slice_state(state, r)
-            self._forecast(paths[r], tf[r], ids[r], st, start, generator)
+        with keep_freed_memory(x.device.type == "cpu"):  # the chains reuse the same heap pages call after call
+            for r0 in range(0, rows, chunk):
+                r = slice(r0, min(r0 + chunk, rows))
+                st = None if state is None else slice_state(state, r)
+                self._forecast(paths[r], tf[r], ids[r], st, start, generator)
         samples = rearrange(paths, "(b s) l k -> b s l k", s=S)
         keep = cond_mask.unsqueeze(1)
         return samples * (1 - keep) + (x * cond_mask).unsqueeze(1)

@@ -94,7 +94,7 @@ class RepresentationTask(DiffusionTask):
         noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=gen)
         t = torch.full((len(x0),), self.hparams.feature_step, device=x0.device, dtype=torch.long)
         x_t = self.process.q_sample(x0, t, noise) * batch["observed_mask"]
-        return self.denoiser.features(x_t, t, cond)
+        return self.denoiser.features(x_t, t, cond).float()  # float32 for the probes, also under bf16 autocast
 
     def extract(self, batches: Iterable[TSBatch]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(features (N, H), raw inputs (N, L*K), labels (N,)) of every batch, as numpy arrays."""
