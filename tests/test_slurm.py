@@ -5,6 +5,7 @@ executor's, ``--no-wait`` then ``report``, queue status lines, preemption (submi
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import os
@@ -245,6 +246,22 @@ def final_state(folder: Path) -> tuple[dict, dict]:
     return ckpt["state_dict"], json.loads((folder / "metrics.json").read_text())["metrics"]
 
 
+def reproducible(mp: pytest.MonkeyPatch) -> None:
+    """One thread, and MKL's results independent of memory alignment (without it, two processes of the same run
+    can differ in the last bits, which Adam turns into visibly different weights), for every run started while
+    set: SLURM jobs inherit the environment (sbatch exports it), local runs too."""
+    mp.setenv("OMP_NUM_THREADS", "1")
+    mp.setenv("MKL_NUM_THREADS", "1")
+    mp.setenv("MKL_CBWR", "COMPATIBLE")
+
+
+def results(sweep: Path) -> dict[tuple[str, ...], tuple[float, float]]:
+    """``results.csv`` of a report: (task, dataset, model, config, setting, metric, n) -> (mean, std)."""
+    with open(sweep / "results.csv") as f:
+        keys = ("task", "dataset", "model", "config", "setting", "metric", "n")
+        return {tuple(r[k] for k in keys): (float(r["mean"]), float(r["std"] or "nan")) for r in csv.DictReader(f)}
+
+
 def assert_same_run(a: Path, b: Path, rel: float = 0.0) -> None:
     import torch
 
@@ -266,7 +283,7 @@ def cpu_sweep(slurm, tmp_path_factory):  # noqa: F811 (the fixture)
     argv = [str(spec), "--out", str(out), "--executor", "slurm", "--partition", "debug", "--cpus-per-task", "1"]
     argv += ["--mem-gb", "1", "--time-min", "10", "--no-wait"]
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("OMP_NUM_THREADS", "1")  # the jobs inherit it (sbatch exports the environment)
+        reproducible(mp)
         err = io.StringIO()
         mp.setattr(sys, "stderr", err)
         assert main(argv) == 0
@@ -292,11 +309,15 @@ def test_sweep_on_slurm_equals_the_local_sweep(cpu_sweep, capsys):
     lines = sbatch_lines(script)
     assert {"#SBATCH --partition=debug", "#SBATCH --ntasks-per-node=1", "#SBATCH --cpus-per-task=1"} <= set(lines)
     assert not [ln for ln in lines if "gpu" in ln or "gres" in ln]
-    # `tsdiffusion benchmark report` later: the same table as the local executor's, same metrics
+    # `tsdiffusion benchmark report` later: the same results as the local executor's report, same metrics
     assert main(["report", str(out)]) == 0
     table = capsys.readouterr().out
     print(table, file=sys.__stderr__)  # shown with -s: the sweep's table from the real SLURM run
-    assert "| ImputationTask | physionet (embedded) | CSDIDenoiser | tiny | – | 2 |" in table
+    assert main(["report", str(local)]) == 0
+    rows = [results(sweep) for sweep in (out, local)]
+    assert rows[0].keys() == rows[1].keys() and {m for *_, m, _ in rows[0]} >= {"crps", "mae_median"}
+    for key, (mean, std) in rows[0].items():
+        assert (mean, std) == pytest.approx(rows[1][key], rel=1e-5, abs=1e-9, nan_ok=True), key
     for f in runs:
         assert_same_run(f, run_dir(local, next(r for r in expand(load_spec(spec)) if run_dir(out, r) == f)), 1e-5)
 
@@ -313,7 +334,7 @@ def test_preemption_and_scancel_resume_to_the_uninterrupted_result(cpu_sweep, sl
     stream = io.StringIO()
     sweep = threading.Thread(target=run_sweep, args=(load_spec(spec), out, ex), kwargs={"stream": stream})
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("OMP_NUM_THREADS", "1")
+        reproducible(mp)
         sweep.start()
         try:
             requeued, cancelled = folders(spec, out)
@@ -334,7 +355,9 @@ def test_preemption_and_scancel_resume_to_the_uninterrupted_result(cpu_sweep, sl
     assert "requeue signal: stopped" in log1 and log1.count("--ckpt_path") == 1
     assert not (cancelled / "metrics.json").exists()
     # rerunning the sweep resumes the cancelled run from its checkpoint and leaves the finished one alone
-    again = run_sweep(load_spec(spec), out, ex, stream=io.StringIO())
+    with pytest.MonkeyPatch.context() as mp:
+        reproducible(mp)
+        again = run_sweep(load_spec(spec), out, ex, stream=io.StringIO())
     assert (again.done, again.failed) == (2, 0)
     assert (requeued / "log.txt").read_text() == log1
     log2 = (cancelled / "log.txt").read_text().split("=== attempt")
