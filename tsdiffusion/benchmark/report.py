@@ -606,12 +606,14 @@ def summary_table(
 
 
 def machine_and_dates(records: list[dict[str, Any]]) -> str:
-    """``Machine: <cpu model> (...); runs of <first date> to <last date>`` from the records."""
+    """``Machine: <cpu model> (<machine>). Runs of <first date> to <last date> (UTC), N runs, T min ...``."""
     cpus = sorted({str(r.get("cpu") or r.get("machine", "?")) for r in records})
     machines = sorted({str(r.get("machine", "?")) for r in records})
     dates = sorted(str(r.get("date", ""))[:10] for r in records if r.get("date"))
     when = (dates[0] if dates[0] == dates[-1] else f"{dates[0]} to {dates[-1]}") if dates else "?"
-    return f"Machine: {'; '.join(cpus)} ({'; '.join(machines)}). Runs of {when} (UTC)."
+    wall = sum(float(r.get("wall_time_s") or 0) for r in records)
+    total = f", {len(records)} runs, {wall / 60:.1f} min of run time in all" if wall else ""
+    return f"Machine: {'; '.join(cpus)} ({'; '.join(machines)}). Runs of {when} (UTC){total}."
 
 
 def summary_markdown(

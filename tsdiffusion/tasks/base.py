@@ -8,7 +8,6 @@ The math lives in :mod:`tsdiffusion.diffusion`, the networks in :mod:`tsdiffusio
 from __future__ import annotations
 
 import math
-import statistics
 from collections.abc import Sequence
 from typing import Literal
 
@@ -75,9 +74,10 @@ class DiffusionTask(L.LightningModule):
             as CSDI); uses a fixed generator, so it is comparable across epochs.
         metrics: metric names reported on test (see :mod:`tsdiffusion.metrics`).
         divergence_factor: training stops with :class:`TrainingDivergedError` (naming the step) when the loss
-            is NaN/inf or exceeds this multiple of the median loss of the first 10 optimisation steps (None:
-            only non-finite losses stop it). The check runs in ``on_train_batch_end``, before the epoch's
-            checkpoint is written (``save_on_train_epoch_end``), so ``last.ckpt`` keeps the last good epoch.
+            is NaN/inf or exceeds this multiple of the smallest loss of the first 10 optimisation steps (the
+            smallest, so a loss that explodes from the second step on is caught; None: only non-finite losses
+            stop it). The check runs in ``on_train_batch_end``, before the epoch's checkpoint is written
+            (``save_on_train_epoch_end``), so ``last.ckpt`` keeps the last good epoch.
         extreme_limit: on test, a sampled value at a scored position counts as extreme when its magnitude (in
             normalised units) exceeds ``extreme_limit x max(1, max |observed|)`` of its series in the window;
             the counts of extreme and non-finite sampled values are logged as ``test/flag_extreme_samples``
@@ -151,13 +151,13 @@ class DiffusionTask(L.LightningModule):
         factor = self.hparams.get("divergence_factor", 1000.0)
         if math.isfinite(value) and len(self._first_losses) < 10:
             self._first_losses.append(value)
-        reference = statistics.median(self._first_losses) if self._first_losses else math.nan
+        reference = min(self._first_losses) if self._first_losses else math.nan
         exploded = factor is not None and reference > 0 and value > factor * reference
         if math.isfinite(value) and not exploded:
             return
         what = f"is {value}"
         if math.isfinite(value):
-            what = f"= {value:.4g}, over {factor:g} x the median of the first steps' losses ({reference:.4g})"
+            what = f"= {value:.4g}, over {factor:g} x the smallest of the first steps' losses ({reference:.4g})"
         ckpt = getattr(self.trainer.checkpoint_callback, "last_model_path", "") or "none written yet"
         raise TrainingDivergedError(
             f"{type(self).__name__}: training loss {what} at optimisation step {self.global_step} (epoch "
