@@ -9,7 +9,15 @@ import pytest
 import yaml
 
 from tsdiffusion.cli import TSDiffusionCLI, main
-from tsdiffusion.curve import _load_run, _mean_se, evaluate_sampler, fixed_windows, markdown_table, speed_quality_curve
+from tsdiffusion.curve import (
+    _load_run,
+    _mean_se,
+    evaluate_sampler,
+    fixed_windows,
+    markdown_table,
+    read_csv,
+    speed_quality_curve,
+)
 
 
 def _tiny_run(tmp_path: Path) -> Path:
@@ -70,6 +78,8 @@ def test_curve_of_a_tiny_run(tiny_run):
     ref = rows[1]  # ddim at the most steps is the reference of the differences
     assert float(ref["d_crps"]) == 0 and float(ref["d_crps_se"]) == 0
     assert (run / "curve.png").stat().st_size > 1000
+    back = read_csv(run / "curve.csv")
+    assert back[0]["steps"] == 2 and back[0]["crps"] == pytest.approx(float(rows[0]["crps"]))
     assert "ΔCRPS vs ddim-8" in (run / "curve.md").read_text()
     assert json.loads((run / "metrics.json").read_text())["task"] == "ImputationTask"
 

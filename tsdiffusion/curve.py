@@ -176,6 +176,18 @@ def write_csv(rows: list[dict], path: Path) -> Path:
     return path
 
 
+def read_csv(path: str | Path) -> list[dict[str, Any]]:
+    """Rows written by :func:`write_csv` (numbers as float / int), e.g. to redraw or compare saved curves."""
+    rows = []
+    with open(path, newline="") as f:
+        for raw in csv.DictReader(f):
+            row: dict[str, Any] = {"sampler": raw["sampler"]}
+            for k in COLUMNS[1:]:
+                row[k] = int(raw[k]) if k in ("steps", "num_samples", "repeats", "windows") else float(raw[k])
+            rows.append(row)
+    return rows
+
+
 def markdown_table(rows: list[dict], reference: str = "") -> str:
     head = ("sampler", "steps", "calls", "CRPS", "± se", "CRPS-sum", "± se", f"ΔCRPS vs {reference}", "± se",
             "ΔCRPS-sum", "± se", "wall s")  # fmt: skip
@@ -200,6 +212,9 @@ def curve_figure(rows: list[dict], title: str = ""):
                         yerr=[2 * (0 if math.isnan(r[f"{key}_se"]) else r[f"{key}_se"]) for r in pts],
                         marker="o", capsize=3, label=name)  # fmt: skip
         ax.set_xscale("log")
+        ticks = sorted({r["calls"] for r in rows})
+        ax.set_xticks(ticks, [f"{c:g}" for c in ticks])
+        ax.minorticks_off()
         ax.set_xlabel("denoiser calls per sample")
         ax.set_ylabel(f"{label} (mean ± 2 SE over sample sets)")
         ax.grid(alpha=0.3)
