@@ -444,7 +444,7 @@ class SlurmRun:
             return {"state": "done" if code == 0 else "failed", "returncode": code, "rank": rank}
         previous = signal.signal(signal.SIGTERM, self._on_sigterm)
         try:
-            write_status(path, "running", job_id=_job_id(), restarts=int(os.environ.get("SLURM_RESTART_COUNT", 0)))
+            write_status(path, "running", job_id=_job_id())
             blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {_requeue_signal()})  # the child inherits the mask
             try:
                 self._proc = start_run(path, command, env)
