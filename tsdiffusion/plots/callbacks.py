@@ -108,10 +108,11 @@ class CalibrationCallback(L.Callback):
         self.bins, self.levels, self.seed = bins, tuple(levels), seed
 
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.pit_counts = torch.zeros(self.bins, dtype=torch.float64)
-        self.inside = torch.zeros(len(self.levels), dtype=torch.float64)
-        self.n_points = torch.zeros((), dtype=torch.float64)
-        self.generator = torch.Generator().manual_seed(self.seed)
+        # numpy and floats, no tensors: a spawned DDP run pickles the callbacks with their state
+        self.pit_counts = np.zeros(self.bins)
+        self.inside = np.zeros(len(self.levels))
+        self.n_points = 0.0
+        self.generator: torch.Generator | None = torch.Generator().manual_seed(self.seed)
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         if not (isinstance(outputs, dict) and "samples" in outputs and "target_mask" in batch):
@@ -119,14 +120,17 @@ class CalibrationCallback(L.Callback):
         samples = outputs["samples"].detach().cpu()
         target, mask = batch["observed"].detach().cpu(), batch["target_mask"].detach().cpu()
         pit = pit_values(samples, target, mask, self.generator)
-        self.pit_counts += torch.histc(pit, bins=self.bins, min=0.0, max=1.0)
+        self.pit_counts += torch.histc(pit, bins=self.bins, min=0.0, max=1.0).numpy()
         inside, n = central_coverage(samples, target, mask, self.levels)
-        self.inside += inside
-        self.n_points += n
+        self.inside += inside.numpy()
+        self.n_points += float(n)
 
     def coverage(self) -> list[float]:
         """Coverage at each nominal level so far (NaN before any scored value)."""
         return (self.inside / self.n_points).tolist() if self.n_points > 0 else [math.nan] * len(self.levels)
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.generator = None  # not picklable state
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         folder = _folder(trainer)
@@ -135,7 +139,7 @@ class CalibrationCallback(L.Callback):
         summary = {"pit_counts": self.pit_counts.tolist(), "levels": list(self.levels), "coverage": self.coverage()}
         write_json_atomic(Path(folder) / "calibration.json", summary)
         title = f"{type(pl_module).__name__}: {int(self.n_points)} scored values"
-        fig = calibration_plot(self.pit_counts.numpy(), self.levels, np.array(summary["coverage"]), title=title)
+        fig = calibration_plot(self.pit_counts, self.levels, np.array(summary["coverage"]), title=title)
         log_figure(trainer, fig, "test/calibration", f"{folder}/calibration.png")
         fig.clear()
 

@@ -118,7 +118,7 @@ class DiffusionTask(L.LightningModule):
         self.process = process if process is not None else GaussianDiffusion()
         self.test_metrics = ProbabilisticMetrics(metrics, prefix="test/")
         self._first_losses: list[float] = []
-        self._flag_counts = torch.zeros(2, dtype=torch.float64)  # extreme, non-finite sampled values
+        self._flag_counts = [0.0, 0.0]  # extreme, non-finite sampled values (floats: no tensor to share on spawn)
 
     # -- conditioning (override in subclasses) ----------------------------------------------------
     def train_cond_mask(self, batch: TSBatch) -> Tensor:
@@ -135,11 +135,12 @@ class DiffusionTask(L.LightningModule):
         return self.baseline is None
 
     def configure_callbacks(self) -> list:
-        """The calibration figures (:class:`CalibrationCallback`) when ``plot_calibration``; subclasses add
-        their own figures to these."""
+        """The calibration figures (:class:`CalibrationCallback`) when ``plot_calibration`` and the task scores
+        samples with this class's ``test_step`` (forecasting, imputation); subclasses add their own figures."""
         from tsdiffusion.plots.callbacks import CalibrationCallback
 
-        return [CalibrationCallback()] if self.hparams.get("plot_calibration", True) else []
+        samples = type(self).test_step is DiffusionTask.test_step
+        return [CalibrationCallback()] if samples and self.hparams.get("plot_calibration", True) else []
 
     # -- training -------------------------------------------------------------------------------
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
@@ -237,18 +238,18 @@ class DiffusionTask(L.LightningModule):
         samples = self.sample(batch, cond_mask, generator=self._generator(batch_idx))
         target = self.to_units(batch["observed"], batch)
         self.test_metrics.update(self.to_units(samples, batch), target, batch["target_mask"])
-        self._flag_counts += extreme_counts(samples, batch, self.hparams.get("extreme_limit", 20.0))
+        counts = extreme_counts(samples, batch, self.hparams.get("extreme_limit", 20.0)).tolist()
+        self._flag_counts = [a + b for a, b in zip(self._flag_counts, counts)]
         return {"samples": samples}
 
     def on_test_epoch_start(self) -> None:
-        self._flag_counts = torch.zeros(2, dtype=torch.float64)
+        self._flag_counts = [0.0, 0.0]
 
     def on_test_epoch_end(self) -> None:
         self.log_dict(self.test_metrics.compute(), sync_dist=False)
         self.test_metrics.reset()
-        counts = self._flag_counts.to(self.device)
-        for i, name in enumerate(("extreme_samples", "nonfinite_samples")):
-            self.log(f"test/flag_{name}", counts[i], sync_dist=True, reduce_fx="sum")
+        for count, name in zip(self._flag_counts, ("extreme_samples", "nonfinite_samples")):
+            self.log(f"test/flag_{name}", count, sync_dist=True, reduce_fx="sum")
 
     def predict_step(self, batch: TSBatch, batch_idx: int) -> dict[str, Tensor]:
         cond_mask = self.eval_cond_mask(batch)
