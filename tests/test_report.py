@@ -93,8 +93,9 @@ def test_printed_table_fits_120_columns_even_with_long_names(sweep, capsys):
     _run(sweep, "long-1", "ImputationTask", "a_data_set_with_a_very_long_name_indeed_" * 2,
          "AnExtremelyLongDenoiserClassNameThatGoesOnAndOnDenoiser", 1, {"crps": 0.5, "mae_median": 0.6})  # fmt: skip
     assert main(["report", str(sweep)]) == 0
-    out = capsys.readouterr().out
-    assert "task" in out and "x base" in out and "…" in out
+    printed = capsys.readouterr()
+    out = printed.out
+    assert "task" in out and "x base" in out and "…" in out and "1 run(s) flagged" in printed.err
     assert max(len(x) for x in out.splitlines()) <= TABLE_WIDTH
     groups, _, _, entries, flagged, _ = load_sweep(sweep)
     narrow = summary_table(groups, entries, flagged, width=100)

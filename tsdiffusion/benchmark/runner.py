@@ -206,14 +206,19 @@ def _report_parser() -> argparse.ArgumentParser:
 
 
 def print_summary(sweep_dir: Path, reference: Path | None = None, metrics: list[str] | None = None,
-                  as_markdown: bool = False) -> None:  # fmt: skip
-    """Write the report files and print the summary table (text, or Markdown for a README)."""
+                  as_markdown: bool = False) -> int:  # fmt: skip
+    """Write the report files and print the summary table (text, or Markdown for a README); returns the
+    number of flagged runs (left out of the means)."""
     report(sweep_dir, reference, metrics)
+    groups, records, _, entries, flagged, _ = load_sweep(sweep_dir, reference)
     if as_markdown:
-        groups, records, _, entries, flagged, _ = load_sweep(sweep_dir, reference)
         print(summary_markdown(groups, entries, records, flagged), end="")
     else:
         print((sweep_dir / "results.txt").read_text(), end="")
+    if flagged:
+        print(f"warning: {len(flagged)} run(s) flagged (exploded samples or non-finite metrics), left out of the "
+              "table's means; see 'Flagged' above", file=sys.stderr)  # fmt: skip
+    return len(flagged)
 
 
 def _executor(args: argparse.Namespace, sweep_dir: Path) -> tuple[LocalExecutor | SlurmExecutor, int | None]:
