@@ -113,7 +113,7 @@ def chain(net, cond: torch.Tensor, seed: int) -> dict:
     gaussian_diffusion.torch.randn = replay
     try:
         net.diffusion.scale = None
-        sample = net.diffusion.p_sample_loop(cond.shape[:-1] + (K,), cond)
+        sample = net.diffusion.p_sample_loop((*cond.shape[:-1], K), cond)
     finally:
         gaussian_diffusion.torch.randn = randn
     assert next(draws, None) is None, "p_sample_loop drew fewer noise tensors than expected"
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
         "config": {"K": K, "context": CONTEXT, "prediction": PRED, "lags": LAGS, "time_features": TIME_FEATS,
                    "conditioning_length": COND, "num_layers": 2, "num_cells": 8, "diff_steps": 100,
                    "beta_end": 0.1, "schedule": "linear", "residual_layers": 8, "residual_channels": 8,
-                   "dilation_cycle_length": 2, "time_emb_dim": 16, "residual_hidden": 64},  # fmt: skip
+                   "dilation_cycle_length": 2, "time_emb_dim": 16, "residual_hidden": 64},
         "python": platform.python_version(),
         **{name: importlib.metadata.version(name) for name in ("pytorchts", "gluonts", "torch", "numpy")},
     }
