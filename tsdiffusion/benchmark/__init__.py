@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from tsdiffusion.benchmark.executors import LocalExecutor, Progress, SlurmExecutor, SlurmOptions
+from tsdiffusion.benchmark.executors import LocalExecutor, Progress, SlurmError, SlurmExecutor, SlurmOptions
 from tsdiffusion.benchmark.report import collect, group_records, report
 from tsdiffusion.benchmark.runner import main as _main
 from tsdiffusion.benchmark.runner import plan, run_sweep
@@ -29,6 +29,7 @@ __all__ = [
     "LocalExecutor",
     "Progress",
     "Run",
+    "SlurmError",
     "SlurmExecutor",
     "SlurmOptions",
     "SweepSpec",

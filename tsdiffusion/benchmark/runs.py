@@ -217,23 +217,3 @@ def finish_run(folder: Path, proc: subprocess.Popen) -> dict[str, Any]:
         error=why,
         error_tail=error_tail(folder / LOG_NAME),
     )
-
-
-def execute_run(folder: str, command: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
-    """Run one run to completion in this process's node (what a cluster job calls) and return its status.
-
-    Only task 0 of a multi-task job (``SLURM_PROCID``) writes the status and ``log.txt``; the other tasks
-    are the other DDP ranks and log to ``log.rank<N>.txt``.
-    """
-    folder_path = Path(folder)
-    rank = int(os.environ.get("SLURM_PROCID", "0"))
-    if rank != 0:
-        with open(folder_path / f"log.rank{rank}.txt", "a") as log:
-            code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
-        return {"state": "done" if code == 0 else "failed", "returncode": code, "rank": rank}
-    job_id = os.environ.get("SLURM_JOB_ID")
-    if job_id:
-        write_status(folder_path, "running", job_id=job_id)
-    proc = start_run(folder_path, command, env)
-    proc.wait()
-    return finish_run(folder_path, proc)
