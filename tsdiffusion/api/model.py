@@ -1,25 +1,9 @@
-"""A short Python API on the LightningModules, the CLI's config format and :class:`FrameDataModule`.
-
-    >>> model = Model.create("csdi-imputation", window_length=30, max_epochs=20)
-    >>> model.fit(df)                                   # a wide/long DataFrame, an array or a file path
-    >>> result = model.impute(df_with_gaps)             # median and quantiles as DataFrames
-    >>> fc = model.forecast(df, horizon=10)             # sample paths and quantiles
-    >>> model.save("my_model"); Model.load("my_model")  # config.yaml + model.pt (state_dict) + fitted.yaml
-
-Nothing here re-implements a model: a :class:`Model` holds a config in the CLI's format (``model``,
-``data``, ``trainer``, ``seed_everything``), builds a :class:`tsdiffusion.data.frame.FrameDataModule` from the
-data it is given, builds the task with :func:`tsdiffusion.runs.instantiate` (the CLI's parser, defaults and
-links) and trains with a Lightning ``Trainer``. Samples come from the task's own ``sample`` (anomaly scores from
-``AnomalyTask.score_batch``). Weights are stored as a plain ``state_dict`` and read with
-``torch.load(weights_only=True)``.
-"""
+"""The :class:`Model`: a config in the CLI's format, trained, sampled, saved and loaded (see :mod:`tsdiffusion.api`)."""
 
 from __future__ import annotations
 
 import copy
-import importlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,152 +14,16 @@ import torch
 import yaml
 from einops import rearrange
 
+from tsdiffusion.api.config import FRAME_DATA, apply_overrides, preset_config
+from tsdiffusion.api.results import Forecast, Imputation, _frames
 from tsdiffusion.data.frame import FrameDataModule, Panel, Windows, make_window_fields, panel_time_features
 from tsdiffusion.data.time_features import parse_freq
 from tsdiffusion.hardware import trainer_precision
 from tsdiffusion.runs import complete_config, instantiate
 from tsdiffusion.tasks.base import DiffusionTask
 
-FRAME_DATA = "tsdiffusion.data.frame.FrameDataModule"
 CONFIG_FILE, WEIGHTS_FILE, FITTED_FILE = "config.yaml", "model.pt", "fitted.yaml"
 Data = pd.DataFrame | np.ndarray | str | Path
-
-
-# -- presets ----------------------------------------------------------------------------------------
-
-
-def _csdi(task: str, protocol: str, **task_args: Any) -> dict[str, Any]:
-    """CSDI (Tashiro et al. 2021) at a CPU-friendly size: 4 layers x 64 channels, 50 quad steps."""
-    denoiser = {"channels": 64, "layers": 4, "heads": 8, "diffusion_embedding_dim": 128,
-                "time_embedding_dim": 128, "feature_embedding_dim": 16}  # fmt: skip
-    process = {"num_steps": 50, "schedule": "quad", "beta_start": 1e-4, "beta_end": 0.5, "prediction": "eps"}
-    return {
-        "seed_everything": 1,
-        "trainer": {"max_epochs": 50, "check_val_every_n_epoch": 5, "gradient_clip_val": None},
-        "model": {
-            "class_path": task,
-            "init_args": {
-                "denoiser": {"class_path": "tsdiffusion.denoisers.CSDIDenoiser", "init_args": denoiser},
-                "process": {"class_path": "tsdiffusion.diffusion.GaussianDiffusion", "init_args": process},
-                "num_samples": 50,
-                "val_loss_steps": 10,
-                **task_args,
-            },
-        },
-        "data": {"class_path": FRAME_DATA, "init_args": {"protocol": protocol, "window_length": 48}},
-    }
-
-
-PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
-    "csdi-imputation": ("tsdiffusion.tasks.imputation.ImputationTask", {"protocol": "imputation"}),
-    "csdi-forecasting": ("tsdiffusion.tasks.forecasting.ForecastingTask", {"protocol": "forecast"}),
-    "csdi-anomaly": ("tsdiffusion.tasks.anomaly.AnomalyTask", {"protocol": "imputation"}),
-}
-
-
-def available_presets() -> list[str]:
-    """Names for :meth:`Model.create` whose task class exists in this installation."""
-    return [name for name, (path, _) in PRESETS.items() if _import(path, missing_ok=True) is not None]
-
-
-def preset_config(name: str) -> dict[str, Any]:
-    """The full config of a preset, in the CLI's format."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown model {name!r}; available: {available_presets()}")
-    task, data = PRESETS[name]
-    if _import(task, missing_ok=True) is None:
-        raise ValueError(f"model {name!r} needs {task}, which this installation does not have")
-    return _csdi(task, data["protocol"])
-
-
-def _import(path: str, missing_ok: bool = False) -> Any:
-    module, _, attr = path.rpartition(".")
-    try:
-        return getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError):
-        if missing_ok:
-            return None
-        raise
-
-
-# -- overrides --------------------------------------------------------------------------------------
-
-
-def _sections(config: dict[str, Any]) -> dict[str, tuple[dict[str, Any], set[str]]]:
-    """Each overridable section of ``config``: its argument dict (created if absent) and the names its class
-    accepts, read from the config completed by the CLI's parser."""
-    full = complete_config(config)
-    model, full_model = config["model"].setdefault("init_args", {}), full["model"]["init_args"]
-    out = {"model": (model, set(full_model))}
-    for part in ("denoiser", "process"):
-        if isinstance(model.get(part), dict) and "class_path" in model[part]:
-            out[part] = (model[part].setdefault("init_args", {}), set(full_model[part]["init_args"]))
-    out["data"] = (config["data"].setdefault("init_args", {}), set(full["data"]["init_args"]))
-    out["trainer"] = (config.setdefault("trainer", {}), set(full["trainer"]))
-    return out
-
-
-def apply_overrides(config: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """Set ``name=value`` in the one section whose class accepts ``name`` (``model``, ``denoiser``,
-    ``process``, ``data``, ``trainer``), or ``"section.name"`` explicitly. Unknown and ambiguous names are
-    errors. ``num_features`` is linked from the data and cannot be set."""
-    config = copy.deepcopy(dict(config))
-    config.setdefault("data", {"class_path": FRAME_DATA, "init_args": {}})
-    sections = _sections(config)
-    for key, value in overrides.items():
-        if key == "seed_everything":
-            config[key] = value
-            continue
-        section, _, name = key.rpartition(".")
-        owners = [section] if section else [s for s, (_, names) in sections.items() if name in names]
-        owners = [s for s in owners if s in sections and name in sections[s][1] and name != "num_features"]
-        if len(owners) != 1:
-            where = "is accepted by " + ", ".join(owners) if owners else "is not an argument of any section"
-            raise ValueError(f"override {key!r} {where}; write it as '<section>.{name}' with a section of "
-                             f"{sorted(sections)} that accepts it")  # fmt: skip
-        sections[owners[0]][0][name] = value
-    return config
-
-
-# -- results ----------------------------------------------------------------------------------------
-
-
-@dataclass
-class Imputation:
-    """Imputed values in original units on the data's regular grid (T rows, K columns).
-
-    median: the per-value median of the samples (observed values are kept as given);
-    quantiles: ``{q: DataFrame}``; samples: (S, T, K); observed: True where the input had a value.
-    """
-
-    median: pd.DataFrame
-    quantiles: dict[float, pd.DataFrame]
-    samples: np.ndarray
-    observed: pd.DataFrame
-
-
-@dataclass
-class Forecast:
-    """Forecasts in original units for the H steps after the data's last time stamp.
-
-    samples: (S, H, K) sample paths; median / mean / quantiles: DataFrames indexed by the H future steps.
-    """
-
-    samples: np.ndarray
-    median: pd.DataFrame
-    mean: pd.DataFrame
-    quantiles: dict[float, pd.DataFrame]
-
-
-def _frames(samples: np.ndarray, index: pd.Index, columns: Sequence[str], quantiles: Sequence[float]):
-    """(S, T, K) -> median DataFrame and ``{q: DataFrame}``."""
-    qs = sorted({0.5, *quantiles})
-    values = np.quantile(samples, qs, axis=0)  # (Q, T, K)
-    frames = {q: pd.DataFrame(v, index=index, columns=list(columns)) for q, v in zip(qs, values)}
-    return frames[0.5], {q: frames[q] for q in quantiles}
-
-
-# -- the model --------------------------------------------------------------------------------------
 
 
 class Model:
