@@ -1,6 +1,7 @@
 """Metrics by role: probabilistic forecasts and imputations (:mod:`.probabilistic`, torchmetrics with sum
-states), synthetic series (:mod:`.generation`), anomaly scores and thresholds (:mod:`.anomaly`) and learned
-representations (:mod:`.representation`).
+states, built on the chunked sample quantiles of :mod:`.quantiles`, the base classes of :mod:`.base` and the
+energy score of :mod:`.energy`), synthetic series (:mod:`.generation`), anomaly scores and thresholds
+(:mod:`.anomaly`) and learned representations (:mod:`.representation`).
 
 ``from tsdiffusion.metrics import CRPS...`` keeps working: every public name of the former ``metrics.py`` is
 re-exported here.
