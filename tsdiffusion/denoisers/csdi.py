@@ -90,9 +90,10 @@ class CSDITransformerLayer(nn.Module):
 
     def _attend(self, x: Tensor) -> Tensor:
         """Multi-head self-attention along ``self.axis``. x: (B, L, K, C) -> (B, L, K, C)."""
-        # three GEMMs instead of one: separate q, k, v keep the head views below copy-free
-        weights, biases = self.in_proj.weight.chunk(3), self.in_proj.bias.chunk(3)
-        q, k, v = (rearrange(F.linear(x, w, b), _TO_HEADS[self.axis], h=self.heads) for w, b in zip(weights, biases))
+        # one GEMM for q, k and v (one autocast cast of x); their head views are strided, not copied: the
+        # attention kernels read strided inputs
+        qkv = self.in_proj(x).chunk(3, dim=-1)
+        q, k, v = (rearrange(y, _TO_HEADS[self.axis], h=self.heads) for y in qkv)
         p = self.attention_dropout if self.training else 0.0
         if p > 0 and q.device.type == "cpu":
             out = _attention_with_dropout(q, k, v, p)
@@ -141,10 +142,9 @@ class CSDILinearTransformerLayer(nn.Module):
 
     def _attend(self, x: Tensor) -> Tensor:
         """Linear attention along ``self.axis``. x: (B, L, K, C) -> (B, L, K, C)."""
-        split = "b l k (h d) -> b l k h d"
-        q = rearrange(self.to_q(x), split, h=self.heads)
-        k = rearrange(self.to_k(x), split, h=self.heads)
-        v = rearrange(self.to_v(x), split, h=self.heads)
+        # q, k and v in one GEMM (the original's three parameters, concatenated per call: 3 C^2 values)
+        weight = torch.cat([self.to_q.weight, self.to_k.weight, self.to_v.weight])
+        q, k, v = rearrange(F.linear(x, weight), "b l k (n h d) -> n b l k h d", n=3, h=self.heads).unbind(0)
         q = q.softmax(dim=-1) * q.shape[-1] ** -0.5
         if self.axis == "L":  # one (d x d) context per (b, k, head), summed over time
             context = torch.einsum("blkhd,blkhe->bkhde", k.softmax(dim=1), v)
