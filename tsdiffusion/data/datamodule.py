@@ -7,13 +7,14 @@ protocol (``target_mask``); tasks own the training protocol.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from tsdiffusion.batch import check_batch
 
@@ -95,14 +96,25 @@ class TSDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         self._ensure()
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def _loader(
+        self,
+        split: str,
+        shuffle: bool = False,
+        *,
+        sampler: Sampler[int] | None = None,
+        collate_fn: Callable[[list[Any]], Any] | None = None,
+    ) -> DataLoader:
+        """The loader of ``split``: the train batch size for ``train``, the evaluation one otherwise;
+        ``sampler`` (instead of ``shuffle``) and ``collate_fn`` for modules that draw or batch differently."""
         self._ensure()
         return DataLoader(
             self.datasets[split],
             batch_size=self.batch_size if split == "train" else self.eval_batch_size,
             shuffle=shuffle,
+            sampler=sampler,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            collate_fn=collate_fn,
             drop_last=False,
         )
 

@@ -290,27 +290,12 @@ class GluonTSDataModule(TSDataModule):
     def train_dataloader(self) -> DataLoader:
         self._ensure()
         sampler = RandomWindowSampler(len(self.datasets["train"]), self.num_train_windows, self._generator)
-        return self._make_loader("train", sampler)
+        return self._loader("train", sampler=sampler)
 
-    def val_dataloader(self) -> DataLoader:
-        return self._make_loader("val", None)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._make_loader("test", None)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._make_loader("test", None)
-
-    def _make_loader(self, split: str, sampler: Sampler[int] | None) -> DataLoader:
-        self._ensure()
-        return DataLoader(
-            self.datasets[split],
-            batch_size=self.batch_size if split == "train" else self.eval_batch_size,
-            sampler=sampler,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            collate_fn=collate_windows,
-        )
+    def _loader(self, split: str, shuffle: bool = False, **kwargs: Any) -> DataLoader:
+        """Every loader batches with :func:`collate_windows` (the training split is drawn by
+        :class:`RandomWindowSampler`)."""
+        return super()._loader(split, shuffle, **{"collate_fn": collate_windows, **kwargs})
 
 
 def collate_windows(items: Sequence[Mapping[str, Tensor]]) -> dict[str, Tensor]:
