@@ -307,24 +307,3 @@ class ProbabilisticMetrics(MetricCollection):
             kw = {"interpolation": self.interpolation, "chunk_elements": self.chunk_elements}
             summary = summarize(samples, target, levels, **kw)
         super().update(samples, target, mask, summary=summary)
-
-
-__all__ = [
-    "DEFAULT_CHUNK",
-    "DEFAULT_METRICS",
-    "DEFAULT_QUANTILES",
-    "Coverage",
-    "EnergyScore",
-    "Estimator",
-    "Interpolation",
-    "MetricName",
-    "PointError",
-    "ProbabilisticMetrics",
-    "QuantileCRPS",
-    "QuantileCRPSSum",
-    "SampleCRPS",
-    "SampleSummary",
-    "build_metric",
-    "sample_quantiles",
-    "summarize",
-]
