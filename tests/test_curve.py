@@ -88,6 +88,8 @@ def test_curve_of_a_tiny_run(tiny_run):
 def test_same_streams_make_configurations_reproducible_and_differences_paired(tiny_run):
     task, dm, _ = _load_run(tiny_run)
     windows = fixed_windows(dm, 1)
+    one = fixed_windows(dm, max_windows=1)
+    assert len(one) == 1 and len(one[0]["observed"]) == 1 and len(one[0]["target_mask"]) == 1
     a = evaluate_sampler(task, windows, "ddpm", 4, num_samples=4, repeats=3)
     b = evaluate_sampler(task, windows, "ddpm", 4, num_samples=4, repeats=3)
     assert a["crps"] == b["crps"] and a["crps_sum"] == b["crps_sum"]  # fixed seeds per window and repeat

@@ -44,13 +44,21 @@ def _load_run(run_dir: str | Path):
     return load_run(run_dir)
 
 
-def fixed_windows(datamodule, max_batches: int | None = None) -> list[dict]:
-    """The first ``max_batches`` batches of the test loader (all: None), as a list (the same for every sampler)."""
-    out = []
+def fixed_windows(datamodule, max_batches: int | None = None, max_windows: int | None = None) -> list[dict]:
+    """The first ``max_batches`` batches of the test loader (all: None), as a list (the same for every sampler),
+    cut to the first ``max_windows`` windows in all (None: no cut)."""
+    out, left = [], max_windows
     for i, batch in enumerate(datamodule.test_dataloader()):
-        if max_batches is not None and i >= max_batches:
+        if (max_batches is not None and i >= max_batches) or left == 0:
             break
+        n = len(batch["observed"])
+        if left is not None and n > left:
+            batch = {
+                k: v[:left] if hasattr(v, "shape") and v.dim() > 0 and len(v) == n else v for k, v in batch.items()
+            }
+            n = left
         out.append(batch)
+        left = None if left is None else left - n
     if not out:
         raise ValueError("curve: the test loader yielded no windows")
     return out
@@ -240,10 +248,11 @@ def save_curve(rows: list[dict], out_dir: str | Path, title: str = "", reference
 
 def run_curve(run_dir: str | Path, out_dir: str | Path | None = None, *, samplers: Sequence[str] = SAMPLERS,
               steps: Sequence[int] = (5, 10, 20, 50), num_samples: int = 32, repeats: int = 4,
-              max_batches: int | None = None, seed: int = 0, log=print) -> dict[str, Path]:  # fmt: skip
+              max_batches: int | None = None, max_windows: int | None = None, seed: int = 0,
+              log=print) -> dict[str, Path]:  # fmt: skip
     """Load the run in ``run_dir``, compute its curve, save it (into ``out_dir``, default the run folder)."""
     task, dm, record = _load_run(run_dir)
-    windows = fixed_windows(dm, max_batches)
+    windows = fixed_windows(dm, max_batches, max_windows)
     t0 = time.perf_counter()
     rows = speed_quality_curve(task, windows, samplers, steps, num_samples, repeats, seed, log=log)
     ref = f"{rows[0]['sampler']}-{max(r['steps'] for r in rows)}"
@@ -264,9 +273,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--num_samples", type=int, default=32)
     p.add_argument("--repeats", type=int, default=4, help="independent sample sets per configuration (>= 2)")
     p.add_argument("--max_batches", type=int, default=None, help="test batches used (default: all)")
+    p.add_argument("--max_windows", type=int, default=None, help="test windows used in all (default: all)")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     if a.repeats < 2:
         p.error("--repeats must be >= 2 to measure the Monte-Carlo error")
     run_curve(a.run, a.out, samplers=a.samplers, steps=a.steps, num_samples=a.num_samples, repeats=a.repeats,
-              max_batches=a.max_batches, seed=a.seed)  # fmt: skip
+              max_batches=a.max_batches, max_windows=a.max_windows, seed=a.seed)  # fmt: skip

@@ -9,8 +9,9 @@ the model's own prediction of the clean window, ``x0_hat(x_t, t)`` (:meth:`Gauss
 
 * ``mse``: a unit Gaussian, ``log p = -1/2 sum_obs (y - x0_hat)^2``;
 * ``quantile``: an asymmetric Laplace at quantile level ``kappa`` (scale 1),
-  ``log p = -sum_obs rho_kappa(y - x0_hat)``, ``rho_kappa(u) = max(kappa u, (kappa - 1) u)``; the samples of one
-  item get the levels ``kappa_j = j / (S + 1)``, ``j = 1..S``, so that together they spread over the quantiles.
+  ``log p = -sum_obs rho_kappa(y - x0_hat)``, ``rho_kappa(u) = max(kappa u, (kappa - 1) u)``; here (our choice of
+  levels) the samples of one item get ``kappa_j = j / (S + 1)``, ``j = 1..S``, so together they spread over the
+  quantiles.
 
 Since ``score = -eps / sigma_t`` (``sigma_t = sqrt(1 - abar_t)``), the guided noise prediction is
 
