@@ -102,3 +102,26 @@ def test_config_fast_dev_run(config, tmp_path, fixtures, monkeypatch):
     denoiser = getattr(cli.model, "denoiser", None)
     if hasattr(denoiser, "num_features"):
         assert denoiser.num_features == cli.datamodule.num_features  # linked from the data
+
+
+def test_quick_spec_scores_every_model_beside_baselines_on_its_data():
+    """benchmarks/quick.yaml: every config is under experiments/quick (so the test above runs it), and each
+    diffusion model's data set (DataModule, name, path) has at least one baseline row on the same targets."""
+    import yaml
+
+    from tsdiffusion.benchmark.spec import load_spec
+
+    spec = load_spec(ROOT / "benchmarks" / "quick.yaml")
+    assert len(spec.seeds) >= 3
+
+    def data_key(path: str) -> tuple:
+        cfg = yaml.safe_load((ROOT / path).read_text())
+        assert (ROOT / path).parent == ROOT / "experiments" / "quick", path
+        data = cfg["data"]["init_args"]
+        return cfg["data"]["class_path"], data.get("name"), data["path"]
+
+    for path in spec.baselines:
+        assert "baseline" in yaml.safe_load((ROOT / path).read_text())["model"]["init_args"], path
+    covered = {data_key(p) for p in spec.baselines}
+    for path in spec.configs:
+        assert data_key(path) in covered, f"{path}: no baseline on its data in benchmarks/quick.yaml"
