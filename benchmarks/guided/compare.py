@@ -18,7 +18,12 @@ def _row(label: str, path: Path) -> str:
     r = json.loads(path.read_text())
     m, args = r["metrics"], r["config"]["model"]["init_args"]
     guid = "-"
-    if "guidance" in args:
+    base = args.get("base_forecaster")
+    if base:
+        name = base["class_path"].rsplit(".", 1)[-1] if isinstance(base, dict) else type(base).__name__
+        guid = (f"refine {name}: {args['refine_method']} x{args['refine_iterations']}, "
+                f"step {args['refine_step_size']}, prior {args['refine_prior_weight']}")  # fmt: skip
+    elif "guidance" in args:
         guid = f"{args['guidance']} w={args['guidance_scale']} J={args.get('guidance_jacobian', 'network')}"
     opt = (r.get("data") or {}).get("optimal") or {}
     ratio = "-"
