@@ -371,6 +371,23 @@ def test_attention_dropout_and_memory_efficient_kernel() -> None:
         CSDITransformerLayer(30, 8, "L")
 
 
+@pytest.mark.parametrize("axis", ["L", "K"])
+def test_attention_is_one_qkv_gemm_without_copies(axis: str) -> None:
+    """Evaluation: q, k and v come from one GEMM and reach the attention kernel as strided views: no
+    activation is cloned; the only activation-sized copies are addmm's bias broadcasts into its outputs
+    (q/k/v, out_proj, linear1, linear2). The weight reordering copies C x 3C values."""
+    B, L, K, C = 2, 6, 5, 16
+    layer = CSDITransformerLayer(C, 4, axis, ff_dim=8).eval()
+    with torch.profiler.profile(record_shapes=True) as prof:
+        layer(torch.randn(B, L, K, C))
+    events = prof.key_averages(group_by_input_shape=True)
+    gemms = [e.input_shapes for e in events if e.key == "aten::addmm"]
+    assert [C, 3 * C] in [shapes[2] for shapes in gemms]  # q, k, v: one (C x 3C) weight
+    copies = [(e.input_shapes[0], e.count) for e in events if e.key in ("aten::clone", "aten::copy_")]
+    big = [(shape, n) for shape, n in copies if math.prod(shape[:-1]) >= B * L * K]  # (rows, channels)
+    assert sorted(big) == sorted([([B * L * K, 3 * C], 1), ([B * L * K, C], 2), ([B * L * K, 8], 1)])
+
+
 def test_dropout_statistics_and_gradient() -> None:
     torch.manual_seed(0)
     x = torch.ones(400_000, requires_grad=True)

@@ -32,8 +32,8 @@ from tsdiffusion.denoisers.layers import DiffusionStepEmbedding, time_sinusoids
 from tsdiffusion.denoisers.protocol import Capabilities
 
 # (B, L, K, C) <-> the (batch, heads, sequence, head_dim) views that the attention kernels take.
-# Both are views without copies when q, k and v are separate channel-last tensors.
-_TO_HEADS = {"L": "b l k (h d) -> b (k h) l d", "K": "b l k (h d) -> (b l) h k d"}
+# Views without copies of the (head, q/k/v, d)-ordered output of the q/k/v projection.
+_TO_HEADS = {"L": "b l k h d -> b (k h) l d", "K": "b l k h d -> (b l) h k d"}
 _FROM_HEADS = {"L": "b (k h) l d -> b l k (h d)", "K": "(b l) h k d -> b l k (h d)"}
 
 
@@ -90,10 +90,12 @@ class CSDITransformerLayer(nn.Module):
 
     def _attend(self, x: Tensor) -> Tensor:
         """Multi-head self-attention along ``self.axis``. x: (B, L, K, C) -> (B, L, K, C)."""
-        # one GEMM for q, k and v (one autocast cast of x); their head views are strided, not copied: the
-        # attention kernels read strided inputs
-        qkv = self.in_proj(x).chunk(3, dim=-1)
-        q, k, v = (rearrange(y, _TO_HEADS[self.axis], h=self.heads) for y in qkv)
+        # one GEMM for q, k and v (one autocast cast of x), its output channels ordered (head, q/k/v, d) so
+        # that the head views below are strided views, not copies (the attention kernels read strides)
+        weight = rearrange(self.in_proj.weight, "(n h d) c -> (h n d) c", n=3, h=self.heads)
+        bias = rearrange(self.in_proj.bias, "(n h d) -> (h n d)", n=3, h=self.heads)
+        qkv = rearrange(F.linear(x, weight, bias), "b l k (h n d) -> n b l k h d", n=3, h=self.heads)
+        q, k, v = (rearrange(y, _TO_HEADS[self.axis]) for y in qkv.unbind(0))
         p = self.attention_dropout if self.training else 0.0
         if p > 0 and q.device.type == "cpu":
             out = _attention_with_dropout(q, k, v, p)
