@@ -112,14 +112,15 @@ def test_markdown_for_the_readme(sweep, capsys):
 
 
 def test_a_spec_lists_baselines_that_run_once_without_the_model_overrides():
-    from tsdiffusion.benchmark.spec import SpecError, expand, parse_spec
+    from tsdiffusion.benchmark.spec import NO_TRAINING, SpecError, expand, parse_spec
 
     raw = {"name": "b", "configs": ["m/csdi.yaml"], "baselines": ["b/naive.yaml"], "seeds": [3, 4],
            "grid": {"model.init_args.sample_steps": [5, 10]}, "overrides": {"trainer.max_epochs": 2}}  # fmt: skip
     runs = expand(parse_spec(raw))
     assert len(runs) == 2 * 2 + 1
     naive = [r for r in runs if r.config == "b/naive.yaml"]
-    assert len(naive) == 1 and naive[0].seed == 3 and naive[0].overrides == {} and naive[0].setting() == ""
+    assert len(naive) == 1 and naive[0].seed == 3 and naive[0].setting() == ""
+    assert naive[0].overrides == NO_TRAINING and NO_TRAINING["trainer.max_epochs"] == 1
     assert len(expand(parse_spec({"name": "only", "baselines": ["b/naive.yaml"]}))) == 1
     with pytest.raises(SpecError, match="not both empty"):
         parse_spec({"name": "none", "configs": [], "baselines": []})

@@ -17,9 +17,10 @@ A spec::
 expands into ``len(configs) x prod(len(grid values)) x len(seeds)`` runs, plus one run per baseline: a baseline
 is deterministic given its ``sample_seed``, so it runs once, at the first seed, without the grid and overrides
 (which address models). Baselines may also be listed under ``configs``; either way the report recognises them
-from their records (``baseline``) and shows them as rows of the same table. A run's id is a readable prefix
-(config folder and name, seed) plus a hash of the config path as written, all overrides and the seed, so
-the same spec always gives the same ids, and changing a budget gives new ones.
+from their records (``baseline``) and shows them as rows of the same table, and a config whose
+``model.init_args.baseline`` is set runs with :data:`NO_TRAINING` (one empty training step, then the test).
+A run's id is a readable prefix (config folder and name, seed) plus a hash of the config path as written, all
+overrides and the seed, so the same spec always gives the same ids, and changing a budget gives new ones.
 """
 
 from __future__ import annotations
@@ -134,19 +135,35 @@ def parse_spec(raw: dict[str, Any], path: Path | None = None) -> SweepSpec:
     )
 
 
+#: Overrides of a run whose config evaluates a non-learned baseline: ``fit --test_after_fit`` would otherwise
+#: loop over the training windows for the trainer's default number of epochs, doing nothing.
+NO_TRAINING = {"trainer.max_epochs": 1, "trainer.limit_train_batches": 1, "trainer.limit_val_batches": 0}
+
+
+def is_baseline_config(spec: SweepSpec, config: str) -> bool:
+    """True when the config's ``model.init_args.baseline`` is set (False when it cannot be read)."""
+    try:
+        raw = yaml.safe_load(spec.resolve(config).read_text()) or {}
+    except (SpecError, OSError, yaml.YAMLError):
+        return False
+    init = (raw.get("model") or {}).get("init_args") or {} if isinstance(raw, dict) else {}
+    return isinstance(init, dict) and bool(init.get("baseline"))
+
+
 def expand(spec: SweepSpec) -> list[Run]:
     """All runs of a spec, in the order configs x grid combinations x seeds; ids are unique and stable."""
     keys = list(spec.grid)
     combos = list(itertools.product(*(spec.grid[k] for k in keys)))
     runs = []
     for config in spec.configs:
+        extra = NO_TRAINING if is_baseline_config(spec, config) else {}
         for combo in combos:
             grid = dict(zip(keys, combo))
             for seed in spec.seeds:
-                overrides = {**spec.overrides, **grid}
+                overrides = {**spec.overrides, **grid, **extra}
                 runs.append(Run(run_id(config, overrides, seed), config, seed, overrides, grid))
     for config in spec.baselines:
-        runs.append(Run(run_id(config, {}, spec.seeds[0]), config, spec.seeds[0], {}, {}))
+        runs.append(Run(run_id(config, NO_TRAINING, spec.seeds[0]), config, spec.seeds[0], dict(NO_TRAINING), {}))
     ids = [r.id for r in runs]
     if len(set(ids)) != len(ids):
         raise SpecError("the spec expands to duplicate runs (a config or seed listed twice?)")
