@@ -163,3 +163,12 @@ def test_load_run_and_instantiate_rebuild_what_the_cli_trained(tmp_path):
     assert built.task.state_dict().keys() == task.state_dict().keys()
     with pytest.raises(ArgumentError, match="num_sampels"):  # the CLI's checks, as an exception
         instantiate({**yaml.safe_load(tiny_config(tmp_path).read_text()), "num_sampels": 2})
+
+
+def test_a_whole_number_batch_limit_is_a_count_not_a_share(tmp_path):
+    # Lightning types limit_*_batches as float | int: read float-first, `limit_test_batches: 1` became 1.0 (all)
+    cli = TSDiffusionCLI(args=["--config", str(tiny_config(tmp_path)), "--trainer.limit_train_batches", "0.5"],
+                         run=False)  # fmt: skip
+    assert cli.config.trainer.limit_test_batches == 1 and isinstance(cli.config.trainer.limit_test_batches, int)
+    assert cli.trainer.limit_test_batches == 1 and isinstance(cli.trainer.limit_test_batches, int)
+    assert cli.trainer.limit_train_batches == 0.5

@@ -49,6 +49,18 @@ class _ModelInstantiator(_InstantiatorFn):
         return super().__call__(class_type, *args, applied_instantiation_links=applied_instantiation_links, **kwargs)
 
 
+_BATCH_LIMITS = ("limit_train_batches", "limit_val_batches", "limit_test_batches", "limit_predict_batches")
+
+
+def _batch_limits_int_first(parser) -> None:
+    """Lightning types ``limit_*_batches`` as ``float | int``; jsonargparse tries the types in that order, so
+    ``limit_test_batches: 1`` (one batch) was read as ``1.0`` (every batch). With ``int`` first a whole number
+    is a count of batches and a fraction a share, as Lightning documents."""
+    for action in parser._actions:
+        if action.dest.startswith("trainer.") and action.dest.split(".", 1)[1] in _BATCH_LIMITS:
+            action._typehint = int | float | None
+
+
 class TSDiffusionCLI(LightningCLI):
     """LightningCLI with the data-to-model links, the forced checkpoint/RNG callbacks and result records."""
 
@@ -63,6 +75,7 @@ class TSDiffusionCLI(LightningCLI):
         super().__init__(DiffusionTask, TSDataModule, *args, **kwargs)
 
     def add_arguments_to_parser(self, parser) -> None:
+        _batch_limits_int_first(parser)
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         # save_on_train_epoch_end: Lightning's default saves only after validation, so with
         # check_val_every_n_epoch > 1 (or a max_time stop) last.ckpt lagged the trained model by up to that many
