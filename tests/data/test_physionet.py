@@ -25,7 +25,7 @@ from tsdiffusion.data.physionet import (
 )
 from tsdiffusion.data.sources import physionet
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "physionet2012"
+REAL = Path(__file__).resolve().parents[3] / "shared" / "data" / "physionet2012"
 PARAMS = ("HR", "Temp", "GCS", "pH", "Urine", "Weight", "MechVent", "Cholesterol")
 
 

@@ -33,7 +33,7 @@ from tsdiffusion.data.time_features import (
     time_features,
 )
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 ELECTRICITY = SHARED / "electricity_subset" / "electricity_lstnet_subset_gluonts.tar.gz"
 
 K, T_TRAIN, H, W = 3, 60, 4, 3  # fixture: 3 series, 60 train steps, horizon 4, 3 rolling windows

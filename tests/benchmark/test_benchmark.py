@@ -21,7 +21,7 @@ from tsdiffusion.benchmark.executors import LocalExecutor, SlurmExecutor, SlurmO
 from tsdiffusion.benchmark.runs import build_command, read_status, run_dir
 from tsdiffusion.benchmark.spec import SpecError, expand, load_spec
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 # A stand-in for ``python -m tsdiffusion.cli`` (no torch import, so it costs milliseconds): it reads the
 # JSON "config", appends its argv to <record_dir>/calls.txt, writes checkpoints/last.ckpt, hangs when the

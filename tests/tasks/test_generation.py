@@ -14,7 +14,7 @@ from tsdiffusion.metrics import generation as gen_scores
 from tsdiffusion.plots import plot_generation
 from tsdiffusion.tasks.generation import GenerationTask
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _randomise_output(net: UNet1DDenoiser) -> None:

@@ -17,7 +17,7 @@ from tsdiffusion.denoisers.pretrained import (
     original_architecture,
 )
 
-FIXTURES = Path(__file__).parent / "fixtures" / "reference"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "reference"
 
 
 def fixture(variant: str) -> dict:

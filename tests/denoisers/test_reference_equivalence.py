@@ -21,7 +21,7 @@ from tsdiffusion.denoisers.csdi import convert_original_state_dict
 from tsdiffusion.denoisers.timegrad import convert_pytorchts_encoder_state_dict, convert_pytorchts_state_dict
 from tsdiffusion.diffusion import GaussianDiffusion, sample_ddpm
 
-FIXTURES = Path(__file__).parent / "fixtures" / "reference"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "reference"
 ATOL = 1e-5  # denoiser output, loss, inputs (float32)
 GRAD_RTOL = 1e-4  # |g_ours - g_ref| / |g_ref| per parameter tensor
 CHAIN_RTOL = 1e-5  # sampling: two algebraic forms of the step in float32, relative to max |x| (an untrained

@@ -14,7 +14,7 @@ from tsdiffusion.denoisers.unet1d import UNet1DDenoiser
 from tsdiffusion.metrics.representation import evaluate_features, kmeans_scores, linear_probe
 from tsdiffusion.tasks.representation import RepresentationTask
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 GUNPOINT = ROOT.parent / "shared" / "data" / "ucr_uea" / "GunPoint.tar.gz"
 
 FIXTURE = """# a comment

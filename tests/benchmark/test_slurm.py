@@ -1,5 +1,5 @@
 """The SLURM executor: job scripts that follow each run's resources (a stand-in ``sbatch``), one-line errors, and
-against a real single-node SLURM (``tests/slurm_fixture.py``): a 2-run sweep as a job array equal to the local
+against a real single-node SLURM (``tests/benchmark/slurm_fixture.py``): a 2-run sweep as a job array equal to the local
 executor's, ``--no-wait`` then ``report``, queue status lines, preemption (submitit's requeue signal) and
 ``scancel`` followed by a rerun, each ending with the weights and metrics of an uninterrupted run."""
 

@@ -18,7 +18,7 @@ from tsdiffusion.metrics import ProbabilisticMetrics
 from tsdiffusion.plots import fan_chart, imputation_plot
 from tsdiffusion.tasks.forecasting import ForecastingTask, TimeGradTask, subsample_features
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 B, L, K, H, F_TIME = 2, 14, 5, 4, 3
 
 
