@@ -1,4 +1,4 @@
-"""Golden fixtures from the reference CSDI code (ermongroup/CSDI), for tests/test_reference_equivalence.py.
+"""Golden fixtures from the reference CSDI code (ermongroup/CSDI), for tests/denoisers/test_reference_equivalence.py.
 
     python benchmarks/reference/make_csdi_fixtures.py --checkout /path/to/CSDI --variant imputation
     REFVENV/bin/python benchmarks/reference/make_csdi_fixtures.py --checkout /path/to/CSDI --variant forecasting

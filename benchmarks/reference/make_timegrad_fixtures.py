@@ -1,4 +1,4 @@
-"""Golden fixture from the reference TimeGrad (pytorch-ts 0.6.0), for tests/test_reference_equivalence.py.
+"""Golden fixture from the reference TimeGrad (pytorch-ts 0.6.0), for tests/denoisers/test_reference_equivalence.py.
 
     REFVENV/bin/python benchmarks/reference/make_timegrad_fixtures.py
 

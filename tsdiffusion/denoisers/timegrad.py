@@ -22,7 +22,7 @@ Facts from the reference implementation (zalandoresearch/pytorch-ts, ``time_grad
   TimeGrad's table uses ``10^(4 i / 16)`` (``step_frequencies="timegrad"``); the default ``"csdi"`` spaces
   them as CSDI, ``10^(4 i / 15)`` (the top frequency 10^4 instead of 10^3.75), as this file always did.
   :func:`convert_pytorchts_state_dict` maps the original's weights; with ``step_frequencies="timegrad"`` the
-  eps-network then equals ``EpsilonTheta`` (tests/test_reference_equivalence.py).
+  eps-network then equals ``EpsilonTheta`` (tests/denoisers/test_reference_equivalence.py).
 
 Shape convention (the choice documented for the project's common denoiser signature):
 :class:`TimeGradDenoiser` takes ``x_t`` (B, L, K) and ``cond["hidden"]`` (B, L, H) and treats every time

@@ -31,7 +31,7 @@ Jacobian, amplified by ``1 / sqrt(abar_t)``, made guidance diverge in our CPU ru
 For jointly Gaussian data, ``p(y | x_t)`` is exactly Gaussian with mean ``E[x0_obs | x_t] = x0_hat_obs`` and a
 covariance that does not depend on ``x_t``; so with one observed entry and ``w_t = 1 / Var(x0_obs | x_t)`` the
 guided score is the exact conditional score and every sampler draws from the exact conditional law
-(tests/test_guidance.py checks this). The unit-variance likelihood with a constant scale is TSDiff's
+(tests/diffusion/test_guidance.py checks this). The unit-variance likelihood with a constant scale is TSDiff's
 approximation.
 
 **Refinement** (TSDiff §4.2). A base forecaster's samples are the initial guess ``y^(0)`` of the whole window;

@@ -143,7 +143,7 @@ def sample_dpmpp(
     (``alpha = sqrt(abar)``, ``sigma = sqrt(1 - abar)``). The first step and the step onto the last grid point
     are first order, ``D = x0_hat_t`` (DDIM): the last interval is the longest in ``lambda`` on an even grid of
     steps, and the second-order term overshoots there ("lower order final", as in diffusers; with the exact
-    denoiser of Gaussian data it cuts the error of 10 steps 3-10x, tests/test_diffusion.py).
+    denoiser of Gaussian data it cuts the error of 10 steps 3-10x, tests/diffusion/test_diffusion.py).
     ``stochastic=True`` is the SDE variant (SDE-DPM-Solver++(2M), midpoint form):
 
         x_s = sigma_s / sigma_t e^-h x_t - alpha_s expm1(-2h) D + sigma_s sqrt(-expm1(-2h)) z,
