@@ -18,7 +18,7 @@ Models:
     ours-ad0     CSDIDenoiser with attention_dropout=0: memory-efficient attention kernels in training
     ours-ckpt    ours-ad0 with checkpointing=True (each residual layer recomputed in the backward)
     reference    the original CSDI layout built from nn.TransformerEncoder and Conv1d
-                 (``ReferenceCSDI`` of tests/test_denoiser_csdi.py, proven equal to ours there)
+                 (``ReferenceCSDI`` of tests/denoisers/test_denoiser_csdi.py, proven equal to ours there)
     pypots       PyPOTS's CsdiDiffusionModel (pypots 1.5) with the side information built as PyPOTS
                  does; only when the ``pypots`` package can be found (its layers file needs only torch)
 
@@ -66,7 +66,8 @@ DEFAULT_MODELS = {
 
 
 def load_reference() -> type[nn.Module]:
-    spec = importlib.util.spec_from_file_location("_csdi_reference", ROOT / "tests" / "test_denoiser_csdi.py")
+    path = ROOT / "tests" / "denoisers" / "test_denoiser_csdi.py"
+    spec = importlib.util.spec_from_file_location("_csdi_reference", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.ReferenceCSDI

@@ -131,7 +131,14 @@ def ucr_folder(tmp_path_factory) -> Path:
 def csdi_original_checkpoint(tmp_path_factory) -> Path:
     """A state dict in the original CSDI code's layout (``CSDI_base``: ``diffmodel.*`` and ``embed_layer``), 35
     features, tiny widths, random weights: stands in for the official PhysioNet model (a download)."""
-    from test_denoiser_csdi import ReferenceCSDI  # the original's module layout, written out in that test
+    import importlib.util  # ReferenceCSDI: the original's module layout, written out in that test module
+
+    spec = importlib.util.spec_from_file_location(
+        "_csdi_reference", Path(__file__).resolve().parent / "denoisers" / "test_denoiser_csdi.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    ReferenceCSDI = module.ReferenceCSDI
 
     torch.manual_seed(0)
     ref = ReferenceCSDI(35, channels=8, layers=1, heads=2)
