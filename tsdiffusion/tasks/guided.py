@@ -20,24 +20,18 @@ from torch import Tensor
 
 from tsdiffusion.baselines import SamplingBaseline
 from tsdiffusion.batch import TSBatch
+from tsdiffusion.denoisers.protocol import capabilities_of
 from tsdiffusion.diffusion.guidance import GuidanceKind, draw_guided_samples, quantile_levels, refine
 from tsdiffusion.tasks.base import make_cond
 from tsdiffusion.tasks.forecasting import ForecastingTask
 from tsdiffusion.tasks.imputation import ImputationTask
 
 
-def _conditions_itself(denoiser: object) -> bool:
-    caps = getattr(denoiser, "capabilities", None)
-    if caps is not None:
-        return bool(caps.conditional)
-    return not (getattr(denoiser, "unconditional", False) or getattr(denoiser, "use_cond_channels", True) is False)
-
-
 class _Guided:
     """Unconditional training and guided (or refining) sampling; mixed into a task before its base class."""
 
     def _check_guided(self) -> None:
-        if _conditions_itself(self.denoiser):
+        if capabilities_of(self.denoiser).conditional:
             raise ValueError(
                 f"{type(self).__name__}: the denoiser {type(self.denoiser).__name__} conditions on cond itself; "
                 "guidance needs an unconditional one (UNet1DDenoiser(use_cond_channels=False) or "
