@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tiny_config import tiny_config
 
 from tsdiffusion.benchmark import main, parse_spec, report, run_sweep
 from tsdiffusion.benchmark.executors import LocalExecutor, SlurmExecutor, SlurmOptions, cpu_slots, gpu_slots
@@ -338,49 +339,6 @@ def test_slurm_submission_without_a_cluster(tmp_path, fake, monkeypatch):
 # -- real tiny runs -------------------------------------------------------------------------------------
 
 
-def tiny_config(root: Path) -> Path:
-    """CSDI imputation on 40 embedded PhysioNet records: 1 epoch of 2 batches, 2 samples, DDIM 2 steps."""
-    cfg = {
-        "trainer": {
-            "max_epochs": 1,
-            "limit_train_batches": 2,
-            "limit_val_batches": 1,
-            "limit_test_batches": 1,
-            "accelerator": "cpu",
-            "enable_progress_bar": False,
-            "enable_model_summary": False,
-        },
-        "model": {
-            "class_path": "tsdiffusion.tasks.ImputationTask",
-            "init_args": {
-                "denoiser": {
-                    "class_path": "tsdiffusion.denoisers.CSDIDenoiser",
-                    "init_args": {
-                        "channels": 8,
-                        "layers": 1,
-                        "heads": 1,
-                        "diffusion_embedding_dim": 16,
-                        "time_embedding_dim": 16,
-                        "feature_embedding_dim": 4,
-                    },
-                },
-                "process": {"class_path": "tsdiffusion.diffusion.GaussianDiffusion", "init_args": {"num_steps": 10}},
-                "num_samples": 2,
-                "sampler": "ddim",
-                "sample_steps": 2,
-                "val_loss_steps": 1,
-            },
-        },
-        "data": {
-            "class_path": "tsdiffusion.data.PhysioNetDataModule",
-            "init_args": {"path": "embedded", "max_records": 40, "cache_dir": str(root / "cache"), "batch_size": 8},
-        },
-    }
-    path = root / "tiny.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
-
-
 @pytest.fixture(scope="module")
 def tiny_sweep(tmp_path_factory):
     """4 real runs (2 seeds x 2 sampler settings) on 2 CPU workers: (spec, sweep folder, progress)."""
@@ -389,7 +347,7 @@ def tiny_sweep(tmp_path_factory):
         write_spec(
             root,
             name="tiny",
-            configs=[str(tiny_config(root))],
+            configs=[str(tiny_config(root, max_epochs=1))],
             seeds=[1, 2],
             grid={"model.init_args.sample_steps": [1, 2]},
         )

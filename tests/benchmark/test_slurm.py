@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 from slurm_fixture import slurm  # noqa: F401 (the session fixture)
+from tiny_config import tiny_config
 
 from tsdiffusion.benchmark import run_sweep
 from tsdiffusion.benchmark.executors import (
@@ -34,50 +35,6 @@ from tsdiffusion.benchmark.runs import read_status, run_dir
 from tsdiffusion.benchmark.spec import expand, load_spec
 
 EPOCHS = 12  # enough that a signal sent when the first checkpoint appears lands mid-training
-
-
-def tiny_config(root: Path, **trainer) -> Path:
-    """CSDI imputation on 40 embedded PhysioNet records, 2 batches per epoch (a fraction of a second each)."""
-    cfg = {
-        "trainer": {
-            "max_epochs": EPOCHS,
-            "limit_train_batches": 2,
-            "limit_val_batches": 1,
-            "limit_test_batches": 1,
-            "accelerator": "cpu",
-            "enable_progress_bar": False,
-            "enable_model_summary": False,
-            **trainer,
-        },
-        "model": {
-            "class_path": "tsdiffusion.tasks.ImputationTask",
-            "init_args": {
-                "denoiser": {
-                    "class_path": "tsdiffusion.denoisers.CSDIDenoiser",
-                    "init_args": {
-                        "channels": 8,
-                        "layers": 1,
-                        "heads": 1,
-                        "diffusion_embedding_dim": 16,
-                        "time_embedding_dim": 16,
-                        "feature_embedding_dim": 4,
-                    },
-                },
-                "process": {"class_path": "tsdiffusion.diffusion.GaussianDiffusion", "init_args": {"num_steps": 10}},
-                "num_samples": 2,
-                "sampler": "ddim",
-                "sample_steps": 2,
-                "val_loss_steps": 1,
-            },
-        },
-        "data": {
-            "class_path": "tsdiffusion.data.PhysioNetDataModule",
-            "init_args": {"path": "embedded", "max_records": 40, "cache_dir": str(root / "cache"), "batch_size": 8},
-        },
-    }
-    path = root / "tiny.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
 
 
 def write_spec(root: Path, name: str, configs: list[str], seeds=(1, 2)) -> Path:
@@ -131,7 +88,7 @@ LAUNCHER = f"{sys.executable} -c pass"  # submitted runs never start in the stan
 
 def test_job_scripts_follow_the_runs_resources(tmp_path, monkeypatch, capsys):
     scripts = stand_ins(tmp_path, monkeypatch)
-    cpu = tiny_config(tmp_path)
+    cpu = tiny_config(tmp_path, max_epochs=EPOCHS)
     gpu, ddp = tmp_path / "gpu.yaml", tmp_path / "ddp.yaml"
     gpu.write_text(yaml.safe_dump({"trainer": {"accelerator": "gpu", "devices": 2}}))
     ddp.write_text(yaml.safe_dump({"trainer": {"accelerator": "gpu", "devices": 2, "num_nodes": 2}}))
@@ -186,7 +143,7 @@ def test_resources_from_command_and_config(tmp_path):
 
 def test_missing_sbatch_says_how_to_run_locally(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("PATH", str(tmp_path))  # no SLURM commands at all
-    spec = write_spec(tmp_path, "nos", [str(tiny_config(tmp_path))])
+    spec = write_spec(tmp_path, "nos", [str(tiny_config(tmp_path, max_epochs=EPOCHS))])
     assert main([str(spec), "--out", str(tmp_path / "out"), "--executor", "slurm", "--launcher", LAUNCHER]) == 2
     err = error_line(capsys.readouterr().err)
     assert "SLURM is not available" in err and "--executor local" in err
@@ -195,7 +152,7 @@ def test_missing_sbatch_says_how_to_run_locally(tmp_path, monkeypatch, capsys):
 
 def test_squeue_failure_is_one_line_and_runs_stay_pending(tmp_path, monkeypatch):
     stand_ins(tmp_path, monkeypatch, squeue_error="slurm_load_jobs error: Unable to contact slurm controller")
-    spec = load_spec(write_spec(tmp_path, "q", [str(tiny_config(tmp_path))]))
+    spec = load_spec(write_spec(tmp_path, "q", [str(tiny_config(tmp_path, max_epochs=EPOCHS))]))
     ex = SlurmExecutor(tmp_path / "slurm", SlurmOptions(cpus_per_task=1), poll_s=0.01, max_queue_failures=3)
     out = io.StringIO()
     with pytest.raises(SlurmError) as err:
@@ -211,7 +168,7 @@ def test_squeue_failure_is_one_line_and_runs_stay_pending(tmp_path, monkeypatch)
 def test_a_job_slurm_never_starts_is_cancelled_and_failed(tmp_path, monkeypatch):
     # job 100_0 pends with a reason that waiting does not cure; 100_1 has left the queue without a status
     stand_ins(tmp_path, monkeypatch, squeue_out="100_0|PENDING|PartitionConfig\\n")
-    spec = load_spec(write_spec(tmp_path, "never", [str(tiny_config(tmp_path))]))
+    spec = load_spec(write_spec(tmp_path, "never", [str(tiny_config(tmp_path, max_epochs=EPOCHS))]))
     ex = SlurmExecutor(tmp_path / "slurm", SlurmOptions(partition="cpu", cpus_per_task=1), poll_s=0.01)
     progress = run_sweep(spec, tmp_path / "sweep", ex, entry=LAUNCHER.split(), stream=io.StringIO())
     assert (progress.done, progress.failed) == (0, 2)
@@ -278,7 +235,7 @@ def cpu_sweep(slurm, tmp_path_factory):  # noqa: F811 (the fixture)
     """The 2-run tiny sweep submitted with ``--no-wait`` to the real SLURM (and, meanwhile, run by the local
     executor for comparison), then reported: (spec path, SLURM sweep dir, local sweep dir, submit output)."""
     root = tmp_path_factory.mktemp("slurm_sweep")
-    spec = write_spec(root, "tiny", [str(tiny_config(root))])
+    spec = write_spec(root, "tiny", [str(tiny_config(root, max_epochs=EPOCHS))])
     out = root / "sweep"
     argv = [str(spec), "--out", str(out), "--executor", "slurm", "--partition", "debug", "--cpus-per-task", "1"]
     argv += ["--mem-gb", "1", "--time-min", "10", "--no-wait"]
@@ -370,7 +327,7 @@ def test_preemption_and_scancel_resume_to_the_uninterrupted_result(cpu_sweep, sl
 
 @pytest.mark.slurm
 def test_slurm_refusals_are_one_line(slurm, tmp_path, capsys):  # noqa: F811
-    spec = write_spec(tmp_path, "refused", [str(tiny_config(tmp_path))])
+    spec = write_spec(tmp_path, "refused", [str(tiny_config(tmp_path, max_epochs=EPOCHS))])
     base = [str(spec), "--out", str(tmp_path / "out"), "--executor", "slurm", "--cpus-per-task", "1"]
     cases = [
         (["--partition", "debug", "--devices-per-run", "1"], "--gpus-per-node=1", "gres"),  # a GPU on a CPU cluster
