@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -286,10 +287,10 @@ def test_embeddings_match_original_formulas() -> None:
     assert DiffusionStepEmbedding(128)(t).shape == (50, 128)
 
 
-@pytest.mark.parametrize("lags", [(), (2, 5)])
+@pytest.mark.parametrize(("lags", "interpolated"), [((), False), ((2, 5), False), ((), True)])
 @pytest.mark.parametrize("attention", ["softmax", "linear"])
-def test_no_target_leakage(attention: str, lags: tuple[int, ...]) -> None:
-    model = small_model(False, attention=attention, lags=lags)
+def test_no_target_leakage(attention: str, lags: tuple[int, ...], interpolated: bool) -> None:
+    model = small_model(False, attention=attention, lags=lags, interpolated_input=interpolated)
     x_t, t, cond = make_inputs(2, 8, 5, num_features=6, seed=3)
     mask = cond["cond_mask"]
     with torch.no_grad():
@@ -547,3 +548,37 @@ def test_lag_channels() -> None:
         CSDIDenoiser(3, lags=(0,))
     with pytest.raises(ValueError, match="unconditional"):
         CSDIDenoiser(3, unconditional=True, lags=(24,))
+
+
+def test_interpolated_input_channel() -> None:
+    """The extra channel is the linear interpolation of the conditioning values (fill.interpolate, checked
+    against numpy.interp here) and carries a conditioning value to the missing steps around it without
+    attention."""
+    model = small_model(False, interpolated_input=True)
+    assert model.input_projection.in_features == 3
+    x_t, t, cond = make_inputs(2, 9, 4, num_features=6, seed=5)
+    cond["cond_mask"][:, :, 0] = 0
+    cond["cond_mask"][:, [1, 6], 0] = 1  # series 0: conditioned at steps 1 and 6 only
+    cond["observed"] = cond["observed"] * cond["cond_mask"]
+    channels = model._input(x_t, cond, cond["cond_mask"])
+    for b in range(2):
+        for k in range(4):
+            m = cond["cond_mask"][b, :, k].numpy() > 0
+            if not m.any():
+                expected = np.zeros(9)
+            else:
+                steps = np.arange(9)
+                expected = np.interp(steps, steps[m], cond["observed"][b, m, k].numpy())
+            np.testing.assert_allclose(channels[b, :, k, 2].numpy(), expected, rtol=1e-6, atol=1e-6)
+    with torch.no_grad():
+        for layer in model.residual_layers:
+            for tr in (layer.time_layer, layer.feature_layer):
+                tr.forward = lambda h: h
+        base = model(x_t, t, cond)
+        moved = dict(cond, observed=cond["observed"].clone())
+        moved["observed"][:, 1, 0] += 5.0
+        diff = (model(x_t, t, moved) - base).abs()[:, :, 0]
+        # steps 0 (constant before the first value) and 2..5 (between 1 and 6) move; 6.. do not; 1 is conditioned
+        assert (diff[:, [0, 2, 3, 4, 5]] > 0).all() and (diff[:, 6:] == 0).all()
+    with pytest.raises(ValueError, match="unconditional"):
+        CSDIDenoiser(3, unconditional=True, interpolated_input=True)

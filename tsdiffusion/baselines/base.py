@@ -35,6 +35,13 @@ class SamplingBaseline(Baseline):
         """(B, S, L, K) samples in normalised units; ``observed * cond_mask`` kept where ``cond_mask`` is 1."""
         raise NotImplementedError
 
+    def point(self, batch: TSBatch, cond_mask: Tensor) -> Tensor:
+        """(B, L, K) a point estimate in normalised units (the ``prior`` of a diffusion task). Default: the
+        median of 9 samples drawn with a fixed seed, so the same batch always gives the same estimate;
+        deterministic baselines return their fill."""
+        generator = torch.Generator(device=cond_mask.device).manual_seed(0)
+        return self.sample(batch, cond_mask, 9, generator).median(dim=1).values
+
 
 class ScoringBaseline(Baseline):
     """Scores every point of a window: anomaly detection baselines."""

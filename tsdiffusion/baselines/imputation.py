@@ -11,27 +11,18 @@ from torch import Tensor
 
 from tsdiffusion.baselines.base import SamplingBaseline
 from tsdiffusion.batch import TSBatch
+from tsdiffusion.fill import carry_forward, interpolate
 
 
-def interpolate(x: Tensor, mask: Tensor) -> Tensor:
-    """Linear interpolation along L between the points where ``mask`` is 1, constant beyond the first and last
-    of them; a series with no such point is 0. x, mask: (B, L, K) -> (B, L, K)."""
-    B, L, K = x.shape
-    steps = torch.arange(L, device=x.device).view(1, L, 1).expand(B, L, K)
-    seen = mask > 0
-    prev = torch.where(seen, steps, torch.full_like(steps, -1)).cummax(dim=1).values
-    flipped = torch.where(seen, steps, torch.full_like(steps, L)).flip(1)
-    nxt = (-(-flipped).cummax(dim=1).values).flip(1)
-    lo, hi = prev.clamp(min=0), nxt.clamp(max=L - 1)
-    x_lo, x_hi = x.gather(1, lo), x.gather(1, hi)
-    x_lo = torch.where(prev >= 0, x_lo, x_hi)
-    x_hi = torch.where(nxt < L, x_hi, x_lo)
-    w = torch.where(hi > lo, (steps - lo).to(x.dtype) / (hi - lo).clamp(min=1).to(x.dtype), torch.zeros_like(x))
-    out = x_lo + w * (x_hi - x_lo)
-    return torch.where(seen.any(dim=1, keepdim=True), out, torch.zeros_like(x))
+class _Fill(SamplingBaseline):
+    """A deterministic fill: its point estimate is its (only) sample."""
+
+    def point(self, batch: TSBatch, cond_mask: Tensor) -> Tensor:
+        """(B, L, K) the fill, the conditioning values kept where ``cond_mask`` is 1."""
+        return self.sample(batch, cond_mask, 1)[:, 0]
 
 
-class InterpolationImputer(SamplingBaseline):
+class InterpolationImputer(_Fill):
     """Fill each series' hidden values from its conditioning values: ``linear`` interpolation in time, or the
     series' ``mean`` over the window (0 in normalised units when nothing is given).
 
@@ -55,20 +46,7 @@ class InterpolationImputer(SamplingBaseline):
         return repeat(fill, "b l k -> b s l k", s=num_samples)
 
 
-def carry_forward(x: Tensor, mask: Tensor) -> Tensor:
-    """Last observation carried forward along L (the next observation carried backward before the first one;
-    0 for a series with none). x, mask: (B, L, K) -> (B, L, K)."""
-    B, L, K = x.shape
-    steps = torch.arange(L, device=x.device).view(1, L, 1).expand(B, L, K)
-    seen = mask > 0
-    prev = torch.where(seen, steps, torch.full_like(steps, -1)).cummax(dim=1).values
-    first = torch.where(seen, steps, torch.full_like(steps, L)).amin(dim=1, keepdim=True).expand(B, L, K)
-    idx = torch.where(prev >= 0, prev, first).clamp(max=L - 1)
-    out = x.gather(1, idx)
-    return torch.where(seen.any(dim=1, keepdim=True), out, torch.zeros_like(x))
-
-
-class LOCFImputer(SamplingBaseline):
+class LOCFImputer(_Fill):
     """Last observation carried forward: each hidden value is the series' latest conditioning value before it
     (the first one after it at the start of the window; 0 in normalised units when the series has none)."""
 
@@ -81,7 +59,7 @@ class LOCFImputer(SamplingBaseline):
         return repeat(fill, "b l k -> b s l k", s=num_samples)
 
 
-class MeanImputer(SamplingBaseline):
+class MeanImputer(_Fill):
     """Per-variable mean fill.
 
     Args:

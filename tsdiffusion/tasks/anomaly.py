@@ -118,7 +118,7 @@ class AnomalyTask(DiffusionTask):
     ):
         kwargs["metrics"] = ()
         super().__init__(*args, **kwargs)
-        self.save_hyperparameters(ignore=["denoiser", "process", "baseline"])
+        self.save_hyperparameters(ignore=["denoiser", "process", "baseline", "prior"])
         if self.hparams.num_samples < 2:
             raise ValueError(
                 f"AnomalyTask needs num_samples >= 2 (a median and a spread), got {self.hparams.num_samples}"

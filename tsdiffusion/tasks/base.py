@@ -85,6 +85,12 @@ class DiffusionTask(L.LightningModule):
             (:func:`tsdiffusion.records.record_flags`).
         plot_calibration: after ``test``, a PIT histogram and a coverage-vs-nominal plot of the scored
             values (:class:`tsdiffusion.plots.CalibrationCallback`), saved and logged.
+        prior: a :class:`tsdiffusion.baselines.SamplingBaseline` whose point estimate (its ``point`` method, e.g.
+            :class:`tsdiffusion.baselines.InterpolationImputer`) is the mean the diffusion runs around, as CARD
+            (Han, Zheng, Zhou, NeurIPS 2022) diffuses around a regressor's prediction: the model learns the
+            residual ``x0 - prior`` and every sample is ``prior + residual``. The denoiser still sees the raw
+            conditioning values. An untrained model (zero-initialised output) then starts from the baseline's
+            fill instead of from noise. None (default): plain diffusion of ``x0``, as the papers.
     """
 
     metric_units: Literal["normalised", "original"] = "normalised"
@@ -109,12 +115,16 @@ class DiffusionTask(L.LightningModule):
         divergence_factor: float | None = 1000.0,
         extreme_limit: float = 20.0,
         plot_calibration: bool = True,
+        prior: SamplingBaseline | None = None,
     ):
         super().__init__()
-        self.save_hyperparameters(ignore=["denoiser", "process", "baseline"])
+        self.save_hyperparameters(ignore=["denoiser", "process", "baseline", "prior"])
         if (denoiser is None) == (baseline is None):
             raise ValueError(f"{type(self).__name__}: give exactly one of denoiser= and baseline=")
-        self.denoiser, self.baseline = denoiser, baseline
+        if prior is not None and baseline is not None:
+            raise ValueError(f"{type(self).__name__}: prior= is the mean a denoiser's diffusion runs around; a "
+                             "baseline has no diffusion (give denoiser= with prior=)")  # fmt: skip
+        self.denoiser, self.baseline, self.prior = denoiser, baseline, prior
         self.process = process if process is not None else GaussianDiffusion()
         self.test_metrics = ProbabilisticMetrics(metrics, prefix="test/")
         self._first_losses: list[float] = []
@@ -172,7 +182,8 @@ class DiffusionTask(L.LightningModule):
             return None
         cond_mask = self.train_cond_mask(batch)
         loss_mask = batch["observed_mask"] * (1 - cond_mask)
-        loss = self.process.loss(self.denoiser, batch["observed"], make_cond(batch, cond_mask), loss_mask)
+        x0 = self.residual_target(batch, cond_mask)
+        loss = self.process.loss(self.denoiser, x0, make_cond(batch, cond_mask), loss_mask)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["observed"]))
         return loss
 
@@ -180,7 +191,7 @@ class DiffusionTask(L.LightningModule):
         if not self.learned:
             return None
         cond_mask = self.eval_cond_mask(batch)
-        cond, x0 = make_cond(batch, cond_mask), batch["observed"]
+        cond, x0 = make_cond(batch, cond_mask), self.residual_target(batch, cond_mask)
         loss_mask = batch["observed_mask"] * (1 - cond_mask)
         gen = torch.Generator(device=x0.device).manual_seed(10_000 + batch_idx)
         steps = timesteps(self.process.num_steps, self.hparams.val_loss_steps)
@@ -192,6 +203,17 @@ class DiffusionTask(L.LightningModule):
         loss = torch.stack(losses).mean()
         self.log("val/loss", loss, prog_bar=True, batch_size=len(x0), sync_dist=True)
         return loss
+
+    def prior_mean(self, batch: TSBatch, cond_mask: Tensor) -> Tensor | None:
+        """(B, L, K) the ``prior``'s point estimate given the conditioning values (normalised units), or None."""
+        if self.prior is None:
+            return None
+        return self.prior.point(batch, cond_mask).detach()
+
+    def residual_target(self, batch: TSBatch, cond_mask: Tensor) -> Tensor:
+        """What the diffusion models: ``observed``, less the ``prior``'s point estimate when there is one."""
+        prior = self.prior_mean(batch, cond_mask)
+        return batch["observed"] if prior is None else batch["observed"] - prior
 
     # -- sampling -------------------------------------------------------------------------------
     def denoise_fn(self, cond: Cond):
@@ -215,6 +237,9 @@ class DiffusionTask(L.LightningModule):
             sampler=hp.sampler, steps=hp.sample_steps, eta=hp.eta, max_batch=hp.sample_batch_size,
             generator=generator, device=batch["observed"].device,
         )  # fmt: skip
+        prior = self.prior_mean(batch, cond_mask)
+        if prior is not None:
+            samples = samples + prior.unsqueeze(1)
         keep = cond_mask.unsqueeze(1)
         return samples * (1 - keep) + (batch["observed"] * cond_mask).unsqueeze(1)
 

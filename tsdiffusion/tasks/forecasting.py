@@ -67,7 +67,7 @@ class ForecastingTask(DiffusionTask):
 
     def __init__(self, *args, num_train_features: int | None = 64, plot_series: int = 4, **kwargs):
         super().__init__(*args, **kwargs)
-        self.save_hyperparameters(ignore=["denoiser", "process", "baseline"])
+        self.save_hyperparameters(ignore=["denoiser", "process", "baseline", "prior"])
 
     def train_cond_mask(self, batch: TSBatch) -> Tensor:
         return forecast_mask(batch)
@@ -125,7 +125,9 @@ class TimeGradTask(DiffusionTask):
         **kwargs,
     ):
         super().__init__(denoiser, process or timegrad_process(), **kwargs)
-        self.save_hyperparameters(ignore=["denoiser", "process", "baseline"])
+        if self.prior is not None:
+            raise ValueError("TimeGradTask: prior= is not supported (the RNN unrolls over the series itself)")
+        self.save_hyperparameters(ignore=["denoiser", "process", "baseline", "prior"])
         self.encoder = TimeGradEncoder(
             denoiser.num_features, num_time_features, lags, cell, rnn_layers, rnn_hidden, rnn_dropout,
             embedding_dim, cond_dim=denoiser.cond_dim,

@@ -56,7 +56,7 @@ class GenerationTask(DiffusionTask):
         **kwargs,
     ):
         super().__init__(*args, num_samples=num_samples, **kwargs)
-        self.save_hyperparameters(ignore=["denoiser", "process", "baseline"])
+        self.save_hyperparameters(ignore=["denoiser", "process", "baseline", "prior"])
         if class_conditional and capabilities_of(self.denoiser).num_classes == 0:
             raise ValueError("class_conditional=True needs a denoiser that reads labels (num_classes > 0)")
         self._real: list[Tensor] = []

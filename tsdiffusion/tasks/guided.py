@@ -37,6 +37,8 @@ class _Guided:
                 "guidance needs an unconditional one (UNet1DDenoiser(use_cond_channels=False) or "
                 "CSDIDenoiser(unconditional=True))"
             )
+        if self.prior is not None:
+            raise ValueError(f"{type(self).__name__}: prior= is not supported with guided sampling")
         hp = self.hparams
         if hp.guidance not in ("mse", "quantile"):
             raise ValueError(f"{type(self).__name__}: guidance must be 'mse' or 'quantile', got {hp.guidance!r}")

@@ -39,7 +39,7 @@ class ImputationTask(DiffusionTask):
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
-        self.save_hyperparameters(ignore=["denoiser", "process", "baseline"])
+        self.save_hyperparameters(ignore=["denoiser", "process", "baseline", "prior"])
 
     def train_cond_mask(self, batch: TSBatch) -> Tensor:
         return make_cond_mask(self.hparams.mask_strategy, batch)

@@ -66,7 +66,7 @@ class RepresentationTask(DiffusionTask):
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
-        self.save_hyperparameters(ignore=["denoiser", "process", "baseline"])
+        self.save_hyperparameters(ignore=["denoiser", "process", "baseline", "prior"])
         caps = capabilities_of(self.denoiser)
         if not caps.features:
             raise TypeError(f"{type(self.denoiser).__name__} has no features(x_t, t, cond) method to probe")
