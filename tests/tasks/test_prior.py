@@ -27,33 +27,36 @@ def _batch(seed: int = 0) -> dict:
     return {"observed": observed, "observed_mask": torch.ones(4, L_, K), "target_mask": target}
 
 
-def _task(prior=None) -> ImputationTask:
+def _task(prior=None, scale: float = 1.0) -> ImputationTask:
     torch.manual_seed(0)
     denoiser = CSDIDenoiser(K, channels=8, layers=1, heads=1, diffusion_embedding_dim=8, time_embedding_dim=8,
                             feature_embedding_dim=4)  # fmt: skip
     torch.nn.init.normal_(denoiser.output_projection2.weight, std=0.3)  # the zero init would hide the inputs
-    return ImputationTask(denoiser, GaussianDiffusion(num_steps=8, prediction="v"), num_samples=3, prior=prior,
-                          plot_windows=0, plot_calibration=False).eval()  # fmt: skip
+    process = GaussianDiffusion(num_steps=8, prediction="v")
+    return ImputationTask(denoiser, process, num_samples=3, prior=prior, prior_scale=scale, plot_windows=0,
+                          plot_calibration=False).eval()  # fmt: skip
 
 
-def test_samples_are_the_plain_chain_plus_the_prior_at_hidden_positions() -> None:
+@pytest.mark.parametrize("scale", [1.0, 0.5])
+def test_samples_are_the_plain_chain_plus_the_prior_at_hidden_positions(scale: float) -> None:
     batch = _batch()
     cond_mask = batch["observed_mask"] * (1 - batch["target_mask"])
-    plain, around = _task(), _task(InterpolationImputer())
+    plain, around = _task(), _task(InterpolationImputer(), scale)
     a = plain.sample(batch, cond_mask, generator=torch.Generator().manual_seed(1))
     b = around.sample(batch, cond_mask, generator=torch.Generator().manual_seed(1))
     fill = interpolate(batch["observed"] * cond_mask, cond_mask).unsqueeze(1)
     hidden = (1 - cond_mask).unsqueeze(1).expand_as(a) > 0
-    torch.testing.assert_close(b[hidden], (a + fill)[hidden], rtol=0, atol=1e-6)
+    torch.testing.assert_close(b[hidden], (scale * a + fill)[hidden], rtol=0, atol=1e-6)
     torch.testing.assert_close(b[~hidden], a[~hidden], rtol=0, atol=0)  # conditioning values kept as given
     assert (b[hidden] - a[hidden]).abs().max() > 0.1  # the prior did move the samples
 
 
-def test_training_loss_is_the_loss_of_the_residual() -> None:
-    batch, task = _batch(1), _task(InterpolationImputer())
+def test_training_loss_is_the_loss_of_the_scaled_residual() -> None:
+    batch, task = _batch(1), _task(InterpolationImputer(), 0.25)
     cond_mask = batch["observed_mask"] * (1 - batch["target_mask"])
     residual = task.residual_target(batch, cond_mask)
-    torch.testing.assert_close(residual, batch["observed"] - InterpolationImputer().point(batch, cond_mask))
+    fill = InterpolationImputer().point(batch, cond_mask)
+    torch.testing.assert_close(residual, (batch["observed"] - fill) / 0.25)
     assert residual[cond_mask > 0].abs().max() == 0  # interpolation passes through the conditioning values
     loss_mask = batch["observed_mask"] * (1 - cond_mask)
     task.train_cond_mask = lambda b: cond_mask  # the training step's own random mask, fixed here
@@ -89,4 +92,6 @@ def test_prior_is_refused_where_it_has_no_meaning() -> None:
         ImputationTask(baseline=InterpolationImputer(), prior=InterpolationImputer())
     with pytest.raises(ValueError, match="prior"):
         TimeGradTask(TimeGradDenoiser(K), prior=SeasonalNaive(4))
+    with pytest.raises(ValueError, match="prior_scale"):
+        ImputationTask(denoiser, prior=InterpolationImputer(), prior_scale=0.0)
     assert ImputationTask(denoiser, prior=InterpolationImputer()).prior is not None

@@ -91,6 +91,10 @@ class DiffusionTask(L.LightningModule):
             residual ``x0 - prior`` and every sample is ``prior + residual``. The denoiser still sees the raw
             conditioning values. An untrained model (zero-initialised output) then starts from the baseline's
             fill instead of from noise. None (default): plain diffusion of ``x0``, as the papers.
+        prior_scale: with a ``prior``, the residual is modelled in units of this scale, ``(x0 - prior) /
+            prior_scale``, so that it has about the unit variance the noise schedules assume (EDM's sigma_data,
+            Karras et al. 2022): measure it on training data, e.g. the standard deviation of the prior's errors
+            at positions hidden as in training. Samples are ``prior + prior_scale x residual``.
     """
 
     metric_units: Literal["normalised", "original"] = "normalised"
@@ -116,6 +120,7 @@ class DiffusionTask(L.LightningModule):
         extreme_limit: float = 20.0,
         plot_calibration: bool = True,
         prior: SamplingBaseline | None = None,
+        prior_scale: float = 1.0,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["denoiser", "process", "baseline", "prior"])
@@ -124,6 +129,8 @@ class DiffusionTask(L.LightningModule):
         if prior is not None and baseline is not None:
             raise ValueError(f"{type(self).__name__}: prior= is the mean a denoiser's diffusion runs around; a "
                              "baseline has no diffusion (give denoiser= with prior=)")  # fmt: skip
+        if not prior_scale > 0:
+            raise ValueError(f"{type(self).__name__}: prior_scale must be > 0, got {prior_scale}")
         self.denoiser, self.baseline, self.prior = denoiser, baseline, prior
         self.process = process if process is not None else GaussianDiffusion()
         self.test_metrics = ProbabilisticMetrics(metrics, prefix="test/")
@@ -211,9 +218,11 @@ class DiffusionTask(L.LightningModule):
         return self.prior.point(batch, cond_mask).detach()
 
     def residual_target(self, batch: TSBatch, cond_mask: Tensor) -> Tensor:
-        """What the diffusion models: ``observed``, less the ``prior``'s point estimate when there is one."""
+        """What the diffusion models: ``observed``, or with a ``prior`` ``(observed - prior) / prior_scale``."""
         prior = self.prior_mean(batch, cond_mask)
-        return batch["observed"] if prior is None else batch["observed"] - prior
+        if prior is None:
+            return batch["observed"]
+        return (batch["observed"] - prior) / self.hparams.get("prior_scale", 1.0)
 
     # -- sampling -------------------------------------------------------------------------------
     def denoise_fn(self, cond: Cond):
@@ -239,7 +248,7 @@ class DiffusionTask(L.LightningModule):
         )  # fmt: skip
         prior = self.prior_mean(batch, cond_mask)
         if prior is not None:
-            samples = samples + prior.unsqueeze(1)
+            samples = prior.unsqueeze(1) + self.hparams.get("prior_scale", 1.0) * samples
         keep = cond_mask.unsqueeze(1)
         return samples * (1 - keep) + (batch["observed"] * cond_mask).unsqueeze(1)
 
