@@ -112,3 +112,18 @@ def test_linear_interpolation_matches_hand_computed_fill_on_the_tiny_panel():
     out = InterpolationImputer().sample(batch, cond, num_samples=1)[0, 0]
     expected = torch.tensor([[2, 1, 0], [2, 2, 0], [10 / 3, 3, 0], [14 / 3, 5 / 3, 0], [6, 1 / 3, 0], [6, -1, 0]])
     torch.testing.assert_close(out, expected)
+
+
+def test_interpolation_with_noise_is_the_fill_plus_gaussian_noise_at_hidden_values_only():
+    batch, cond = _tiny_panel()
+    fill = InterpolationImputer().point(batch, cond)
+    noisy = InterpolationImputer(noise_std=0.5)
+    samples = noisy.sample(batch, cond, num_samples=4000, generator=torch.Generator().manual_seed(0))
+    hidden = (cond[0] == 0).unsqueeze(0).expand_as(samples[0])
+    dev = samples[0] - fill[0]  # (S, L, K)
+    assert dev[~hidden].abs().max() == 0  # the conditioning values are kept
+    z = dev[hidden] / 0.5
+    assert abs(z.mean()) < 0.05 and abs(z.std() - 1) < 0.05  # N(0, 0.5^2): 4000 x (hidden count) draws
+    torch.testing.assert_close(noisy.point(batch, cond), fill)  # its point estimate is the fill
+    with pytest.raises(ValueError, match="noise_std"):
+        InterpolationImputer(noise_std=-1.0)

@@ -15,11 +15,28 @@ from tsdiffusion.fill import carry_forward, interpolate
 
 
 class _Fill(SamplingBaseline):
-    """A deterministic fill: its point estimate is its (only) sample."""
+    """A fill (deterministic, or with Gaussian noise around it): its point estimate is the fill itself."""
+
+    noise_std: float = 0.0
 
     def point(self, batch: TSBatch, cond_mask: Tensor) -> Tensor:
         """(B, L, K) the fill, the conditioning values kept where ``cond_mask`` is 1."""
-        return self.sample(batch, cond_mask, 1)[:, 0]
+        return self.fill(batch, cond_mask)
+
+    def fill(self, batch: TSBatch, cond_mask: Tensor) -> Tensor:
+        """(B, L, K) the fill of the hidden values, the conditioning values kept where ``cond_mask`` is 1."""
+        raise NotImplementedError
+
+    def sample(
+        self, batch: TSBatch, cond_mask: Tensor, num_samples: int, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """(B, S, L, K): S copies of the fill (plus ``noise_std`` Gaussian noise at the hidden positions), the
+        conditioning values kept where ``cond_mask`` is 1."""
+        fill = repeat(self.fill(batch, cond_mask), "b l k -> b s l k", s=num_samples)
+        if not self.noise_std:
+            return fill
+        noise = torch.randn(fill.shape, generator=generator, device=fill.device, dtype=fill.dtype)
+        return fill + self.noise_std * noise * (1 - cond_mask).unsqueeze(1)
 
 
 class InterpolationImputer(_Fill):
@@ -28,35 +45,33 @@ class InterpolationImputer(_Fill):
 
     Args:
         method: ``linear`` or ``mean``.
+        noise_std: 0 (default): the point fill, S identical samples. > 0: a probabilistic baseline, the fill plus
+            independent Gaussian noise of this standard deviation (normalised units) at every hidden value;
+            choose it on validation data (CRPS rewards a calibrated spread, so this is the fair reference for a
+            probabilistic model that has learned nothing beyond interpolation).
     """
 
-    def __init__(self, method: Literal["linear", "mean"] = "linear") -> None:
-        self.method = method
+    def __init__(self, method: Literal["linear", "mean"] = "linear", noise_std: float = 0.0) -> None:
+        if noise_std < 0:
+            raise ValueError(f"InterpolationImputer: noise_std must be >= 0, got {noise_std}")
+        self.method, self.noise_std = method, float(noise_std)
 
-    def sample(
-        self, batch: TSBatch, cond_mask: Tensor, num_samples: int, generator: torch.Generator | None = None
-    ) -> Tensor:
-        """(B, S, L, K): S copies of the fill, the conditioning values kept where ``cond_mask`` is 1."""
+    def fill(self, batch: TSBatch, cond_mask: Tensor) -> Tensor:
         x = batch["observed"] * cond_mask
         if self.method == "linear":
             fill = interpolate(x, cond_mask)
         else:
             fill = (x.sum(1, keepdim=True) / cond_mask.sum(1, keepdim=True).clamp(min=1)).expand_as(x)
-        fill = torch.where(cond_mask > 0, x, fill)
-        return repeat(fill, "b l k -> b s l k", s=num_samples)
+        return torch.where(cond_mask > 0, x, fill)
 
 
 class LOCFImputer(_Fill):
     """Last observation carried forward: each hidden value is the series' latest conditioning value before it
     (the first one after it at the start of the window; 0 in normalised units when the series has none)."""
 
-    def sample(
-        self, batch: TSBatch, cond_mask: Tensor, num_samples: int, generator: torch.Generator | None = None
-    ) -> Tensor:
-        """(B, S, L, K): S copies of the fill, the conditioning values kept where ``cond_mask`` is 1."""
+    def fill(self, batch: TSBatch, cond_mask: Tensor) -> Tensor:
         x = batch["observed"] * cond_mask
-        fill = torch.where(cond_mask > 0, x, carry_forward(x, cond_mask))
-        return repeat(fill, "b l k -> b s l k", s=num_samples)
+        return torch.where(cond_mask > 0, x, carry_forward(x, cond_mask))
 
 
 class MeanImputer(_Fill):
@@ -74,14 +89,10 @@ class MeanImputer(_Fill):
             raise ValueError(f"MeanImputer: over must be 'data' or 'window', got {over!r}")
         self.over = over
 
-    def sample(
-        self, batch: TSBatch, cond_mask: Tensor, num_samples: int, generator: torch.Generator | None = None
-    ) -> Tensor:
-        """(B, S, L, K): S copies of the fill, the conditioning values kept where ``cond_mask`` is 1."""
+    def fill(self, batch: TSBatch, cond_mask: Tensor) -> Tensor:
         x = batch["observed"] * cond_mask
         if self.over == "data":
             fill = torch.zeros_like(x)
         else:
             fill = (x.sum(1, keepdim=True) / cond_mask.sum(1, keepdim=True).clamp(min=1)).expand_as(x)
-        fill = torch.where(cond_mask > 0, x, fill)
-        return repeat(fill, "b l k -> b s l k", s=num_samples)
+        return torch.where(cond_mask > 0, x, fill)
