@@ -357,6 +357,84 @@ def write_table(res: dict, folder: Path, command: str) -> None:
     print("\n".join(lines))
 
 
+# -- memory: peak RSS of one CSDI forecasting training step, ours vs the original ----------------------------
+MEMORY_VARIANTS = ("ours fp32", "ours bf16", "original")
+
+
+def _rss_mib(field: str) -> float:
+    """``VmRSS`` (now) or ``VmHWM`` (peak since start or the last reset) of this process, in MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def _reset_peak() -> None:
+    """Reset this process's peak RSS (``VmHWM``) to its current RSS (Linux ``/proc/self/clear_refs``, value 5)."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def memory_child(variant: str, args) -> dict:
+    """Peak RSS of CSDI electricity training steps (B=8, L=192, 64 of 370 series, linear attention) in this fresh
+    process: the first step (Adam state created) and a later step, each as the peak RSS increase over the RSS just
+    before it, and over the RSS after building model and batch (``above_built``)."""
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    if variant == "original":
+        step = original_forecast_step(args.original)
+    else:
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        import bench_forecasting as bf
+
+        task, shape = bf.build("csdi-train", 370, 10, "linear-fp32")
+        step = train_step_fn(task, bf.make_batch(*shape, bf.H), variant.endswith("bf16"))
+    built = _rss_mib("VmRSS")
+    out = {"variant": variant, "rss_built_mib": built, "steps": []}
+    for i in range(args.memory_steps):
+        _reset_peak()
+        before = _rss_mib("VmRSS")
+        t0 = time.process_time()
+        step()
+        cpu = time.process_time() - t0
+        peak = _rss_mib("VmHWM")
+        out["steps"].append({"step": i, "rss_before_mib": before, "peak_mib": peak, "increase_mib": peak - before,
+                             "above_built_mib": peak - built, "cpu_s": cpu})  # fmt: skip
+    return out
+
+
+def memory_table(args) -> dict:
+    """Each variant in its own fresh subprocess (its allocator state and peak its own), in turn."""
+    res = {"machine": machine_type(), "cpu": cpu_name(), "threads": args.threads, "torch": torch.__version__,
+           "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "load_start": load(),
+           "case": "CSDI electricity forecasting train step (B=8, L=168+24, 64 of K=370 series, 4 layers x 64 "
+                   "channels, linear attention; original: config/base_forecasting.yaml)", "runs": []}  # fmt: skip
+    variants = [v for v in MEMORY_VARIANTS if v != "original" or args.original]
+    for _ in range(args.memory_repeats):
+        for v in variants:
+            cmd = [sys.executable, __file__, "--part", "memory-child", "--variant", v, "--threads", str(args.threads),
+                   "--memory-steps", str(args.memory_steps)]  # fmt: skip
+            cmd += ["--original", args.original] if args.original else []
+            cmd += ["--original-site", args.original_site] if args.original_site else []
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            res["runs"].append(json.loads(out.stdout.strip().splitlines()[-1]))
+            print(json.dumps(res["runs"][-1]), flush=True)
+    summary = {}
+    for v in variants:
+        runs = [r for r in res["runs"] if r["variant"] == v]
+        first = statistics.median(r["steps"][0]["above_built_mib"] for r in runs)
+        later = statistics.median(max(s["above_built_mib"] for s in r["steps"][1:]) for r in runs)
+        summary[v] = {"first_step_peak_above_built_mib": first, "later_step_peak_above_built_mib": later,
+                      "rss_built_mib": statistics.median(r["rss_built_mib"] for r in runs)}  # fmt: skip
+    if "original" in summary:
+        o = summary["original"]["later_step_peak_above_built_mib"]
+        for v in variants[:-1]:
+            summary[v]["ratio_to_original"] = summary[v]["later_step_peak_above_built_mib"] / o
+    res["summary"] = summary
+    res["load_end"] = load()
+    print(json.dumps(summary, indent=1), flush=True)
+    return res
+
+
 # -- precision: bf16 vs float32 on trained runs ---------------------------------------------------------
 def precision_check(args) -> dict:
     """CRPS at 100 samples with float32 and with bf16 autocast (same weights, same test windows, same seed)."""
@@ -403,11 +481,7 @@ def precision_check(args) -> dict:
 
 
 def loss_curves(args, folder: Path) -> dict:
-    """Training loss per step of the same config, seed and batches in float32 and in bf16 autocast, overlaid."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Training loss per step of the same config, seed and batches in float32 and in bf16 autocast."""
     import pandas as pd
     import yaml
 
@@ -415,8 +489,7 @@ def loss_curves(args, folder: Path) -> dict:
 
     torch.set_num_threads(args.threads)
     out = {}
-    fig, axes = plt.subplots(1, len(args.curve_configs), figsize=(6 * len(args.curve_configs), 4), squeeze=False)
-    for ax, config in zip(axes[0], args.curve_configs):
+    for config in args.curve_configs:
         cfg = yaml.safe_load(open(config))
         curves = {}
         for prec in ("32-true", "bf16-mixed"):
@@ -435,19 +508,48 @@ def loss_curves(args, folder: Path) -> dict:
             col = next(c for c in m.columns if c.startswith("train/loss") or c == "train_loss")
             m = m.dropna(subset=[col])
             curves[prec] = {"step": m["step"].tolist(), "loss": m[col].tolist(), "wall_s": wall}
-            ax.plot(m["step"], m[col], label=f"{prec} ({wall:.0f} s)", alpha=0.8)
         f, b = (statistics.mean(curves[p]["loss"][-20:]) for p in ("32-true", "bf16-mixed"))
-        out[config] = {**curves, "mean_last20_fp32": f, "mean_last20_bf16": b}
-        ax.set(title=f"{config} (seed {cfg.get('seed_everything')})", xlabel="step", ylabel="training loss")
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(folder / "loss_curves_bf16_vs_fp32.png", dpi=120)
+        out[config] = {**curves, "seed": cfg.get("seed_everything"), "mean_last20_fp32": f, "mean_last20_bf16": b}
+    plot_curves(out, folder / "loss_curves_bf16_vs_fp32.png")
     return out
+
+
+def plot_curves(res: dict, path: Path) -> None:
+    """Per config: both losses overlaid (top) and their difference bf16 - float32 per step (bottom)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    configs = [k for k in res if k != "command"]
+    fig, axes = plt.subplots(2, len(configs), figsize=(6 * len(configs), 6), squeeze=False, sharex="col",
+                             gridspec_kw={"height_ratios": [2, 1]})  # fmt: skip
+    for col, config in enumerate(configs):
+        c = res[config]
+        f, b = c["32-true"], c["bf16-mixed"]
+        top, bottom = axes[0][col], axes[1][col]
+        top.plot(f["step"], f["loss"], label="float32 (32-true)", lw=2.5, color="tab:blue")
+        top.plot(b["step"], b["loss"], label="bf16 autocast (bf16-mixed)", lw=1, color="tab:orange", ls="--")
+        top.set(title=f"{Path(config).stem} (seed {c.get('seed', 1)}, same batches)", ylabel="training loss")
+        top.legend()
+        diff = [y - x for x, y in zip(f["loss"], b["loss"])]
+        bottom.plot(f["step"][: len(diff)], diff, color="tab:red", lw=1)
+        bottom.axhline(0, color="grey", lw=0.5)
+        bottom.set(xlabel="training step", ylabel="bf16 - float32",
+                   title=f"max |diff| {max(map(abs, diff)):.4f}; mean of last 20 steps "
+                         f"{c['mean_last20_fp32']:.4f} (fp32) vs {c['mean_last20_bf16']:.4f} (bf16)")  # fmt: skip
+        bottom.title.set_fontsize(9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--part", choices=("table", "precision", "curves"), default="table")
+    parts = ("table", "precision", "curves", "curves-plot", "memory", "memory-child")
+    p.add_argument("--part", choices=parts, default="table")
+    p.add_argument("--variant", choices=MEMORY_VARIANTS, help="--part memory-child: the model measured")
+    p.add_argument("--memory-steps", type=int, default=3, help="training steps per memory subprocess (>= 2)")
+    p.add_argument("--memory-repeats", type=int, default=1, help="fresh subprocesses per variant")
     p.add_argument("--curve-configs", nargs="+", default=["experiments/quick/csdi_physionet.yaml",
                                                           "experiments/quick/csdi_exchange.yaml"])
     p.add_argument("--curve-steps", type=int, default=200)
@@ -471,10 +573,21 @@ def main() -> None:
         sys.path.append(args.original_site)
     folder = Path(args.out) if args.out else OUT / machine_type()
     command = "python " + " ".join([os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]])
+    if args.part == "curves-plot":  # redraw the figure from loss_curves.json
+        plot_curves(json.loads((folder / "loss_curves.json").read_text()), folder / "loss_curves_bf16_vs_fp32.png")
+        return
     if args.part == "curves":
         folder.mkdir(parents=True, exist_ok=True)
         res = loss_curves(args, folder)
         (folder / "loss_curves.json").write_text(json.dumps({**res, "command": command}, indent=1))
+        return
+    if args.part == "memory-child":
+        print(json.dumps(memory_child(args.variant, args)))
+        return
+    if args.part == "memory":
+        res = memory_table(args)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "memory.json").write_text(json.dumps({**res, "command": command}, indent=1))
         return
     if args.part == "precision":
         res = precision_check(args)
