@@ -71,8 +71,8 @@ def test_best_rows_ratios_and_flagged_runs(sweep):
     # CRPS 0.32 ± 0.028 is the best of its set (marked), its MAE is not (interpolation's 0.4 is); ratio to the
     # best baseline's CRPS (interpolation, 0.40) = 0.80
     assert "0.32 ± 0.028 *" in csdi and "0.42 ± 0.028 *" not in csdi and "0.80" in csdi and "0.48/0.88" in csdi
-    interp = _line(text, "InterpolationImputer")
-    assert "0.4 *" in interp and "1.00" in interp and "2.00" in _line(text, "MeanImputer")
+    interp = _line(text, "Interpolation †")
+    assert "0.4 *" in interp and "1.00" in interp and "2.00" in _line(text, "Mean †")
     # forecasting: the flagged seed is not averaged (n = 1); the random walk is best, TimeGrad is 1.2 x it
     tg = _line(text, "forecasting", "TimeGrad")
     assert " 1 " in tg and "0.012 " in tg and "1.20" in tg and "e+13" not in tg.split("Flagged")[0]
@@ -124,3 +124,18 @@ def test_a_spec_lists_baselines_that_run_once_without_the_model_overrides():
     assert len(expand(parse_spec({"name": "only", "baselines": ["b/naive.yaml"]}))) == 1
     with pytest.raises(SpecError, match="not both empty"):
         parse_spec({"name": "none", "configs": [], "baselines": []})
+
+
+def test_rows_of_one_class_are_told_apart_by_the_words_of_their_configs():
+    from tsdiffusion.benchmark.report import Group, _model_labels
+
+    def group(model: str, config: str) -> Group:
+        return Group("ImputationTask", "physionet", model, config, "")
+
+    groups = [
+        group("CSDIDenoiser", "csdi_physionet"),
+        group("InterpolationImputer", "interpolation_physionet"),
+        group("InterpolationImputer", "interpolation_noise_physionet"),
+        group("LOCFImputer", "locf_physionet"),
+    ]
+    assert _model_labels(groups) == ["CSDI", "Interpolation", "Interpolation (noise)", "LOCF"]

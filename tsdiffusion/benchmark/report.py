@@ -488,12 +488,22 @@ def baseline_ratio(groups: list[Group], group: Group) -> float:
 
 
 def _model_labels(groups: list[Group]) -> list[str]:
-    """Model class (``Denoiser`` dropped), its setting, and its config when two rows of a set would clash."""
-    base = [g.model.removesuffix("Denoiser") + (f" [{g.setting}]" if g.setting else "") for g in groups]
+    """Model class (``Denoiser`` / ``Imputer`` dropped) and its setting; when two rows of a set would clash, each
+    adds the words of its config name that the clashing configs do not share (``interpolation_physionet`` vs
+    ``interpolation_noise_physionet``: ``Interpolation`` and ``Interpolation (noise)``)."""
+    base = [
+        g.model.removesuffix("Denoiser").removesuffix("Imputer") + (f" [{g.setting}]" if g.setting else "")
+        for g in groups
+    ]
     labels = []
     for g, b in zip(groups, base):
-        clash = sum(1 for h, c in zip(groups, base) if c == b and h.comparison == g.comparison) > 1
-        labels.append(f"{b} ({g.config})" if clash else b)
+        clashing = [h.config for h, c in zip(groups, base) if c == b and h.comparison == g.comparison]
+        if len(clashing) < 2:
+            labels.append(b)
+            continue
+        shared = set.intersection(*(set(c.split("_")) for c in clashing))
+        words = [w for w in g.config.split("_") if w not in shared]
+        labels.append(f"{b} ({'_'.join(words)})" if words else b)
     return labels
 
 
@@ -539,11 +549,12 @@ def ordered(groups: list[Group]) -> list[Group]:
 
 
 def _fit_widths(header: list[str], rows: list[list[str]], width: int, sep: int) -> list[int]:
-    """Column widths that fit ``width``: the data and model columns give way first (down to 8)."""
+    """Column widths that fit ``width``: the data column gives way first (down to 12), then the data and model
+    columns (down to 8)."""
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    shrinkable = [header.index("data"), header.index("model")]
+    data, model = header.index("data"), header.index("model")
     while sum(widths) + sep * (len(widths) - 1) > width:
-        i = max(shrinkable, key=lambda j: widths[j])
+        i = data if widths[data] > 12 else max((data, model), key=lambda j: widths[j])
         if widths[i] <= 8:
             break
         widths[i] -= 1
@@ -590,14 +601,16 @@ def summary_table(
     header, rows = summary_rows(groups, entries)
     if not rows:
         return "\n".join(["no finished runs", *_unfinished_lines(unfinished or [])]) + "\n"
-    widths = _fit_widths(header, rows, width, 2)
+    natural = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    gap = " " * (2 if sum(natural) + 2 * (len(natural) - 1) <= width else 1)  # one space before cutting names
+    widths = _fit_widths(header, rows, width, len(gap))
     right = {"n", "CRPS", "2nd metric", "cov 50/90", "x base", "paper"}
     lines = []
     for r in [header, *rows]:
         cells = [_cut(str(c), w) for c, w in zip(r, widths)]
-        lines.append("  ".join(c.rjust(w) if h in right else c.ljust(w) for c, w, h in zip(cells, widths, header)))
+        lines.append(gap.join(c.rjust(w) if h in right else c.ljust(w) for c, w, h in zip(cells, widths, header)))
         if r is header:
-            lines.append("  ".join("-" * w for w in widths))
+            lines.append(gap.join("-" * w for w in widths))
     lines += ["", *summary_legend(groups)]
     if flagged:
         lines += ["", f"Flagged, not averaged ({len(flagged)} run(s)):", *flagged_lines(flagged)]
