@@ -2,6 +2,14 @@
 
     python benchmarks/bench_speed.py --original /path/to/ermongroup-CSDI        # the table (item 3-5)
     python benchmarks/bench_speed.py --part precision --physionet RUN --exchange RUN   # bf16 vs float32 (item 1)
+    python benchmarks/bench_speed.py --part curves --curve-steps 120     # loss curves, float32 vs bf16 (item 1)
+    python benchmarks/bench_speed.py --part memory --original CSDI --original-site SITE   # peak RSS (item 4)
+
+``--part memory``: peak resident memory of CSDI electricity forecasting training steps (B=8, L=192, 64 of 370
+series, linear attention), ours in float32 and bf16 autocast and the original ``CSDI_Forecasting``, each variant
+in a fresh subprocess (``--memory-repeats`` rounds, in turn); per step the peak RSS (``VmHWM``, reset through
+``/proc/self/clear_refs`` before each step) minus the RSS after building model and batch. TimeGrad against
+pytorch-ts: ``bench_timegrad_reference.py``.
 
 One run of one script on the machine it runs on; results go to ``benchmarks/results/speed/<machine type>/``
 (``speed.md`` + ``speed.json``, ``precision.md/json`` + ``loss_curves.png``). Synthetic inputs of the paper sizes
