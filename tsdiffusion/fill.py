@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["carry_forward", "interpolate"]
+__all__ = ["carry_forward", "interpolate", "window_mean"]
 
 
 def interpolate(x: Tensor, mask: Tensor) -> Tensor:
@@ -39,3 +39,9 @@ def carry_forward(x: Tensor, mask: Tensor) -> Tensor:
     idx = torch.where(prev >= 0, prev, first).clamp(max=L - 1)
     out = x.gather(1, idx)
     return torch.where(seen.any(dim=1, keepdim=True), out, torch.zeros_like(x))
+
+
+def window_mean(x: Tensor, mask: Tensor) -> Tensor:
+    """Each series' mean over its points where ``mask`` is 1, at every step (0 for a series with none).
+    x, mask: (B, L, K) -> (B, L, K)."""
+    return ((x * mask).sum(1, keepdim=True) / mask.sum(1, keepdim=True).clamp(min=1)).expand_as(x)

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from tsdiffusion.baselines.base import SamplingBaseline
 from tsdiffusion.batch import TSBatch
-from tsdiffusion.fill import carry_forward, interpolate
+from tsdiffusion.fill import carry_forward, interpolate, window_mean
 
 
 class _Fill(SamplingBaseline):
@@ -58,10 +58,7 @@ class InterpolationImputer(_Fill):
 
     def fill(self, batch: TSBatch, cond_mask: Tensor) -> Tensor:
         x = batch["observed"] * cond_mask
-        if self.method == "linear":
-            fill = interpolate(x, cond_mask)
-        else:
-            fill = (x.sum(1, keepdim=True) / cond_mask.sum(1, keepdim=True).clamp(min=1)).expand_as(x)
+        fill = interpolate(x, cond_mask) if self.method == "linear" else window_mean(x, cond_mask)
         return torch.where(cond_mask > 0, x, fill)
 
 
@@ -91,8 +88,5 @@ class MeanImputer(_Fill):
 
     def fill(self, batch: TSBatch, cond_mask: Tensor) -> Tensor:
         x = batch["observed"] * cond_mask
-        if self.over == "data":
-            fill = torch.zeros_like(x)
-        else:
-            fill = (x.sum(1, keepdim=True) / cond_mask.sum(1, keepdim=True).clamp(min=1)).expand_as(x)
+        fill = torch.zeros_like(x) if self.over == "data" else window_mean(x, cond_mask)
         return torch.where(cond_mask > 0, x, fill)

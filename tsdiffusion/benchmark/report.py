@@ -556,17 +556,18 @@ def ordered(groups: list[Group]) -> list[Group]:
     return sorted(groups, key=lambda g: (first[g.comparison], g.baseline))
 
 
-def _fit_widths(header: list[str], rows: list[list[str]], width: int, sep: int) -> list[int]:
-    """Column widths that fit ``width``: the data column gives way first (down to 12), then the data and model
-    columns (down to 8)."""
+def _fit_widths(header: list[str], rows: list[list[str]], width: int) -> tuple[list[int], int]:
+    """(column widths, gap) that fit ``width``: two spaces between columns when everything fits, else one; then
+    the data column gives way first (down to 12), then the data and model columns (down to 8)."""
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    sep = 2 if sum(widths) + 2 * (len(widths) - 1) <= width else 1  # one space before cutting names
     data, model = header.index("data"), header.index("model")
     while sum(widths) + sep * (len(widths) - 1) > width:
         i = data if widths[data] > 12 else max((data, model), key=lambda j: widths[j])
         if widths[i] <= 8:
             break
         widths[i] -= 1
-    return widths
+    return widths, sep
 
 
 def _cut(text: str, w: int) -> str:
@@ -609,9 +610,8 @@ def summary_table(
     header, rows = summary_rows(groups, entries)
     if not rows:
         return "\n".join(["no finished runs", *_unfinished_lines(unfinished or [])]) + "\n"
-    natural = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    gap = " " * (2 if sum(natural) + 2 * (len(natural) - 1) <= width else 1)  # one space before cutting names
-    widths = _fit_widths(header, rows, width, len(gap))
+    widths, sep = _fit_widths(header, rows, width)
+    gap = " " * sep
     right = {"n", "CRPS", "2nd metric", "cov 50/90", "x base", "paper"}
     lines = []
     for r in [header, *rows]:
