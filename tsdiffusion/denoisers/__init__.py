@@ -13,6 +13,7 @@ do in a ``capabilities`` attribute (:class:`Capabilities`; the :class:`Denoiser`
 TimeGrad's conditioning ``cond["hidden"]``.
 """
 
+from tsdiffusion.denoisers.channel_independent import ChannelIndependent
 from tsdiffusion.denoisers.csdi import CSDIDenoiser
 from tsdiffusion.denoisers.protocol import Capabilities, Denoiser, capabilities_of
 from tsdiffusion.denoisers.timegrad import TimeGradDenoiser, TimeGradEncoder
@@ -20,6 +21,7 @@ from tsdiffusion.denoisers.unet1d import UNet1DDenoiser
 
 __all__ = [
     "CSDIDenoiser",
+    "ChannelIndependent",
     "Capabilities",
     "Denoiser",
     "TimeGradDenoiser",
