@@ -162,6 +162,17 @@ def test_timegrad_training_loss_reaches_encoder_and_samples_differ():
     assert samples[:, :, -H:].std(dim=1).min() > 0  # S independent paths
 
 
+def test_timegrad_samples_in_float32_under_bf16_autocast():
+    """The precision policy's bf16 autocast does not reach TimeGrad's chains (they are faster in float32)."""
+    task, batch = timegrad_task(num_samples=3), make_batch()
+    plain = draw(task, batch)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under = draw(task, batch)
+        assert torch.matmul(torch.ones(2, 2), torch.ones(2, 2)).dtype == torch.bfloat16  # autocast is on here
+    assert under.dtype == torch.float32
+    torch.testing.assert_close(under, plain, rtol=0, atol=0)
+
+
 def test_subsample_features_keeps_fields_aligned():
     batch = make_batch()
     batch["observed"] = torch.arange(K).float().expand(B, L, K).clone()

@@ -182,8 +182,16 @@ class TimeGradTask(DiffusionTask):
                generator: torch.Generator | None = None) -> Tensor:  # fmt: skip
         """Autoregressive samples (B, S, L, K), normalised; steps before the horizon are the conditioning values.
 
-        Only ``observed * cond_mask`` is read, so values on the horizon never reach the model.
+        Only ``observed * cond_mask`` is read, so values on the horizon never reach the model. Runs in float32
+        even under bf16 autocast: the chains' calls are small (one time step, 8 channels) and elementwise-bound,
+        and autocast's casts made the 100-sample forecast 1.5x slower on an AMX CPU
+        (``benchmarks/results/speed/intel-amx/timegrad.json``: 259 s bf16 vs 169 s float32).
         """
+        with torch.autocast(batch["observed"].device.type, enabled=False):
+            return self._sample(batch, cond_mask, num_samples, generator)
+
+    def _sample(self, batch: TSBatch, cond_mask: Tensor, num_samples: int | None,
+                generator: torch.Generator | None) -> Tensor:  # fmt: skip
         S = num_samples or self.hparams.num_samples
         x, tf, ids = self._inputs({**batch, "observed": batch["observed"] * cond_mask})
         B = x.shape[0]
