@@ -48,7 +48,7 @@ def test_any_number_of_series_and_features_averaged_over_them():
 def test_declares_the_inner_capabilities_and_refuses_a_multivariate_inner():
     net = ChannelIndependent(_inner(use_cond_channels=False))
     assert isinstance(net, Denoiser) and capabilities_of(net) == Capabilities(conditional=False, features=True)
-    with pytest.raises(ValueError, match="num_features=3.*one series"):
+    with pytest.raises(ValueError, match=r"num_features=3.*one series"):
         ChannelIndependent(UNet1DDenoiser(3, channels=8, channel_mults=(1,), heads=2))
 
 

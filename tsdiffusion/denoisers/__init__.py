@@ -21,8 +21,8 @@ from tsdiffusion.denoisers.unet1d import UNet1DDenoiser
 
 __all__ = [
     "CSDIDenoiser",
-    "ChannelIndependent",
     "Capabilities",
+    "ChannelIndependent",
     "Denoiser",
     "TimeGradDenoiser",
     "TimeGradEncoder",
