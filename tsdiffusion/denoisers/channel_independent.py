@@ -57,14 +57,18 @@ class ChannelIndependent(nn.Module):
     def forward(self, x_t: Tensor, t: Tensor, cond: Cond) -> Tensor:
         """x_t (B, L, K), t (B,), cond -> (B, L, K), each series denoised on its own."""
         K = x_t.shape[-1]
-        out = self.denoiser(rearrange(x_t, "b l k -> (b k) l 1"), t.repeat_interleave(K), fold_cond(cond, K))
-        return rearrange(out, "(b k) l 1 -> b l k", k=K)
+        return rearrange(self.denoiser(*_fold(x_t, t, cond)), "(b k) l 1 -> b l k", k=K)
 
     def features(self, x_t: Tensor, t: Tensor, cond: Cond) -> Tensor:
         """(B, H): the inner network's pooled features of each series, averaged over the window's series."""
         K = x_t.shape[-1]
-        h = self.denoiser.features(rearrange(x_t, "b l k -> (b k) l 1"), t.repeat_interleave(K), fold_cond(cond, K))
-        return rearrange(h, "(b k) h -> b k h", k=K).mean(1)
+        return rearrange(self.denoiser.features(*_fold(x_t, t, cond)), "(b k) h -> b k h", k=K).mean(1)
+
+
+def _fold(x_t: Tensor, t: Tensor, cond: Cond) -> tuple[Tensor, Tensor, Cond]:
+    """The inner network's arguments for the (B K) univariate rows of a (B, L, K) window batch."""
+    K = x_t.shape[-1]
+    return rearrange(x_t, "b l k -> (b k) l 1"), t.repeat_interleave(K), fold_cond(cond, K)
 
 
 def fold_cond(cond: Cond, K: int) -> Cond:
