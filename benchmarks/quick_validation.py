@@ -6,6 +6,9 @@
     # the baselines' validation CRPS (point fills, and interpolation plus Gaussian noise of several std), and the
     # std of interpolation's errors at randomly hidden TRAINING values (the prior_scale of the quick config)
     python benchmarks/quick_validation.py baselines experiments/quick/csdi_physionet.yaml
+    # the same with the seasonal fill (period 24) for the electricity gaps, and its noise std
+    python benchmarks/quick_validation.py baselines experiments/quick/csdi_electricity_gaps.yaml --period 24 \
+        --noise-std 0.1 0.2 0.3 0.4 0.5
 
 Each line printed is also appended to ``--out`` (JSON lines). ``--set key.path=value`` edits the config (value
 parsed as yaml). Runs in bf16 autocast where the config's precision resolves to it.
@@ -22,7 +25,7 @@ import lightning as L
 import torch
 import yaml
 
-from tsdiffusion.baselines import InterpolationImputer, LOCFImputer, MeanImputer
+from tsdiffusion.baselines import InterpolationImputer, LOCFImputer, MeanImputer, SeasonalImputer
 from tsdiffusion.fill import interpolate
 from tsdiffusion.metrics import ProbabilisticMetrics
 from tsdiffusion.runs import instantiate, read_config
@@ -96,12 +99,16 @@ def baselines(args: argparse.Namespace) -> None:
     built = instantiate(read_config(args.config), trainer=False)
     dm = built.datamodule
     dm.setup("fit")
-    for name, imputer in [("mean", MeanImputer()), ("locf", LOCFImputer()), ("interpolation", InterpolationImputer())]:
-        emit(args.out, {"baseline": name, **val_scores(imputer.sample, dm.val_dataloader(), 2)})
-    for std in args.noise_std:
-        for s in (10, 100):
-            scores = val_scores(InterpolationImputer(noise_std=std).sample, dm.val_dataloader(), s)
-            emit(args.out, {"baseline": f"interpolation+N(0,{std}^2)", "samples": s, **scores})
+    fills = [("mean", MeanImputer), ("locf", LOCFImputer), ("interpolation", InterpolationImputer)]
+    if args.period:
+        fills.append((f"seasonal({args.period})", lambda **kw: SeasonalImputer(args.period, **kw)))
+    for name, make in fills:
+        emit(args.out, {"baseline": name, **val_scores(make().sample, dm.val_dataloader(), 2)})
+    for name, make in fills[2:]:
+        for std in args.noise_std:
+            for s in (10, 100):
+                scores = val_scores(make(noise_std=std).sample, dm.val_dataloader(), s)
+                emit(args.out, {"baseline": f"{name}+N(0,{std}^2)", "samples": s, **scores})
     # interpolation's errors at values hidden as in training (10% of the observed values of each training window)
     g, errors = torch.Generator().manual_seed(0), []
     for batch in dm.train_dataloader():
@@ -127,6 +134,7 @@ def main() -> None:
     p.add_argument("--samplers", nargs="+", default=["dpmpp-10"])
     p.add_argument("--final-samplers", nargs="+", default=["dpmpp-10", "ddim-10", "ddpm"])
     p.add_argument("--noise-std", nargs="+", type=float, default=[0.2, 0.35, 0.5, 0.74])
+    p.add_argument("--period", type=int, default=0, help="also the seasonal fill of this period (e.g. 24)")
     p.add_argument("--root", type=Path, default=Path("runs/quick_validation"))
     p.add_argument("--out", type=Path, default=Path("runs/quick_validation/scores.jsonl"))
     args = p.parse_args()

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from tsdiffusion.batch import TSBatch
 
-MaskStrategy = Literal["random", "historical", "mix", "forecast", "none"]
+MaskStrategy = Literal["random", "historical", "mix", "block", "random_block", "forecast", "none"]
 
 
 def random_mask(observed_mask: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -52,6 +52,37 @@ def mix_mask(observed_mask: Tensor, generator: torch.Generator | None = None) ->
     return torch.where(use_random, random_mask(observed_mask, generator), historical_mask(observed_mask))
 
 
+def block_mask(
+    observed_mask: Tensor, max_length: int | None = None, generator: torch.Generator | None = None
+) -> Tensor:
+    """Contiguous gaps: per window, each series is hit with probability q ~ U(0, 1) (one q per window), and a
+    hit series loses one block of ``U{1..max_length}`` consecutive steps (default ``max_length`` L // 2) from a
+    uniform start, cut at the window's end. Trains a model for outages (block-missing evaluation, e.g.
+    ``FrameDataModule(missing_pattern="block")``), where point-wise random masks leave a neighbour on either
+    side of almost every hidden value.
+
+    observed_mask: (B, L, K) -> cond_mask (B, L, K).
+    """
+    B, L, K = observed_mask.shape
+    max_length = max(1, L // 2) if max_length is None else max_length
+    if not 1 <= max_length <= L:
+        raise ValueError(f"block_mask: max_length must be in [1, L={L}], got {max_length}")
+    device = observed_mask.device
+    q = torch.rand(B, 1, 1, device=device, generator=generator)
+    hit = torch.rand(B, 1, K, device=device, generator=generator) < q
+    start = torch.randint(0, L, (B, 1, K), device=device, generator=generator)
+    length = torch.randint(1, max_length + 1, (B, 1, K), device=device, generator=generator)
+    t = torch.arange(L, device=device).view(1, L, 1)
+    hidden = hit & (t >= start) & (t < start + length)
+    return observed_mask * (~hidden).to(observed_mask.dtype)
+
+
+def random_block_mask(observed_mask: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """For each window, CSDI's random strategy or :func:`block_mask`, with probability 1/2 each."""
+    use_random = torch.rand(observed_mask.shape[0], 1, 1, device=observed_mask.device, generator=generator) < 0.5
+    return torch.where(use_random, random_mask(observed_mask, generator), block_mask(observed_mask, None, generator))
+
+
 def forecast_mask(batch: TSBatch) -> Tensor:
     """Condition on everything observed outside the evaluation targets (the forecast horizon)."""
     return batch["observed_mask"] * (1 - batch["target_mask"])
@@ -72,8 +103,14 @@ def make_cond_mask(strategy: MaskStrategy, batch: TSBatch, generator: torch.Gene
         return historical_mask(observed_mask)
     if strategy == "mix":
         return mix_mask(observed_mask, generator)
+    if strategy == "block":
+        return block_mask(observed_mask, None, generator)
+    if strategy == "random_block":
+        return random_block_mask(observed_mask, generator)
     if strategy == "forecast":
         return forecast_mask(batch)
     if strategy == "none":
         return torch.zeros_like(observed_mask)
-    raise ValueError(f"unknown mask strategy {strategy!r}: expected random, historical, mix, forecast or none")
+    raise ValueError(
+        f"unknown mask strategy {strategy!r}: expected random, historical, mix, block, random_block, forecast or none"
+    )

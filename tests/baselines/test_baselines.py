@@ -127,3 +127,25 @@ def test_interpolation_with_noise_is_the_fill_plus_gaussian_noise_at_hidden_valu
     torch.testing.assert_close(noisy.point(batch, cond), fill)  # its point estimate is the fill
     with pytest.raises(ValueError, match="noise_std"):
         InterpolationImputer(noise_std=-1.0)
+
+
+def test_seasonal_imputer_matches_hand_computed_fill():
+    from tsdiffusion.baselines import SeasonalImputer
+
+    # one series, period 2, 7 steps: given at steps 0, 1, 3, 6 (values 10, 20, 40, 70)
+    x = torch.tensor([10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0]).view(1, 7, 1)
+    cond = torch.tensor([1.0, 1, 0, 1, 0, 0, 1]).view(1, 7, 1)
+    batch = {"observed": x, "observed_mask": torch.ones_like(x)}
+    out = SeasonalImputer(period=2).point(batch, cond)[0, :, 0]
+    # step 2: steps 0 and 4 one period away, only 0 given -> 10; step 4: steps 2 and 6 -> only 6 given -> 70;
+    # step 5: steps 3 and 7 -> 3 given -> 40
+    torch.testing.assert_close(out, torch.tensor([10.0, 20.0, 10.0, 40.0, 70.0, 40.0, 70.0]))
+    # both neighbours given: their mean; none at one period but one at two periods: that one
+    x2 = torch.arange(9.0).view(1, 9, 1)
+    cond2 = torch.tensor([1.0, 0, 0, 0, 0, 0, 0, 0, 1]).view(1, 9, 1)
+    out2 = SeasonalImputer(period=2).point({"observed": x2}, cond2)[0, :, 0]
+    # step 4: +-2 (steps 2, 6) not given, +-4 (steps 0 and 8) given -> mean(0, 8) = 4; odd steps have no given
+    # value at any multiple of 2 away -> linear interpolation between steps 0 and 8 (= the step itself)
+    torch.testing.assert_close(out2, torch.tensor([0.0, 1, 0, 3, 4, 5, 8, 7, 8]))
+    with pytest.raises(ValueError, match="period"):
+        SeasonalImputer(period=0)

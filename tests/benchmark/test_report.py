@@ -139,3 +139,32 @@ def test_rows_of_one_class_are_told_apart_by_the_words_of_their_configs():
         group("LOCFImputer", "locf_physionet"),
     ]
     assert _model_labels(groups) == ["CSDI", "Interpolation", "Interpolation (noise)", "LOCF"]
+
+
+def test_spec_notes_are_printed_under_the_tables_wrapped_to_the_width(sweep, capsys):
+    from tsdiffusion.benchmark.spec import SpecError, parse_spec
+
+    note = "On daily exchange rates the random walk is the honest floor: " + "no model here beats it. " * 8
+    spec = parse_spec({"name": "n", "configs": ["a.yaml"], "notes": [note]})
+    assert spec.notes == (" ".join(note.split()),)
+    with pytest.raises(SpecError, match="notes"):
+        parse_spec({"name": "n", "configs": ["a.yaml"], "notes": [1]})
+    (sweep / "sweep.json").write_text(json.dumps({"name": "n", "notes": list(spec.notes)}))
+    assert main(["report", str(sweep)]) == 0
+    out = capsys.readouterr().out
+    assert "Notes:" in out and "- On daily exchange rates the random walk is the honest floor" in out
+    assert max(len(x) for x in out.splitlines()) <= TABLE_WIDTH
+    assert main(["report", str(sweep), "--markdown"]) == 0
+    assert f"- {spec.notes[0]}" in capsys.readouterr().out
+    assert "Notes:" in (sweep / "results.md").read_text()
+
+
+def test_embedded_data_is_marked_for_both_path_forms():
+    from tsdiffusion.benchmark.report import dataset_label
+
+    def record(path):
+        return {"dataset": "d", "config": {"data": {"init_args": {"path": path}}}}
+
+    assert dataset_label(record("embedded")) == "d (embedded)"
+    assert dataset_label(record("embedded:electricity_subset")) == "d (embedded)"
+    assert dataset_label(record("../shared/data/x.csv")) == "d"

@@ -273,3 +273,67 @@ def test_bad_files_and_arguments(tmp_path):
         df = wide_frame()
         df.loc[5, "timestamp"] += pd.Timedelta(minutes=7)
         FrameDataModule.from_dataframe(df, freq="h").panel()
+
+
+# -- gaps (block-missing targets), eval stride, the embedded table -----------------------------------------
+
+
+def test_block_holdout_holds_out_contiguous_gaps_of_the_given_lengths():
+    from tsdiffusion.data.windows import block_holdout_mask
+
+    wide = wide_frame(T=600, K=4)
+    observed = np.isfinite(wide.drop(columns="timestamp").to_numpy())
+    a = FrameDataModule.from_dataframe(wide, missing_ratio=0.1, missing_pattern="block", block_length=(5, 8), seed=3)
+    target = a.target()
+    np.testing.assert_array_equal(target, a.target())  # seeded
+    assert not (target[0] & ~observed).any()  # only observed values become targets
+    for k in range(4):
+        share = target[0, :, k].sum() / observed[:, k].sum()
+        assert 0.1 <= share < 0.1 + 8 / observed[:, k].sum() + 1e-9  # the ratio, overshot by at most one gap
+    # gaps: on a fully observed grid, every run of held-out steps is 5-8 long (or longer where gaps touch, or
+    # shorter when cut at the end of the grid)
+    full = block_holdout_mask(np.ones((1, 600, 3), bool), 0.1, np.random.default_rng(0), 5, 8)
+    for k in range(3):
+        steps = np.flatnonzero(np.diff(np.r_[0, full[0, :, k].astype(int), 0]))
+        runs = steps[1::2] - steps[::2]
+        ends = steps[1::2]
+        assert ((runs >= 5) | (ends == 600)).all()
+        assert runs.max() >= 5
+    point = FrameDataModule.from_dataframe(wide, missing_ratio=0.1, seed=3).target()
+    gaps = lambda t: (np.diff(t[0].astype(int), axis=0) == 1).sum()
+    assert gaps(target) < gaps(point) / 3  # far fewer, longer runs than scattered values
+    with pytest.raises(ValueError, match="missing_pattern"):
+        FrameDataModule.from_dataframe(wide, missing_pattern="blocks")
+    with pytest.raises(ValueError, match="block_length"):
+        FrameDataModule.from_dataframe(wide, block_length=(8, 5))
+
+
+def test_eval_stride_and_max_series():
+    wide = wide_frame(T=400, K=5)
+    dm, _ = built(wide, window_length=24, stride=2, eval_stride=12, max_series=3)
+    assert dm.num_features == 3 and list(dm.panel().series) == ["s0", "s1", "s2"]
+    ends = {s: np.diff(w.end) for s, w in dm.windows.items()}
+    assert (ends["train"] == 2).all() and (ends["val"] == 12).all() and (ends["test"] == 12).all()
+    np.testing.assert_allclose(dm.loc, np.nanmean(wide[["s0", "s1", "s2"]].to_numpy()[:280], 0), rtol=1e-5)
+    with pytest.raises(ValueError, match="eval_stride"):
+        FrameDataModule.from_dataframe(wide, eval_stride=0)
+
+
+def test_gzipped_csv_and_the_embedded_electricity_table(tmp_path):
+    import gzip
+
+    wide = wide_frame(T=60)
+    plain, zipped = tmp_path / "x.csv", tmp_path / "x.csv.gz"
+    wide.to_csv(plain, index=False)
+    zipped.write_bytes(gzip.compress(plain.read_bytes()))
+    a, b = FrameDataModule(path=str(plain), window_length=12), FrameDataModule(path=str(zipped), window_length=12)
+    np.testing.assert_array_equal(a.panel().values, b.panel().values)
+    assert b.name == "x"
+    dm = FrameDataModule(path="embedded:electricity_subset", timestamp_column="date", freq="h", max_series=4,
+                         window_length=48)  # fmt: skip
+    panel = dm.panel()
+    assert panel.values.shape == (1, 1000, 4) and dm.name == "electricity_subset"
+    # the first row of the published file: date 2016/7/1 2:00, clients 0..3 = 14, 69, 234, 415
+    np.testing.assert_array_equal(panel.values[0, 0], [14.0, 69.0, 234.0, 415.0])
+    with pytest.raises(FrameDataError, match="no embedded table"):
+        FrameDataModule(path="embedded:traffic", window_length=12).panel()

@@ -6,7 +6,14 @@ from tsdiffusion.baselines.anomaly import RollingMedianScorer, rolling_mad_score
 from tsdiffusion.baselines.base import Baseline, SamplingBaseline, ScoringBaseline
 from tsdiffusion.baselines.classical import ETSForecaster, ets_paths
 from tsdiffusion.baselines.forecasting import RandomWalk, SeasonalNaive, bootstrap_forecast, seasonal_residuals
-from tsdiffusion.baselines.imputation import InterpolationImputer, LOCFImputer, MeanImputer, carry_forward, interpolate
+from tsdiffusion.baselines.imputation import (
+    InterpolationImputer,
+    LOCFImputer,
+    MeanImputer,
+    SeasonalImputer,
+    carry_forward,
+    interpolate,
+)
 
 __all__ = [
     "Baseline",
@@ -18,6 +25,7 @@ __all__ = [
     "RollingMedianScorer",
     "SamplingBaseline",
     "ScoringBaseline",
+    "SeasonalImputer",
     "SeasonalNaive",
     "bootstrap_forecast",
     "carry_forward",

@@ -26,6 +26,7 @@ import csv
 import io
 import json
 import math
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -165,7 +166,8 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 def dataset_label(record: dict[str, Any]) -> str:
     """The record's dataset, marked ``(embedded)`` when it ran on the copy shipped in the package."""
     path = lookup(record, "config.data.init_args.path")
-    return f"{record['dataset']} (embedded)" if path == "embedded" else str(record["dataset"])
+    embedded = path == "embedded" or str(path).startswith("embedded:")  # FrameDataModule's "embedded:<name>"
+    return f"{record['dataset']} (embedded)" if embedded else str(record["dataset"])
 
 
 def group_records(records: list[dict[str, Any]]) -> list[Group]:
@@ -325,8 +327,9 @@ def markdown(
         lines += [
             "",
             "*(embedded)*: the copy shipped with the package (PhysioNet: the first 600 records of set-a, a subset; "
-            "exchange_rate_nips: the whole published set). Such runs use short budgets: they check the pipeline "
-            "end to end and are not comparable with the papers' numbers.",
+            "exchange_rate_nips: the whole published set; electricity_subset: 1000 hours of 203 clients, a subset). "
+            "Such runs use short budgets: they check the pipeline end to end and are not comparable with the "
+            "papers' numbers.",
         ]
     lines += _unfinished_lines(unfinished or [])
     return "\n".join(lines) + "\n"
@@ -605,8 +608,10 @@ def summary_table(
     flagged: list[dict] | None = None,
     width: int = TABLE_WIDTH,
     unfinished: list[dict] | None = None,
+    notes: list[str] | None = None,
 ) -> str:
-    """The plain-text summary (every line at most ``width`` columns), then flagged and unfinished runs."""
+    """The plain-text summary (every line at most ``width`` columns, notes wrapped), then the spec's notes,
+    flagged and unfinished runs."""
     header, rows = summary_rows(groups, entries)
     if not rows:
         return "\n".join(["no finished runs", *_unfinished_lines(unfinished or [])]) + "\n"
@@ -620,6 +625,9 @@ def summary_table(
         if r is header:
             lines.append(gap.join("-" * w for w in widths))
     lines += ["", *summary_legend(groups)]
+    if notes:
+        lines += ["", "Notes:"]
+        lines += [w for n in notes for w in textwrap.wrap(n, width, initial_indent="- ", subsequent_indent="  ")]
     if flagged:
         lines += ["", f"Flagged, not averaged ({len(flagged)} run(s)):", *flagged_lines(flagged)]
     lines += _unfinished_lines(unfinished or [])
@@ -638,13 +646,20 @@ def machine_and_dates(records: list[dict[str, Any]]) -> str:
 
 
 def summary_markdown(
-    groups: list[Group], entries: list[dict], records: list[dict], flagged: list[dict] | None = None
+    groups: list[Group],
+    entries: list[dict],
+    records: list[dict],
+    flagged: list[dict] | None = None,
+    notes: list[str] | None = None,
 ) -> str:
-    """The summary as Markdown (mean ± std over seeds, best in bold), machine and dates, legend, flagged runs."""
+    """The summary as Markdown (mean ± std over seeds, best in bold), machine and dates, legend, the spec's
+    notes, flagged runs."""
     header, rows = summary_rows(groups, entries, markdown=True)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
     lines += ["", machine_and_dates(records + (flagged or [])), "", *summary_legend(groups)]
+    if notes:
+        lines += ["", "Notes:", "", *(f"- {n}" for n in notes)]
     if flagged:
         lines += ["", f"Flagged, not averaged ({len(flagged)} run(s)):", "", *flagged_lines(flagged)]
     return "\n".join(lines) + "\n"
@@ -672,14 +687,17 @@ def report(
     """Aggregate a sweep folder into results.md / .csv / .png (and .json) there; returns the Markdown."""
     sweep_dir = Path(sweep_dir)
     groups, records, sources, entries, flagged, unfinished = load_sweep(sweep_dir, reference)
+    notes = (_read_json(sweep_dir / "sweep.json") or {}).get("notes") or []
     title = title or f"Results: {sweep_dir.name} ({len(records) + len(flagged)} runs done)"
     text = markdown(groups, sources, entries, title, metrics, unfinished)
     if groups or flagged:  # the summary first, then every metric
         head, _, rest = text.partition("\n\n")
-        summary = summary_markdown(groups, entries, records, flagged)
+        summary = summary_markdown(groups, entries, records, flagged, notes)
         text = f"{head}\n\n{summary}\n### All metrics\n\n{rest}"
     write_text_atomic(sweep_dir / "results.md", text)
-    write_text_atomic(sweep_dir / "results.txt", summary_table(groups, entries, flagged, unfinished=unfinished))
+    write_text_atomic(
+        sweep_dir / "results.txt", summary_table(groups, entries, flagged, unfinished=unfinished, notes=notes)
+    )
     write_csv(table_rows(groups, entries, flagged), sweep_dir / "results.csv")
     shown = metrics or [m for m in DEFAULT_METRICS if any(m in g.metric_names() for g in groups)]
     plot(groups, entries, shown, sweep_dir / "results.png")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import json
 import os
 import shlex
 import signal
@@ -102,6 +103,7 @@ def write_plan(spec: SweepSpec, sweep_dir: Path, runs: list[Run]) -> None:
             "seeds": list(spec.seeds),
             "grid": spec.grid,
             "overrides": spec.overrides,
+            "notes": list(spec.notes),
             "runs": [{"id": r.id, "config": r.config, "seed": r.seed, "setting": r.setting()} for r in runs],
         },
     )
@@ -212,7 +214,8 @@ def print_summary(sweep_dir: Path, reference: Path | None = None, metrics: list[
     report(sweep_dir, reference, metrics)
     groups, records, _, entries, flagged, _ = load_sweep(sweep_dir, reference)
     if as_markdown:
-        print(summary_markdown(groups, entries, records, flagged), end="")
+        notes = json.loads((sweep_dir / "sweep.json").read_text()) if (sweep_dir / "sweep.json").is_file() else {}
+        print(summary_markdown(groups, entries, records, flagged, notes.get("notes")), end="")
     else:
         print((sweep_dir / "results.txt").read_text(), end="")
     if flagged:

@@ -35,7 +35,7 @@ from typing import Any
 
 import yaml
 
-SPEC_KEYS = {"name", "configs", "baselines", "seeds", "grid", "overrides", "reference", "description"}
+SPEC_KEYS = {"name", "configs", "baselines", "seeds", "grid", "overrides", "reference", "description", "notes"}
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
@@ -55,6 +55,7 @@ class SweepSpec:
     reference: str | None = None
     path: Path | None = None
     baselines: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
 
     def resolve(self, config: str) -> Path:
         """A config path as written -> an existing file: the working directory first, then the spec's folder
@@ -132,7 +133,19 @@ def parse_spec(raw: dict[str, Any], path: Path | None = None) -> SweepSpec:
         overrides=dict(raw.get("overrides") or {}),
         reference=raw.get("reference"),
         path=path.resolve() if path else None,
+        notes=_notes(raw.get("notes"), where),
     )
+
+
+def _notes(raw: Any, where: str) -> tuple[str, ...]:
+    """``notes``: lines the report prints under its tables (what a reader must know to judge a row)."""
+    if raw is None:
+        return ()
+    if isinstance(raw, str):
+        raw = [raw]
+    if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
+        raise SpecError(f"{where}: 'notes' must be a list of strings, got {raw!r}")
+    return tuple(" ".join(x.split()) for x in raw)
 
 
 #: Overrides of a run whose config evaluates a non-learned baseline: ``fit --test_after_fit`` would otherwise

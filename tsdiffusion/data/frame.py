@@ -24,9 +24,15 @@ train part only (as CSDI's ``train`` statistics); every window carries ``loc`` /
 ``observed * scale + loc`` is in original units.
 
 Evaluation protocol (``target_mask``), owned by the DataModule as in the rest of tsdiffusion:
-    * ``"imputation"``: a seeded ``missing_ratio`` of each item's observed values is held out (CSDI's
-      protocol, Tashiro et al. 2021, sec. 5.1);
+    * ``"imputation"``: a seeded ``missing_ratio`` of each item's observed values is held out: scattered
+      values (``missing_pattern="point"``, CSDI's protocol, Tashiro et al. 2021, sec. 5.1) or, per series,
+      contiguous gaps of ``block_length`` steps (``missing_pattern="block"``: outages, where interpolation
+      has no neighbour inside the gap);
     * ``"forecast"``: the last ``prediction_length`` steps of each window (the GluonTS rolling protocol).
+
+Embedded data: ``path="embedded:electricity_subset"`` reads the copy shipped in ``tsdiffusion/resources``
+(checked against its sha256; see its README): 1000 hours x 203 clients of the UCI electricity data, columns
+``date`` and ``0`` .. ``OT``.
 
 Labels: ``label_column`` (0/1 per time step) becomes ``point_label`` (anomaly detection); ``label_path``
 (a table ``item_id,label``) or ``labels=`` of :meth:`FrameDataModule.from_array` become ``label``
@@ -58,6 +64,7 @@ from tsdiffusion.data.sources.frame import (
 from tsdiffusion.data.sources.panel import Panel, panel_time_features
 from tsdiffusion.data.windows import (
     Windows,
+    block_holdout_mask,
     grid_windows,
     holdout_mask,
     make_window_fields,
@@ -73,6 +80,40 @@ __all__ = ["FrameDataError", "FrameDataModule", "Panel", "Windows", "make_window
 Protocol = Literal["imputation", "forecast"]
 SplitBy = Literal["time", "series"]
 Scaling = Literal["standard", "none"]
+MissingPattern = Literal["point", "block"]
+
+#: Tables shipped in ``tsdiffusion/resources`` for ``path="embedded:<name>"``: file name and sha256.
+EMBEDDED_FRAMES = {
+    "electricity_subset": (
+        "electricity-first1000h-203clients.csv.gz",
+        "427d0a960aa3515747bc70c61e4fe65d850908d147f5c23d2224f4115e9cc324",
+    ),
+}
+
+
+def embedded_frame(path: str) -> Path:
+    """``"embedded:<name>"`` -> the packaged file, after checking its sha256."""
+    import hashlib
+    from importlib import resources
+
+    name = path.split(":", 1)[1]
+    if name not in EMBEDDED_FRAMES:
+        raise FrameDataError(f"{path}: no embedded table {name!r}; known: {sorted(EMBEDDED_FRAMES)}")
+    file_name, sha = EMBEDDED_FRAMES[name]
+    file = Path(str(resources.files("tsdiffusion") / "resources" / file_name))
+    digest = hashlib.sha256(file.read_bytes()).hexdigest()
+    if digest != sha:
+        raise FrameDataError(f"{file}: sha256 {digest} differs from the expected {sha} (a damaged install?)")
+    return file
+
+
+def _name(path: str | None) -> str:
+    if not path:
+        return "frame"
+    if str(path).startswith("embedded:"):
+        return str(path).split(":", 1)[1]
+    name = Path(path).name
+    return name[: -len(".gz")].rsplit(".", 1)[0] if name.endswith(".gz") else Path(path).stem
 
 
 class FrameDataModule(TSDataModule):
@@ -85,21 +126,26 @@ class FrameDataModule(TSDataModule):
     layouts, splits and protocols.
 
     Args:
-        path: a ``.csv`` / ``.tsv`` / ``.parquet`` table (wide or long) or a ``.npy`` array ``(T, K)`` or
-            ``(N, L, K)``; ``None`` with :meth:`from_dataframe` / :meth:`from_array`.
+        path: a ``.csv`` / ``.tsv`` / ``.parquet`` table (wide or long, optionally ``.gz``) or a ``.npy`` array
+            ``(T, K)`` or ``(N, L, K)``; ``"embedded:<name>"`` for a copy shipped with the package (names in
+            :data:`EMBEDDED_FRAMES`); ``None`` with :meth:`from_dataframe` / :meth:`from_array`.
         layout: ``"wide"``, ``"long"`` or ``"auto"`` (long when ``item_column`` and ``value_column`` exist).
         timestamp_column: the time stamp column (default: ``timestamp`` if present, else a ``DatetimeIndex``,
             else the row order; integer stamps are steps).
         item_column, value_column: the long layout's series name and value columns.
         series: the wide layout's series columns (default: every column but the time stamp and label).
+        max_series: keep only the first ``max_series`` series (in column order); default all.
         freq: the grid frequency (``"h"``, ``"B"``, ``"15min"``; default inferred).
         window_length: L, steps per window.
         stride: steps between consecutive windows (default ``window_length``: no overlap).
+        eval_stride: the stride of the validation and test windows (default ``stride``).
         split: ``"time"`` or ``"series"`` (see the module docstring).
         val_fraction, test_fraction: share of the grid steps (time) or of the items (series).
         protocol: ``"imputation"`` (``missing_ratio`` held out) or ``"forecast"`` (the last
             ``prediction_length`` steps).
         missing_ratio: share of observed values held out as imputation targets, in (0, 1).
+        missing_pattern: ``"point"`` (scattered values) or ``"block"`` (per series, gaps of ``block_length``).
+        block_length: ``(min, max)`` steps of a held-out gap, drawn uniformly (``missing_pattern="block"``).
         prediction_length: H, the forecast horizon, < L.
         scaling: ``"standard"`` (train mean/std per series) or ``"none"``.
         univariate: every series becomes its own item with K = 1.
@@ -117,14 +163,18 @@ class FrameDataModule(TSDataModule):
         item_column: str = "item_id",
         value_column: str = "value",
         series: list[str] | None = None,
+        max_series: int | None = None,
         freq: str | None = None,
         window_length: int = 48,
         stride: int | None = None,
+        eval_stride: int | None = None,
         split: SplitBy = "time",
         val_fraction: float = 0.1,
         test_fraction: float = 0.2,
         protocol: Protocol = "imputation",
         missing_ratio: float = 0.1,
+        missing_pattern: MissingPattern = "point",
+        block_length: tuple[int, int] = (6, 24),
         prediction_length: int = 24,
         scaling: Scaling = "standard",
         univariate: bool = False,
@@ -136,16 +186,25 @@ class FrameDataModule(TSDataModule):
         num_workers: int = 0,
     ):
         super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers)
-        _check_options(layout, split, protocol, scaling)
+        _check_options(layout, split, protocol, scaling, missing_pattern)
         _check_sizes(window_length, stride, val_fraction, test_fraction, missing_ratio, prediction_length, protocol)
+        if eval_stride is not None and eval_stride < 1:
+            raise ValueError(f"eval_stride must be >= 1, got {eval_stride}")
+        if max_series is not None and max_series < 1:
+            raise ValueError(f"max_series must be >= 1, got {max_series}")
+        block_length = tuple(block_length)
+        if len(block_length) != 2 or not 1 <= block_length[0] <= block_length[1]:
+            raise ValueError(f"block_length must be (min, max) with 1 <= min <= max, got {block_length}")
         self.path, self.label_path = path, label_path
         self.spec = FrameSpec(layout, timestamp_column, item_column, value_column,
                               tuple(series) if series else None, label_column, freq)  # fmt: skip
         self.window_length, self.stride = window_length, stride or window_length
+        self.eval_stride, self.max_series = eval_stride or self.stride, max_series
+        self.missing_pattern, self.block_length = missing_pattern, block_length
         self.split, self.val_fraction, self.test_fraction = split, val_fraction, test_fraction
         self.protocol, self.missing_ratio, self.prediction_length = protocol, missing_ratio, prediction_length
         self.scaling, self.univariate, self.seed = scaling, univariate, seed
-        self.name = Path(path).stem if path else "frame"
+        self.name = _name(path)
         self._frame: pd.DataFrame | None = None
         self._array: dict[str, Any] | None = None
         self._panel: Panel | None = None
@@ -188,6 +247,10 @@ class FrameDataModule(TSDataModule):
         """The whole data set on its regular grid, before windows, splits and normalisation."""
         if self._panel is None:
             panel = self._read()
+            if self.max_series is not None:
+                panel = panel.replace(
+                    values=panel.values[..., : self.max_series], series=panel.series[: self.max_series]
+                )
             panel = split_univariate(panel) if self.univariate else panel
             if self.label_path is not None:
                 panel = with_item_labels(panel, self.label_path, self.spec.item_column)
@@ -204,7 +267,8 @@ class FrameDataModule(TSDataModule):
                                   labels=a["labels"], point_labels=a["point_labels"])  # fmt: skip
         if self.path is None:
             raise FrameDataError("FrameDataModule: pass `path`, or use from_dataframe() / from_array()")
-        return read_file_panel(self.path, self.spec)
+        return read_file_panel(embedded_frame(self.path) if str(self.path).startswith("embedded:") else self.path,
+                               self.spec)  # fmt: skip
 
     # -- sizes --------------------------------------------------------------------------------------
     @property
@@ -249,7 +313,7 @@ class FrameDataModule(TSDataModule):
         scored = self.prediction_length if self.protocol == "forecast" else 1
         out = {}
         for split, region in time_regions(T, self.val_fraction, self.test_fraction).items():
-            ends = window_ends(region, L, self.stride, scored)
+            ends = window_ends(region, L, self.stride if split == "train" else self.eval_stride, scored)
             self._check_nonempty(split, len(ends), f"grid steps [{region[0]}, {region[1]}) of {T}")
             out[split] = grid_windows(np.arange(N), ends, region[0] if split != "train" else 0)
         return out
@@ -293,7 +357,10 @@ class FrameDataModule(TSDataModule):
         values = self.panel().values
         observed = np.isfinite(values)
         if self.protocol == "imputation":
-            return holdout_mask(observed, self.missing_ratio, np.random.default_rng(self.seed))
+            rng = np.random.default_rng(self.seed)
+            if self.missing_pattern == "block":
+                return block_holdout_mask(observed, self.missing_ratio, rng, *self.block_length)
+            return holdout_mask(observed, self.missing_ratio, rng)
         return observed
 
     def build(self) -> dict[str, WindowDataset]:
@@ -334,7 +401,9 @@ class FrameDataModule(TSDataModule):
         return {
             "source": panel.source, "shape_NTK": list(panel.values.shape), "freq": panel.freq,
             "series": list(panel.series)[:50], "window_length": self.window_length, "stride": self.stride,
-            "split": self.split, "protocol": self.protocol,
+            "eval_stride": self.eval_stride, "split": self.split, "protocol": self.protocol,
+            **({"missing_pattern": "block", "block_length": list(self.block_length)}
+               if self.protocol == "imputation" and self.missing_pattern == "block" else {}),
             "windows": {s: len(w.item) for s, w in self.windows.items()},
         }  # fmt: skip
 
@@ -344,8 +413,9 @@ def _horizon_only(windows: Windows, horizon: int) -> Windows:
     return Windows(windows.item, windows.end, np.maximum(windows.scored_from, windows.end - horizon))
 
 
-def _check_options(layout: str, split: str, protocol: str, scaling: str) -> None:
+def _check_options(layout: str, split: str, protocol: str, scaling: str, missing_pattern: str = "point") -> None:
     options = (
+        ("missing_pattern", missing_pattern, ("point", "block")),
         ("layout", layout, ("auto", "wide", "long")),
         ("split", split, ("time", "series")),
         ("protocol", protocol, ("imputation", "forecast")),

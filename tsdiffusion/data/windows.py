@@ -71,9 +71,7 @@ def time_regions(T: int, val_fraction: float, test_fraction: float) -> dict[str,
 # -- hold-out masks -----------------------------------------------------------------------------------
 
 
-def holdout_mask(
-    observed: np.ndarray, ratio: float, rng: np.random.Generator | np.random.RandomState
-) -> np.ndarray:
+def holdout_mask(observed: np.ndarray, ratio: float, rng: np.random.Generator | np.random.RandomState) -> np.ndarray:
     """(N, T, K) bool observed -> (N, T, K) bool evaluation targets.
 
     Item after item, ``rng.choice(observed flat indices, int(n_observed * ratio), replace=False)``: the draws
@@ -86,6 +84,31 @@ def holdout_mask(
         flat = np.flatnonzero(mask)
         target[n].flat[rng.choice(flat, int(len(flat) * ratio), replace=False)] = True
     return target
+
+
+def block_holdout_mask(
+    observed: np.ndarray, ratio: float, rng: np.random.Generator, min_length: int, max_length: int
+) -> np.ndarray:
+    """(N, T, K) bool observed -> (N, T, K) bool evaluation targets in contiguous gaps (outages).
+
+    Item after item, series after series: blocks of ``U{min_length..max_length}`` consecutive steps from a
+    uniform start (cut at the end of the grid) are held out until at least ``ratio`` of the series' observed
+    values are; only observed values become targets. One ``rng`` stream, as :func:`holdout_mask`.
+    """
+    if not 1 <= min_length <= max_length:
+        raise ValueError(f"block lengths must satisfy 1 <= min_length <= max_length, got {min_length}, {max_length}")
+    N, T, K = observed.shape
+    target = np.zeros(observed.shape, dtype=bool)
+    for n in range(N):
+        for k in range(K):
+            seen, hidden = observed[n, :, k], target[n, :, k]
+            need = ratio * seen.sum()
+            for _ in range(100 * T):  # each draw hides >= 1 observed value with probability > 0
+                if (hidden & seen).sum() >= need:
+                    break
+                start, length = rng.integers(0, T), rng.integers(min_length, max_length + 1)
+                hidden[start : start + length] = True
+    return target & observed
 
 
 # -- normalisation statistics -------------------------------------------------------------------------

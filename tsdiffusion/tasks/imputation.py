@@ -17,7 +17,9 @@ class ImputationTask(DiffusionTask):
 
     Args:
         mask_strategy: CSDI's training masks: ``random`` (a random ratio of the observed values per window),
-            ``historical`` (the missingness pattern of another window), ``mix`` (either, with probability 1/2).
+            ``historical`` (the missingness pattern of another window), ``mix`` (either, with probability 1/2);
+            for gaps (block-missing targets) ``block`` (one contiguous block per hit series, see
+            :func:`tsdiffusion.masking.block_mask`) or ``random_block`` (random or block, 1/2 each).
         plot_windows, plot_features: after ``test``, ``imputation_<i>.png`` for the first ``plot_windows``
             windows (patients) of the last test batch, each showing its ``plot_features`` variables with
             most held-out values: observed points, held-out truth, median and 5-95% band; also logged
@@ -33,7 +35,7 @@ class ImputationTask(DiffusionTask):
     def __init__(
         self,
         *args,
-        mask_strategy: Literal["random", "historical", "mix"] = "random",
+        mask_strategy: Literal["random", "historical", "mix", "block", "random_block"] = "random",
         plot_windows: int = 3,
         plot_features: int = 4,
         **kwargs,

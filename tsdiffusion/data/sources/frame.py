@@ -40,11 +40,13 @@ class FrameDataError(ValueError):
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
-    """A CSV (``.csv``, ``.tsv``, ``.txt``) or Parquet (``.parquet``, ``.pq``) file as a DataFrame."""
+    """A CSV (``.csv``, ``.tsv``, ``.txt``, each optionally gzipped: ``.csv.gz``) or Parquet (``.parquet``,
+    ``.pq``) file as a DataFrame."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"{path}: file not found")
-    suffix = path.suffix.lower()
+    suffixes = [x.lower() for x in path.suffixes]
+    suffix = suffixes[-2] if len(suffixes) > 1 and suffixes[-1] == ".gz" else path.suffix.lower()
     if suffix in (".parquet", ".pq"):
         try:
             return pd.read_parquet(path)
@@ -57,7 +59,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
 
 def _where(source: str, row: int) -> str:
     """Names a data row: a line of a CSV file (header on line 1), else the 0-based row position."""
-    if source.lower().endswith((".csv", ".tsv", ".txt")):
+    if source.lower().removesuffix(".gz").endswith((".csv", ".tsv", ".txt")):
         return f"{source}, line {row + 2}"
     return f"{source}, row {row}"
 
@@ -293,7 +295,6 @@ def check_panel(panel: Panel) -> None:
         n, k = (int(i) for i in np.argwhere(empty)[0])
         item = f"item {panel.items[n]!r}, " if len(panel.items) > 1 else ""
         raise FrameDataError(f"{panel.source}: {item}series {panel.series[k]!r} has no observed value (all NaN)")
-
 
 
 def read_file_panel(path: str | Path, spec: FrameSpec) -> Panel:
