@@ -582,3 +582,33 @@ def test_interpolated_input_channel() -> None:
         assert (diff[:, [0, 2, 3, 4, 5]] > 0).all() and (diff[:, 6:] == 0).all()
     with pytest.raises(ValueError, match="unconditional"):
         CSDIDenoiser(3, unconditional=True, interpolated_input=True)
+
+
+def test_cpu_training_under_bf16_autocast_runs_the_attention_kernel_in_float32(monkeypatch):
+    """torch's fused CPU attention is 5-12x slower forward + backward in bf16 than in float32 at CSDI's shapes,
+    and slower forward alone (benchmarks/bench_cpu_attention.py): under bf16 autocast on CPU, training and
+    sampling call it in float32. The layer's output is close to float32's and gradients flow."""
+    import tsdiffusion.denoisers.csdi as csdi
+
+    seen = []
+    real = F.scaled_dot_product_attention
+
+    def spy(q, k, v, **kwargs):
+        seen.append(q.dtype)
+        return real(q, k, v, **kwargs)
+
+    monkeypatch.setattr(csdi.F, "scaled_dot_product_attention", spy)
+    torch.manual_seed(0)
+    layer = CSDITransformerLayer(16, 2, "L", ff_dim=32, dropout=0.0).train()
+    x = torch.randn(2, 12, 3, 16, requires_grad=True)
+    reference = layer(x)
+    assert seen == [torch.float32]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(x)
+        out.float().sum().backward()
+        assert seen[-1] == torch.float32  # (the layer norm returns float32 under autocast either way)
+        with torch.no_grad():
+            layer(x)
+        assert seen[-1] == torch.float32 and len(seen) == 3
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    torch.testing.assert_close(out.float(), reference, atol=0.05, rtol=0.05)

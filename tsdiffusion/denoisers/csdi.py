@@ -100,6 +100,8 @@ class CSDITransformerLayer(nn.Module):
         p = self.attention_dropout if self.training else 0.0
         if p > 0 and q.device.type == "cpu":
             out = _attention_with_dropout(q, k, v, p)
+        elif q.device.type == "cpu" and q.dtype != torch.float32:
+            out = _float32_attention(q, k, v)
         else:
             out = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
         return self.out_proj(rearrange(out, _FROM_HEADS[self.axis], b=x.shape[0], h=self.heads))
@@ -156,6 +158,15 @@ class CSDILinearTransformerLayer(nn.Module):
             context = torch.einsum("blkhd,blkhe->blhde", k.softmax(dim=2), v)
             out = torch.einsum("blkhd,blhde->blkhe", q, context)
         return self.to_out(rearrange(out, "b l k h d -> b l k (h d)"))
+
+
+def _float32_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """``scaled_dot_product_attention`` in float32, returned in the inputs' dtype, for CPU under bf16 / fp16
+    autocast: there torch's fused CPU kernel is 5-12x slower forward + backward in bf16 than in float32 at CSDI's
+    shapes (many short sequences, head width 8), and 1.2-1.4x slower forward alone, casts included (torch 2.13 on
+    a 2-core AMX Xeon, ``benchmarks/bench_cpu_attention.py``)."""
+    with torch.autocast("cpu", enabled=False):
+        return F.scaled_dot_product_attention(q.float(), k.float(), v.float()).to(q.dtype)
 
 
 def _attention_with_dropout(q: Tensor, k: Tensor, v: Tensor, p: float) -> Tensor:
