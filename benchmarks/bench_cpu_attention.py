@@ -9,7 +9,8 @@ backward (training) and forward alone (sampling, no grad) of:
 - ``sdpa fp32``: ``F.scaled_dot_product_attention`` on float32 inputs;
 - ``sdpa bf16``: the same on bf16 inputs (what a training step under bf16 autocast called before 2026-12-01);
 - ``sdpa bf16 via fp32``: bf16 inputs cast to float32 for the call and the output cast back
-  (``tsdiffusion.denoisers.csdi._float32_attention``, what a CPU training step under bf16 autocast calls now);
+  (``tsdiffusion.denoisers.csdi._float32_attention``, what a CPU training step under bf16 autocast calls now;
+  sampling keeps ``sdpa bf16``: at sampling batch sizes the casts cost more than they save);
 - ``math bf16``: softmax(q k^T / sqrt(d)) v with two bf16 matmuls.
 
 Prints a table of medians (ms) per shape and writes them as JSON with the machine.

@@ -100,7 +100,7 @@ class CSDITransformerLayer(nn.Module):
         p = self.attention_dropout if self.training else 0.0
         if p > 0 and q.device.type == "cpu":
             out = _attention_with_dropout(q, k, v, p)
-        elif q.device.type == "cpu" and q.dtype != torch.float32:
+        elif q.device.type == "cpu" and q.dtype != torch.float32 and torch.is_grad_enabled():
             out = _float32_attention(q, k, v)
         else:
             out = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
@@ -161,10 +161,12 @@ class CSDILinearTransformerLayer(nn.Module):
 
 
 def _float32_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    """``scaled_dot_product_attention`` in float32, returned in the inputs' dtype, for CPU under bf16 / fp16
-    autocast: there torch's fused CPU kernel is 5-12x slower forward + backward in bf16 than in float32 at CSDI's
-    shapes (many short sequences, head width 8), and 1.2-1.4x slower forward alone, casts included (torch 2.13 on
-    a 2-core AMX Xeon, ``benchmarks/bench_cpu_attention.py``)."""
+    """``scaled_dot_product_attention`` in float32, returned in the inputs' dtype, for training on CPU under
+    bf16 / fp16 autocast: there torch's fused CPU kernel is 5-12x slower forward + backward in bf16 than in
+    float32 at CSDI's shapes (many short sequences, head width 8; torch 2.13 on a 2-core AMX Xeon,
+    ``benchmarks/bench_cpu_attention.py``). Sampling (no grad) keeps bf16: at its batch sizes (thousands of
+    sequences) the casts cost more than the bf16 forward loses, and the output is the same (the kernel
+    accumulates in float32 and rounds to bf16 either way)."""
     with torch.autocast("cpu", enabled=False):
         return F.scaled_dot_product_attention(q.float(), k.float(), v.float()).to(q.dtype)
 
