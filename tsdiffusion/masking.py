@@ -46,10 +46,16 @@ def historical_mask(observed_mask: Tensor, pattern_mask: Tensor | None = None) -
     return observed_mask * pattern.roll(1, dims=0)
 
 
+def _coin(observed_mask: Tensor, generator: torch.Generator | None) -> Tensor:
+    """(B, 1, 1) bool, True with probability 1/2 per window: which of two strategies a window takes."""
+    return torch.rand(observed_mask.shape[0], 1, 1, device=observed_mask.device, generator=generator) < 0.5
+
+
 def mix_mask(observed_mask: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """CSDI's mix strategy: for each window, random (probability 1/2) or historical."""
-    use_random = torch.rand(observed_mask.shape[0], 1, 1, device=observed_mask.device, generator=generator) < 0.5
-    return torch.where(use_random, random_mask(observed_mask, generator), historical_mask(observed_mask))
+    return torch.where(
+        _coin(observed_mask, generator), random_mask(observed_mask, generator), historical_mask(observed_mask)
+    )
 
 
 def block_mask(
@@ -79,8 +85,11 @@ def block_mask(
 
 def random_block_mask(observed_mask: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """For each window, CSDI's random strategy or :func:`block_mask`, with probability 1/2 each."""
-    use_random = torch.rand(observed_mask.shape[0], 1, 1, device=observed_mask.device, generator=generator) < 0.5
-    return torch.where(use_random, random_mask(observed_mask, generator), block_mask(observed_mask, None, generator))
+    return torch.where(
+        _coin(observed_mask, generator),
+        random_mask(observed_mask, generator),
+        block_mask(observed_mask, None, generator),
+    )
 
 
 def forecast_mask(batch: TSBatch) -> Tensor:

@@ -665,6 +665,11 @@ def summary_markdown(
     return "\n".join(lines) + "\n"
 
 
+def sweep_notes(sweep_dir: str | Path) -> list[str]:
+    """The spec's ``notes`` saved in the sweep folder's ``sweep.json`` (none when it has no plan)."""
+    return (_read_json(Path(sweep_dir) / "sweep.json") or {}).get("notes") or []
+
+
 def load_sweep(
     sweep_dir: str | Path, reference: str | Path | None = None
 ) -> tuple[list[Group], list[dict], dict, list[dict], list[dict], list[dict]]:
@@ -687,7 +692,7 @@ def report(
     """Aggregate a sweep folder into results.md / .csv / .png (and .json) there; returns the Markdown."""
     sweep_dir = Path(sweep_dir)
     groups, records, sources, entries, flagged, unfinished = load_sweep(sweep_dir, reference)
-    notes = (_read_json(sweep_dir / "sweep.json") or {}).get("notes") or []
+    notes = sweep_notes(sweep_dir)
     title = title or f"Results: {sweep_dir.name} ({len(records) + len(flagged)} runs done)"
     text = markdown(groups, sources, entries, title, metrics, unfinished)
     if groups or flagged:  # the summary first, then every metric

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import fcntl
-import json
 import os
 import shlex
 import signal
@@ -31,7 +30,7 @@ from tsdiffusion.benchmark.executors import (
     gpu_slots,
     parse_gpus,
 )
-from tsdiffusion.benchmark.report import load_sweep, report, summary_markdown
+from tsdiffusion.benchmark.report import load_sweep, report, summary_markdown, sweep_notes
 from tsdiffusion.benchmark.runs import (
     LoggerChoice,
     build_command,
@@ -214,8 +213,7 @@ def print_summary(sweep_dir: Path, reference: Path | None = None, metrics: list[
     report(sweep_dir, reference, metrics)
     groups, records, _, entries, flagged, _ = load_sweep(sweep_dir, reference)
     if as_markdown:
-        notes = json.loads((sweep_dir / "sweep.json").read_text()) if (sweep_dir / "sweep.json").is_file() else {}
-        print(summary_markdown(groups, entries, records, flagged, notes.get("notes")), end="")
+        print(summary_markdown(groups, entries, records, flagged, sweep_notes(sweep_dir)), end="")
     else:
         print((sweep_dir / "results.txt").read_text(), end="")
     if flagged:

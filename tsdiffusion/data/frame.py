@@ -50,6 +50,7 @@ import pandas as pd
 from einops import rearrange
 
 from tsdiffusion.data.datamodule import SPLITS, TSDataModule, WindowDataset
+from tsdiffusion.data.download import verify
 from tsdiffusion.data.sources.frame import (
     FrameDataError,
     FrameSpec,
@@ -92,19 +93,14 @@ EMBEDDED_FRAMES = {
 
 
 def embedded_frame(path: str) -> Path:
-    """``"embedded:<name>"`` -> the packaged file, after checking its sha256."""
-    import hashlib
+    """``"embedded:<name>"`` -> the packaged file, after checking its sha256 (:func:`verify`)."""
     from importlib import resources
 
     name = path.split(":", 1)[1]
     if name not in EMBEDDED_FRAMES:
         raise FrameDataError(f"{path}: no embedded table {name!r}; known: {sorted(EMBEDDED_FRAMES)}")
     file_name, sha = EMBEDDED_FRAMES[name]
-    file = Path(str(resources.files("tsdiffusion") / "resources" / file_name))
-    digest = hashlib.sha256(file.read_bytes()).hexdigest()
-    if digest != sha:
-        raise FrameDataError(f"{file}: sha256 {digest} differs from the expected {sha} (a damaged install?)")
-    return file
+    return verify(Path(str(resources.files("tsdiffusion") / "resources" / file_name)), sha)
 
 
 def _name(path: str | None) -> str:
