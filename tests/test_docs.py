@@ -9,7 +9,7 @@
   command would run this suite, so it is compared with CI's, not run);
 - the Python blocks of ``docs/own-data.md`` run as written;
 - every number of the table on ``docs/reproducing.md`` is its record's, every paper number is in
-  ``benchmarks/reference.yaml``, and every ``tsdiffusion fit`` command there rebuilds the record's config;
+  ``benchmarks/specs/reference.yaml``, and every ``tsdiffusion fit`` command there rebuilds the record's config;
 - every repository path the pages name exists.
 """
 
@@ -119,7 +119,7 @@ def test_the_two_commands_are_the_readmes_and_the_cis():
     assert steps[-1].startswith("tsdiffusion benchmark ")
 
 
-@pytest.mark.slow  # imports Lightning in a subprocess: ~10-30 s
+@pytest.mark.slow  # a subprocess: a few seconds
 def test_the_main_job_plans_every_run(tmp_path):
     from tsdiffusion.benchmark.spec import expand, load_spec
 
@@ -206,7 +206,7 @@ def _fit_config(command: str) -> dict[str, Any]:
 def test_reproducing_table_is_the_records():
     rows = _reproducing_rows()
     assert len(rows) >= 10
-    reference = yaml.safe_load((ROOT / "benchmarks" / "reference.yaml").read_text())
+    reference = yaml.safe_load((ROOT / "benchmarks" / "specs" / "reference.yaml").read_text())
     for row in rows:
         metric = row["metric"].strip("`")
         record_file = _record_path(row["record"])
