@@ -4,7 +4,7 @@
 - In an ``Args:`` section, one entry for several parameters (``lr, weight_decay: ...``) becomes one entry per
   name with the shared description, so each parameter is listed and checked against the signature.
 - An ``Args:`` entry that names the arguments passed on to a parent class in bold
-  (``**DiffusionTask arguments** (see ...)``) becomes the ``**kwargs`` entry it describes.
+  (``**DiffusionTask arguments** (see ...)``) is not a parameter: it becomes a paragraph after the section.
 
 A parameter documented but absent from the signature still fails ``mkdocs build --strict``.
 """
@@ -26,9 +26,9 @@ def _indent(line: str) -> int:
     return len(line) - len(line.lstrip())
 
 
-def normalise(text: str, var_keyword: bool = True) -> str:
-    """The docstring ``text`` with roles as code spans and grouped / passed-on ``Args`` entries split
-    (``var_keyword``: whether the signature has ``**kwargs`` for a passed-on entry to describe)."""
+def normalise(text: str) -> str:
+    """The docstring ``text`` with roles as code spans, grouped ``Args`` entries split and passed-on ones moved
+    after the section."""
     lines = ROLE.sub(r"`\1`", text).split("\n")
     out: list[str] = []
     after: list[str] = []
@@ -58,16 +58,16 @@ def normalise(text: str, var_keyword: bool = True) -> str:
                 for name in re.split(r"\s*,\s*", names):
                     out.append(f"{pad}{name}{kind or ''}:{rest}")
                     out.extend(body[1:])
-            elif passed and var_keyword:
-                parent = passed.group(2).strip("*").split()[0]
-                out.append(f"{passed.group(1)}**kwargs ({parent}): {passed.group(2)}")
-                out.extend(body[1:])
-            elif passed:  # no **kwargs to describe: the sentence goes after the section
+            elif passed:
                 after.extend(["", passed.group(2).strip(), *(b.strip() for b in body[1:])])
             else:
                 out.extend(body)
-        if after:
-            out.extend(after)
+        if after:  # before the blank lines that end the section
+            blanks = 0
+            while out and not out[-1].strip():
+                out.pop()
+                blanks += 1
+            out.extend([*after, *[""] * blanks])
             after = []
     return "\n".join(out)
 
@@ -75,6 +75,4 @@ def normalise(text: str, var_keyword: bool = True) -> str:
 class SphinxRoles(griffe.Extension):
     def on_instance(self, *, obj: griffe.Object, **kwargs) -> None:
         if obj.docstring is not None:
-            params = getattr(obj, "parameters", None) or []
-            var_keyword = any(p.kind is griffe.ParameterKind.var_keyword for p in params)
-            obj.docstring.value = normalise(obj.docstring.value, var_keyword)
+            obj.docstring.value = normalise(obj.docstring.value)

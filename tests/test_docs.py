@@ -95,6 +95,43 @@ def test_strict_build_fails_on_a_broken_link_and_a_missing_api_object(tmp_path, 
     assert named in out.stderr
 
 
+def test_docstring_conventions_are_read_for_the_api_pages():
+    """docs/griffe_roles.py: roles become code, a grouped entry one entry per name, a passed-on entry a paragraph."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("griffe_roles", DOCS / "griffe_roles.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    text = textwrap.dedent("""\
+        See :class:`tsdiffusion.tasks.base.DiffusionTask` and :func:`~f`.
+
+        Args:
+            lr, weight_decay: Adam settings
+                (CSDI: 1e-3, 1e-6).
+            **DiffusionTask arguments** (see :mod:`m`); with
+            a baseline in place of a denoiser.
+            plot: a figure.
+
+        Returns:
+            nothing.""")
+    assert module.normalise(text).splitlines() == [
+        "See `tsdiffusion.tasks.base.DiffusionTask` and `f`.",
+        "",
+        "Args:",
+        "    lr: Adam settings",
+        "        (CSDI: 1e-3, 1e-6).",
+        "    weight_decay: Adam settings",
+        "        (CSDI: 1e-3, 1e-6).",
+        "    plot: a figure.",
+        "",
+        "**DiffusionTask arguments** (see `m`); with",
+        "a baseline in place of a denoiser.",
+        "",
+        "Returns:",
+        "    nothing.",
+    ]
+
+
 # -- the two commands ---------------------------------------------------------------------------------
 
 
