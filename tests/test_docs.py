@@ -156,6 +156,15 @@ def test_the_two_commands_are_the_readmes_and_the_cis():
     assert steps[-1].startswith("tsdiffusion benchmark ")
 
 
+def test_the_readme_table_is_the_committed_one():
+    """The README's and the start page's table of the main job are the committed report's (results.txt)."""
+    table = (ROOT / "benchmarks" / "results" / "quick" / "results.txt").read_text().splitlines()[:11]
+    readme = (ROOT / "README.md").read_text()
+    assert "\n".join(table) in readme
+    assert '--8<-- "benchmarks/results/quick/results.txt:1:11"' in (DOCS / "start.md").read_text()
+    assert len(readme.splitlines()) <= 150, "the README is the front page: the rest belongs in docs/"
+
+
 @pytest.mark.slow  # a subprocess: a few seconds
 def test_the_main_job_plans_every_run(tmp_path):
     from tsdiffusion.benchmark.spec import expand, load_spec
