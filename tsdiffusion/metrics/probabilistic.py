@@ -77,6 +77,10 @@ class QuantileCRPS(_PointwiseMetric):
     (2021), CSDI, whose ``utils.py`` computes it on the concatenated test set. compute() -> () float64.
     """
 
+    # metric states (add_state in _sum_states)
+    qloss: Tensor
+    abs_target: Tensor
+
     def __init__(
         self,
         quantiles: Sequence[float] = DEFAULT_QUANTILES,
@@ -121,6 +125,10 @@ class QuantileCRPSSum(_SampleMetric):
     ``"all"`` sums every feature, CSDI's code literally. The two agree whenever each time step is scored
     in all of K or in none (the forecasting benchmarks). compute() -> () float64.
     """
+
+    # metric states (add_state in _sum_states)
+    qloss: Tensor
+    abs_target: Tensor
 
     def __init__(
         self,
@@ -168,6 +176,11 @@ class SampleCRPS(_PointwiseMetric):
     compute() -> () float64.
     """
 
+    # metric states (add_state in _sum_states)
+    score: Tensor
+    n_points: Tensor
+    abs_target: Tensor
+
     def __init__(
         self,
         estimator: Estimator = "fair",
@@ -194,6 +207,10 @@ class Coverage(_PointwiseMetric):
     Q_{(1-level)/2} <= y <= Q_{(1+level)/2} (sample quantiles). Calibrated forecasts give ``level``.
     compute() -> () float64 in [0, 1].
     """
+
+    # metric states (add_state in _sum_states)
+    inside: Tensor
+    n_points: Tensor
 
     def __init__(
         self, level: float = 0.9, interpolation: Interpolation = "linear", chunk_elements: int = DEFAULT_CHUNK
@@ -222,6 +239,12 @@ class PointError(_PointwiseMetric):
     middle sample when S is even, as CSDI's MAE/RMSE (GluonTS's ND interpolates the two middle samples:
     equal for odd S). compute() -> () float64.
     """
+
+    # metric states (add_state in _sum_states)
+    sq_err: Tensor
+    abs_err: Tensor
+    n_points: Tensor
+    abs_target: Tensor
 
     def __init__(
         self,

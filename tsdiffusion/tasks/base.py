@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import lightning as L
 import torch
@@ -21,6 +21,9 @@ from tsdiffusion.batch import Cond, TSBatch
 from tsdiffusion.diffusion import GaussianDiffusion, conditioned, draw_samples, timesteps
 from tsdiffusion.diffusion.samplers import SamplerName
 from tsdiffusion.metrics import DEFAULT_METRICS, MetricName, ProbabilisticMetrics
+
+if TYPE_CHECKING:
+    from lightning.fabric.utilities.data import AttributeDict
 
 _COND_FIELDS = ("timepoints", "feature_ids", "time_features", "label")
 
@@ -96,6 +99,12 @@ class DiffusionTask(L.LightningModule):
             Karras et al. 2022): measure it on training data, e.g. the standard deviation of the prior's errors
             at positions hidden as in training. Samples are ``prior + prior_scale x residual``.
     """
+
+    if TYPE_CHECKING:
+        # save_hyperparameters() makes hparams an AttributeDict (attribute access); Lightning annotates the
+        # property with the wider Union[AttributeDict, MutableMapping].
+        @property
+        def hparams(self) -> AttributeDict: ...
 
     metric_units: Literal["normalised", "original"] = "normalised"
 

@@ -12,7 +12,7 @@ The denoiser must not condition on ``cond`` itself: ``UNet1DDenoiser(use_cond_ch
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from einops import rearrange, repeat
@@ -23,12 +23,18 @@ from tsdiffusion.batch import TSBatch
 from tsdiffusion.denoisers.protocol import capabilities_of
 from tsdiffusion.diffusion.guidance import GuidanceKind, draw_guided_samples, quantile_levels, refine
 from tsdiffusion.diffusion.samplers import SamplerName
-from tsdiffusion.tasks.base import make_cond
+from tsdiffusion.tasks.base import DiffusionTask, make_cond
 from tsdiffusion.tasks.forecasting import ForecastingTask
 from tsdiffusion.tasks.imputation import ImputationTask
 
 
-class _Guided:
+if TYPE_CHECKING:  # the mixin's methods use the task's attributes (denoiser, process, hparams, ...)
+    _MixinBase = DiffusionTask
+else:
+    _MixinBase = object
+
+
+class _Guided(_MixinBase):
     """Unconditional training and guided (or refining) sampling; mixed into a task before its base class. The
     arguments are those of :class:`GuidedForecastingTask`; the rest go to the task's base class."""
 
