@@ -9,44 +9,24 @@ import lightning as L
 import pytest
 import torch
 import yaml
+from tiny_config import csv_logger
+from tiny_config import tiny_config as shared_tiny_config
 
-from tsdiffusion.callbacks import RNGStateCallback
 from tsdiffusion.cli import TSDiffusionCLI
 from tsdiffusion.data import PhysioNetDataModule
 from tsdiffusion.denoisers import CSDIDenoiser
 from tsdiffusion.diffusion import GaussianDiffusion
+from tsdiffusion.rng_state import RNGStateCallback
 from tsdiffusion.runs import instantiate, load_run
 from tsdiffusion.tasks import ImputationTask
 
 
 def tiny_config(tmp_path: Path, **trainer) -> Path:
-    cfg = {
-        "seed_everything": 3,
-        "trainer": {
-            "max_epochs": 2, "accelerator": "cpu", "enable_progress_bar": False, "enable_model_summary": False,
-            "limit_train_batches": 2, "limit_val_batches": 1, "limit_test_batches": 1,
-            "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
-                       "init_args": {"save_dir": str(tmp_path / "runs"), "name": "tiny"}},
-            **trainer,
-        },
-        "model": {
-            "class_path": "tsdiffusion.tasks.ImputationTask",
-            "init_args": {
-                "denoiser": {"class_path": "tsdiffusion.denoisers.CSDIDenoiser",
-                             "init_args": {"channels": 8, "layers": 1, "heads": 2, "diffusion_embedding_dim": 16,
-                                           "time_embedding_dim": 16, "feature_embedding_dim": 4}},
-                "process": {"class_path": "tsdiffusion.diffusion.GaussianDiffusion", "init_args": {"num_steps": 10}},
-                "num_samples": 3, "sampler": "ddim", "sample_steps": 3, "val_loss_steps": 2,
-            },
-        },
-        "data": {
-            "class_path": "tsdiffusion.data.PhysioNetDataModule",
-            "init_args": {"path": "embedded", "max_records": 40, "cache_dir": str(tmp_path / "cache"), "batch_size": 8},
-        },
-    }  # fmt: skip
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    """The shared tiny config (tests/tiny_config.py) with seed 3, a CSV logger, 2 epochs, 2 heads, 3 samples."""
+    task = {"denoiser": {"init_args": {"heads": 2}}, "num_samples": 3, "sample_steps": 3, "val_loss_steps": 2}
+    overrides = {"seed_everything": 3, "trainer": {"max_epochs": 2, "logger": csv_logger(tmp_path)},
+                 "model": {"init_args": task}}  # fmt: skip
+    return shared_tiny_config(tmp_path, overrides, **trainer)
 
 
 def run_cli(*args: str) -> TSDiffusionCLI:

@@ -106,6 +106,39 @@ def test_every_path_on_the_page_exists():
     assert not missing, f"CONTRIBUTING.md names paths that do not exist: {missing}"
 
 
+def tree_entries(tree: str) -> list[str]:
+    """The paths a folder tree names: a top folder (``tsdiffusion/``) at column 0; under it, a line's first
+    entry (``cli/``, ``runs.py``) at column 2; then the ``x.py`` and ``x/`` words of a folder's line and of its
+    continuation lines, inside that folder."""
+    named, top, folder = [], "", ""
+    for line in tree.splitlines():
+        head = re.match(r"^(\w[\w-]*)/\s", line + " ")
+        first = re.match(r"^  ([\w]+(?:\.py|/))\s", line)
+        if head:
+            top = folder = head.group(1)
+            named.append(f"{top}/")
+        elif first:
+            named.append(f"{top}/{first.group(1)}")
+            folder = f"{top}/{first.group(1).rstrip('/')}" if first.group(1).endswith("/") else ""
+        rest = line[(head or first).end() :] if (head or first) else line
+        if folder:
+            named += [f"{folder}/{w}" for w in re.findall(r"(?<![\w./(])([a-z_]+(?:\.py|/))(?=[\s,;]|$)", rest)]
+    return named
+
+
+def test_every_entry_of_the_tree_exists():
+    named = tree_entries(PAGE.read_text().split("```")[1])
+    assert len(named) >= 40 and "tsdiffusion/benchmark/collect.py" in named
+    missing = [n for n in named if not (ROOT / n).exists()]
+    assert not missing, f"CONTRIBUTING.md's tree names entries that do not exist: {missing}"
+
+
+def test_tree_entries_read_folders_and_their_lines():
+    tree = "pkg/\n  a/   x.py y/ (z.py: not a listing)\n       w.py\n  b.py   text/ words\nother/   c/\n"
+    assert tree_entries(tree) == ["pkg/", "pkg/a/", "pkg/a/x.py", "pkg/a/y/", "pkg/a/w.py", "pkg/b.py", "other/",
+                                  "other/c/"]  # fmt: skip
+
+
 def test_toy_denoiser_and_data_set_through_fast_dev_run(toy_module, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "toy.yaml"

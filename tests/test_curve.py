@@ -1,4 +1,4 @@
-"""The speed/quality curve (tsdiffusion.curve) of a tiny run trained for a few steps in tmp_path."""
+"""The speed/quality curve (tsdiffusion.cli.curve) of a tiny run trained for a few steps in tmp_path."""
 
 import csv
 import json
@@ -6,11 +6,10 @@ import math
 from pathlib import Path
 
 import pytest
-import yaml
+from tiny_config import csv_logger, tiny_config
 
 from tsdiffusion.cli import TSDiffusionCLI, main
-from tsdiffusion.curve import (
-    _load_run,
+from tsdiffusion.cli.curve import (
     _mean_se,
     evaluate_sampler,
     fixed_windows,
@@ -18,35 +17,16 @@ from tsdiffusion.curve import (
     read_csv,
     speed_quality_curve,
 )
+from tsdiffusion.runs import load_run
 
 
 def _tiny_run(tmp_path: Path) -> Path:
-    cfg = {
-        "seed_everything": 3,
-        "trainer": {
-            "max_epochs": 1, "accelerator": "cpu", "enable_progress_bar": False, "enable_model_summary": False,
-            "limit_train_batches": 3, "limit_val_batches": 1, "limit_test_batches": 1,
-            "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
-                       "init_args": {"save_dir": str(tmp_path / "runs"), "name": "tiny"}},
-        },
-        "model": {
-            "class_path": "tsdiffusion.tasks.ImputationTask",
-            "init_args": {
-                "denoiser": {"class_path": "tsdiffusion.denoisers.CSDIDenoiser",
-                             "init_args": {"channels": 8, "layers": 1, "heads": 2, "diffusion_embedding_dim": 16,
-                                           "time_embedding_dim": 16, "feature_embedding_dim": 4}},
-                "process": {"class_path": "tsdiffusion.diffusion.GaussianDiffusion", "init_args": {"num_steps": 8}},
-                "num_samples": 3, "sampler": "ddim", "sample_steps": 3, "val_loss_steps": 2, "plot_windows": 0,
-            },
-        },
-        "data": {
-            "class_path": "tsdiffusion.data.PhysioNetDataModule",
-            "init_args": {"path": "embedded", "max_records": 40, "cache_dir": str(tmp_path / "cache"), "batch_size": 4,
-                          "eval_batch_size": 2},
-        },
-    }  # fmt: skip
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(cfg))
+    task = {"denoiser": {"init_args": {"heads": 2}}, "process": {"init_args": {"num_steps": 8}}, "num_samples": 3,
+            "sample_steps": 3, "val_loss_steps": 2, "plot_windows": 0}  # fmt: skip
+    trainer = {"max_epochs": 1, "limit_train_batches": 3, "logger": csv_logger(tmp_path)}
+    data = {"batch_size": 4, "eval_batch_size": 2}
+    overrides = {"seed_everything": 3, "trainer": trainer, "model": {"init_args": task}, "data": {"init_args": data}}
+    path = tiny_config(tmp_path, overrides)
     cli = TSDiffusionCLI(args=["fit", "--config", str(path), "--test_after_fit", "true"])
     return Path(cli.trainer.log_dir)
 
@@ -86,7 +66,7 @@ def test_curve_of_a_tiny_run(tiny_run):
 
 @pytest.mark.slow
 def test_same_streams_make_configurations_reproducible_and_differences_paired(tiny_run):
-    task, dm, _ = _load_run(tiny_run)
+    task, dm, _ = load_run(tiny_run)
     windows = fixed_windows(dm, 1)
     one = fixed_windows(dm, max_windows=1)
     assert len(one) == 1 and len(one[0]["observed"]) == 1 and len(one[0]["target_mask"]) == 1
@@ -94,7 +74,7 @@ def test_same_streams_make_configurations_reproducible_and_differences_paired(ti
     b = evaluate_sampler(task, windows, "ddpm", 4, num_samples=4, repeats=3)
     assert a["crps"] == b["crps"] and a["crps_sum"] == b["crps_sum"]  # fixed seeds per window and repeat
     assert len(set(a["crps"])) == 3  # the repeats are independent sample sets
-    assert task.hparams.sampler == "ddim" and task.hparams.sample_steps == 3  # restored
+    assert task.hparams.sampler == "ddim" and task.hparams.sample_steps == 3  # passed as arguments, never set
     rows = speed_quality_curve(task, windows, ("ddim",), (2, 8), num_samples=4, repeats=2)
     assert len(rows) == 2 and rows[1]["d_crps"] == 0
     # the paired difference is the mean of per-repeat differences

@@ -105,7 +105,7 @@ def test_config_fast_dev_run(config, tmp_path, fixtures, monkeypatch):
 
 
 def test_quick_spec_scores_every_model_beside_baselines_on_its_data():
-    """benchmarks/quick.yaml: every config is under experiments/quick (so the test above runs it), and each
+    """benchmarks/specs/quick.yaml: every config is under experiments/quick (so the test above runs it), and each
     diffusion model's data set (DataModule, name, path) has at least one baseline row on the same targets."""
     import yaml
 
@@ -124,4 +124,4 @@ def test_quick_spec_scores_every_model_beside_baselines_on_its_data():
         assert "baseline" in yaml.safe_load((ROOT / path).read_text())["model"]["init_args"], path
     covered = {data_key(p) for p in spec.baselines}
     for path in spec.configs:
-        assert data_key(path) in covered, f"{path}: no baseline on its data in benchmarks/quick.yaml"
+        assert data_key(path) in covered, f"{path}: no baseline on its data in benchmarks/specs/quick.yaml"

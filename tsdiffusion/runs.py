@@ -3,9 +3,11 @@
     task, datamodule, trainer, config = instantiate("experiments/quick/csdi_physionet.yaml")
     task, datamodule, record = load_run("runs/benchmarks/quick/runs/<run id>")
 
-Both go through the parser of :class:`tsdiffusion.cli.TSDiffusionCLI`, so a config means here exactly what it
-means to ``tsdiffusion fit --config``: the same defaults, the same data-to-model links (``data.num_features`` ->
-the denoiser's ``num_features``), the same seed handling and the same errors for a misspelt key.
+Both go through the parser of :class:`ConfigCLI`, the base of the command line's
+:class:`tsdiffusion.cli.TSDiffusionCLI`, so a config means here exactly what it means to
+``tsdiffusion fit --config``: the same defaults, the same data-to-model links (``data.num_features`` -> the
+denoiser's ``num_features``), the same seed handling and the same errors for a misspelt key. This module
+imports nothing from :mod:`tsdiffusion.cli`.
 """
 
 from __future__ import annotations
@@ -21,12 +23,105 @@ from typing import Any, NamedTuple
 import torch
 import yaml
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI, _get_module_type, _InstantiatorFn
 
-from tsdiffusion.cli import TSDiffusionCLI
+from tsdiffusion.data.datamodule import TSDataModule
+from tsdiffusion.hardware import trainer_precision
 from tsdiffusion.records import RECORD_NAME
+from tsdiffusion.rng_state import RNGStateCallback
+from tsdiffusion.tasks.base import DiffusionTask
 
 ConfigLike = str | Path | Mapping[str, Any]
+
+#: Task arguments renamed since records were written (old -> new), so that older run folders still load.
+RENAMED_TASK_ARGS = {"denoise_steps": "reconstruction_steps"}
+
+TRAINER_DEFAULTS = {
+    "logger": {
+        "class_path": "lightning.pytorch.loggers.CSVLogger",
+        "init_args": {"save_dir": "runs", "name": "tsdiffusion"},
+    },
+    "log_every_n_steps": 10,
+}
+
+
+class _ModelInstantiator(_InstantiatorFn):
+    """Lightning's model instantiator, minus the link into the denoiser when a task is given a ``baseline``
+    instead (:mod:`tsdiffusion.baselines`): that link has no target, and Lightning's hparams bookkeeping would
+    fail on it."""
+
+    def __call__(self, class_type, *args, applied_instantiation_links: dict, **kwargs):
+        if kwargs.get("denoiser") is None:
+            links = applied_instantiation_links.items()
+            applied_instantiation_links = {k: v for k, v in links if ".denoiser." not in k}
+        return super().__call__(class_type, *args, applied_instantiation_links=applied_instantiation_links, **kwargs)
+
+
+_BATCH_LIMITS = ("limit_train_batches", "limit_val_batches", "limit_test_batches", "limit_predict_batches")
+
+
+def _batch_limits_int_first(parser) -> None:
+    """Lightning types ``limit_*_batches`` as ``float | int``; jsonargparse tries the types in that order, so
+    ``limit_test_batches: 1`` (one batch) was read as ``1.0`` (every batch). With ``int`` first a whole number
+    is a count of batches and a fraction a share, as Lightning documents."""
+    for action in parser._actions:
+        if action.dest.startswith("trainer.") and action.dest.split(".", 1)[1] in _BATCH_LIMITS:
+            action._typehint = int | float | None
+
+
+class ConfigCLI(LightningCLI):
+    """What a config means: LightningCLI with the data-to-model links, the forced checkpoint/RNG callbacks, the
+    precision that follows the machine and the run arguments (``test_after_fit``, ``record_dir``). The command
+    (:class:`tsdiffusion.cli.TSDiffusionCLI`) adds its hooks and result records; :func:`instantiate` and
+    :func:`load_run` build through it without a subcommand."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("seed_everything_default", 1)
+        kwargs.setdefault("trainer_defaults", TRAINER_DEFAULTS)
+        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        kwargs.setdefault("subclass_mode_model", True)
+        kwargs.setdefault("subclass_mode_data", True)
+        kwargs.setdefault("auto_configure_optimizers", False)
+        super().__init__(DiffusionTask, TSDataModule, *args, **kwargs)
+
+    def add_arguments_to_parser(self, parser) -> None:
+        _batch_limits_int_first(parser)
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        # save_on_train_epoch_end: Lightning's default saves only after validation, so with
+        # check_val_every_n_epoch > 1 (or a max_time stop) last.ckpt lagged the trained model by up to that many
+        # epochs, and test_after_fit tested the stale weights
+        parser.set_defaults({"checkpoint.save_last": True, "checkpoint.filename": "epoch{epoch:03d}",
+                             "checkpoint.auto_insert_metric_name": False,
+                             "checkpoint.save_on_train_epoch_end": True})  # fmt: skip
+        parser.add_lightning_class_args(RNGStateCallback, "rng_state")
+        parser.link_arguments(
+            "data.num_features", "model.init_args.denoiser.init_args.num_features", apply_on="instantiate"
+        )
+        parser.add_argument("--test_after_fit", type=bool, default=False, help="test the last checkpoint after fit")
+        parser.add_argument("--record_dir", type=str | None, default=None,
+                            help="where test writes metrics.json (default: the run's log folder)")  # fmt: skip
+
+    def before_instantiate_classes(self) -> None:
+        """A ``trainer.precision`` left unset follows the machine (:func:`tsdiffusion.hardware.trainer_precision`:
+        bf16 autocast where bf16 matrix products are native, AMX / AVX512-BF16 / a bf16 GPU, float32 elsewhere),
+        written into the config so the saved ``config.yaml`` and the result record name the precision used. An
+        explicit ``--trainer.precision 32-true`` keeps float32."""
+        config = self.config.get(self.subcommand) if self.subcommand else self.config
+        trainer = config.get("trainer") if config is not None else None
+        if trainer is not None:
+            trainer["precision"] = trainer_precision(trainer.get("precision"), trainer.get("accelerator"))
+
+    def _add_instantiators(self) -> None:
+        self.parser.add_instantiator(_ModelInstantiator(cli=self, key="model"), _get_module_type(self._model_class),
+                                     subclasses=self.subclass_mode_model)  # fmt: skip
+        self.parser.add_instantiator(_InstantiatorFn(cli=self, key="data"), _get_module_type(self._datamodule_class),
+                                     subclasses=self.subclass_mode_data)  # fmt: skip
+
+    def _parse_ckpt_path(self) -> None:
+        """Lightning would overwrite the config with the hyperparameters stored in ``--ckpt_path``, silently
+        discarding command-line overrides such as ``--model.init_args.sampler ddim``. Here the config (e.g. the
+        run's saved ``config.yaml``) plus explicit overrides is the single source of truth."""
 
 
 class Built(NamedTuple):
@@ -62,7 +157,7 @@ def _subcommand_keys() -> set[str]:
     return keys
 
 
-class _Builder(TSDiffusionCLI):
+class _Builder(ConfigCLI):
     """The CLI without a subcommand: parses a config, then builds the task and data (and a trainer if asked)."""
 
     def __init__(self, config: dict[str, Any], *, build: bool, trainer: bool = False):
@@ -139,6 +234,10 @@ def load_run(run_dir: str | Path, ckpt: str | Path | None = None) -> tuple[Any, 
         raise FileNotFoundError(f"{path}: no result record (a run writes it when it is tested)")
     record = json.loads(path.read_text())
     cfg = copy.deepcopy(record["config"])
+    init = (cfg.get("model") or {}).get("init_args") or {}
+    for old, new in RENAMED_TASK_ARGS.items():
+        if old in init:
+            init[new] = init.pop(old)
     cfg["trainer"] = {**(cfg.get("trainer") or {}), "logger": False, "enable_progress_bar": False}
     builder = _Builder(cfg, build=True)
     task, datamodule = builder.model, builder.datamodule
@@ -152,4 +251,4 @@ def load_run(run_dir: str | Path, ckpt: str | Path | None = None) -> tuple[Any, 
     return task, datamodule, record
 
 
-__all__ = ["Built", "complete_config", "instantiate", "load_run", "read_config"]
+__all__ = ["Built", "ConfigCLI", "complete_config", "instantiate", "load_run", "read_config"]

@@ -17,10 +17,11 @@ import pytest
 import yaml
 from tiny_config import tiny_config
 
-from tsdiffusion.benchmark import main, parse_spec, report, run_sweep
+from tsdiffusion.benchmark import parse_spec, report, run_sweep
 from tsdiffusion.benchmark.executors import LocalExecutor, SlurmExecutor, SlurmOptions, cpu_slots, gpu_slots
-from tsdiffusion.benchmark.runs import build_command, read_status, run_dir
+from tsdiffusion.benchmark.run_folder import build_command, read_status, run_dir
 from tsdiffusion.benchmark.spec import SpecError, expand, load_spec
+from tsdiffusion.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -161,7 +162,7 @@ def test_failing_run_is_recorded_and_the_others_finish(tmp_path, fake, capsys):
     spec = write_spec(tmp_path, name="f", configs=[config("ok"), config("broken", fail=True)], seeds=[1, 2])
     out = tmp_path / "sweep"
     with pytest.raises(SystemExit) as exit_:
-        main([str(spec), "--out", str(out), "--workers", "2", "--launcher", " ".join(launcher)])
+        main(["benchmark", str(spec), "--out", str(out), "--workers", "2", "--launcher", " ".join(launcher)])
     assert exit_.value.code == 1
     states = {f.name: read_status(f) for f in (out / "runs").iterdir()}
     assert sorted(s["state"] for s in states.values()) == ["done", "done", "failed", "failed"]

@@ -1,10 +1,11 @@
-"""The prepared device scripts (``benchmarks/gpu_*.sh``) on CPU: the config a GPU call would run, and the smoke mode.
+"""The prepared device scripts (``benchmarks/scripts/gpu_*.sh``) on CPU: the config a GPU call would run, and the
+smoke mode.
 
-``benchmarks/gpu_reproduce_csdi.sh``: ``DRY=1`` resolves the paper run's config without running it (it must be
+``benchmarks/scripts/gpu_reproduce_csdi.sh``: ``DRY=1`` resolves the paper run's config without running it (it must be
 ``experiments/imputation/physionet/csdi_10.yaml`` with only device and memory knobs added); ``SMOKE=1 DEVICE=cpu``
 trains and scores on the embedded subset, and its record's config may differ from the paper run's only by the smoke
-knobs. ``benchmarks/gpu_official_checkpoint.sh`` has no test here: its smoke mode still needs set-a.tar.gz and the
-official ``model.pth`` (sha256-checked on load), neither of which the repository holds.
+knobs. ``benchmarks/scripts/gpu_official_checkpoint.sh`` has no test here: its smoke mode still needs set-a.tar.gz and
+the official ``model.pth`` (sha256-checked on load), neither of which the repository holds.
 """
 
 from __future__ import annotations

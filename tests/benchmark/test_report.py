@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 
 from tsdiffusion.benchmark import report
-from tsdiffusion.benchmark.report import TABLE_WIDTH, load_sweep, summary_table, task_kind
-from tsdiffusion.benchmark.runner import main
+from tsdiffusion.benchmark.collect import task_kind
+from tsdiffusion.benchmark.report import load_sweep
+from tsdiffusion.benchmark.summary import TABLE_WIDTH, summary_table
+from tsdiffusion.cli.benchmark import main
 
 EMBEDDED = {"data": {"init_args": {"path": "embedded"}}}
 
@@ -127,7 +129,8 @@ def test_a_spec_lists_baselines_that_run_once_without_the_model_overrides():
 
 
 def test_rows_of_one_class_are_told_apart_by_the_words_of_their_configs():
-    from tsdiffusion.benchmark.report import Group, _model_labels
+    from tsdiffusion.benchmark.collect import Group
+    from tsdiffusion.benchmark.compare import model_labels
 
     def group(model: str, config: str) -> Group:
         return Group("ImputationTask", "physionet", model, config, "")
@@ -138,7 +141,7 @@ def test_rows_of_one_class_are_told_apart_by_the_words_of_their_configs():
         group("InterpolationImputer", "interpolation_noise_physionet"),
         group("LOCFImputer", "locf_physionet"),
     ]
-    assert _model_labels(groups) == ["CSDI", "Interpolation", "Interpolation (noise)", "LOCF"]
+    assert model_labels(groups) == ["CSDI", "Interpolation", "Interpolation (noise)", "LOCF"]
 
 
 def test_spec_notes_are_printed_under_the_tables_wrapped_to_the_width(sweep, capsys):
@@ -160,7 +163,7 @@ def test_spec_notes_are_printed_under_the_tables_wrapped_to_the_width(sweep, cap
 
 
 def test_embedded_data_is_marked_for_both_path_forms():
-    from tsdiffusion.benchmark.report import dataset_label
+    from tsdiffusion.benchmark.collect import dataset_label
 
     def record(path):
         return {"dataset": "d", "config": {"data": {"init_args": {"path": path}}}}

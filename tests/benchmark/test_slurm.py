@@ -30,9 +30,9 @@ from tsdiffusion.benchmark.executors import (
     cpu_slots,
     run_resources,
 )
-from tsdiffusion.benchmark.runner import main
-from tsdiffusion.benchmark.runs import read_status, run_dir
+from tsdiffusion.benchmark.run_folder import read_status, run_dir
 from tsdiffusion.benchmark.spec import expand, load_spec
+from tsdiffusion.cli.benchmark import main
 
 EPOCHS = 12  # enough that a signal sent when the first checkpoint appears lands mid-training
 

@@ -12,9 +12,10 @@ from scipy.stats import norm
 
 from tsdiffusion.batch import check_batch
 from tsdiffusion.data import SyntheticDataModule
-from tsdiffusion.data.synthetic import block_holdout, seasonal_ssm
+from tsdiffusion.data.synthetic import seasonal_ssm
+from tsdiffusion.data.windows import fixed_block_holdout_mask
 from tsdiffusion.metrics import EnergyScore, PointError, QuantileCRPS, QuantileCRPSSum
-from tsdiffusion.metrics.optimal import (
+from tsdiffusion.oracle import (
     Posterior,
     brute_force_posterior,
     gaussian_crps,
@@ -186,7 +187,7 @@ def test_impute_holdout_and_natural_missing():
         assert (sp.target.sum((1, 2)) == (observed.sum((1, 2)) * 0.1).astype(int)).all()
     check_batch(next(iter(dm.train_dataloader())))
     rng = np.random.default_rng(0)
-    blocks = block_holdout(np.ones((24, 8), dtype=bool), 0.1, 6, rng)
+    blocks = fixed_block_holdout_mask(np.ones((1, 24, 8), dtype=bool), 0.1, 6, rng)[0]
     assert blocks.sum() >= int(0.1 * 24 * 8)
     runs = np.diff(np.concatenate([np.zeros((1, 8)), blocks, np.zeros((1, 8))]).astype(int), axis=0)
     lengths = np.flatnonzero(runs.T.ravel() == -1) - np.flatnonzero(runs.T.ravel() == 1)
@@ -209,7 +210,9 @@ def test_record_info_carries_the_optimum_in_the_tasks_units():
 
 
 def test_report_shows_the_ratio_to_the_optimum():
-    from tsdiffusion.benchmark.report import Group, markdown, optimum_ratio
+    from tsdiffusion.benchmark.collect import Group
+    from tsdiffusion.benchmark.references import optimum_ratio
+    from tsdiffusion.benchmark.tables import markdown
 
     def record(crps: float) -> dict:
         return {"metrics": {"crps": crps, "crps_sum": 0.5}, "data": {"optimal": {"crps": 0.2}}}

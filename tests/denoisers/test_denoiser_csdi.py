@@ -4,7 +4,7 @@
 ``diff_models.py``): (B, C, K*L) tensors, 1x1 ``Conv1d``, ``nn.TransformerEncoder`` on permuted
 sequence-first copies, the side information concatenated to (B, 145, K, L) and convolved in every
 layer, the step embedding read from a precomputed table. The efficient denoiser must have the same
-parameters and compute the same function. ``benchmarks/bench_csdi_denoiser.py`` times it as the
+parameters and compute the same function. ``benchmarks/scripts/bench_csdi_denoiser.py`` times it as the
 baseline.
 """
 
@@ -586,7 +586,7 @@ def test_interpolated_input_channel() -> None:
 
 def test_cpu_training_under_bf16_autocast_runs_the_attention_kernel_in_float32(monkeypatch):
     """torch's fused CPU attention is 5-12x slower forward + backward in bf16 than in float32 at CSDI's shapes
-    (benchmarks/bench_cpu_attention.py): a training step under bf16 autocast on CPU calls it in float32;
+    (benchmarks/scripts/bench_cpu_attention.py): a training step under bf16 autocast on CPU calls it in float32;
     sampling (no grad) keeps bf16. The layer's output is close to float32's and gradients flow."""
     import tsdiffusion.denoisers.csdi as csdi
 

@@ -146,7 +146,7 @@ def old_reconstruction_score(task, batch, generator):
     noise = torch.randn(rows["observed"].shape, device=x0.device, generator=generator)
     x_t = p.q_sample(rows["observed"], torch.full_like(noise[:, 0, 0], t_star).long(), noise)
     fn = old_denoise_fn(p, task.denoiser)
-    seq = timesteps(t_star + 1, min(hp.denoise_steps or t_star + 1, t_star + 1))
+    seq = timesteps(t_star + 1, min(hp.reconstruction_steps or t_star + 1, t_star + 1))
     for t, s in zip(seq, [*seq[1:], -1]):
         out = fn(x_t, torch.full_like(x_t[:, 0, 0], t).long(), cond)
         if hp.sampler == "ddim":
@@ -159,10 +159,10 @@ def old_reconstruction_score(task, batch, generator):
 
 @pytest.mark.parametrize("unconditional", [False, True])
 @pytest.mark.parametrize(
-    ("sampler", "denoise_steps", "eta", "noise_step"),
+    ("sampler", "reconstruction_steps", "eta", "noise_step"),
     [("ddpm", None, 0.0, None), ("ddpm", 3, 0.0, 7), ("ddim", 30, 0.0, 9), ("ddim", 4, 0.7, 5)],
 )
-def test_reconstruction_scores_equal_the_replaced_loop(unconditional, sampler, denoise_steps, eta, noise_step):
+def test_reconstruction_scores_equal_the_replaced_loop(unconditional, sampler, reconstruction_steps, eta, noise_step):
     g = torch.Generator().manual_seed(0)
     mask = (torch.rand(3, 12, 3, generator=g) > 0.1).float()
     batch = {"observed": torch.randn(3, 12, 3, generator=g) * mask, "observed_mask": mask,
@@ -174,7 +174,7 @@ def test_reconstruction_scores_equal_the_replaced_loop(unconditional, sampler, d
         num_samples=4,
         sampler=sampler,
         eta=eta,
-        denoise_steps=denoise_steps,
+        reconstruction_steps=reconstruction_steps,
         noise_step=noise_step,
     )
     torch.manual_seed(11)  # the unconditional wrapper draws from the global generator, as before

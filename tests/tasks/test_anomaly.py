@@ -205,7 +205,7 @@ def test_trained_task_ranks_spikes_above_normal_points(scoring, tmp_path):
         feature_embedding_dim=4,
     )
     task = AnomalyTask(denoiser, GaussianDiffusion(num_steps=20), lr=3e-3, num_samples=4, sampler="ddim",
-                       sample_steps=3, scoring=scoring, noise_step=5, denoise_steps=3)  # fmt: skip
+                       sample_steps=3, scoring=scoring, noise_step=5, reconstruction_steps=3)  # fmt: skip
     _trainer(tmp_path, max_epochs=10, num_sanity_val_steps=0, limit_val_batches=0).fit(task, datamodule=dm)
     metrics = _trainer(tmp_path).test(task, datamodule=dm, verbose=False)[0]
     # chance is 0.5 (10 spikes among 200 steps); scores stitched one step off the labels fail this

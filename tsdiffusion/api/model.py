@@ -19,6 +19,7 @@ from tsdiffusion.api.results import Forecast, Imputation, _frames
 from tsdiffusion.data.frame import FrameDataModule, Panel, Windows, make_window_fields, panel_time_features
 from tsdiffusion.data.time_features import parse_freq
 from tsdiffusion.hardware import trainer_precision
+from tsdiffusion.metrics.anomaly import stitch_windows
 from tsdiffusion.runs import complete_config, instantiate
 from tsdiffusion.tasks.base import DiffusionTask
 
@@ -192,15 +193,19 @@ class Model:
         panel = self._panel(data)
         self._require_one_series(panel, "anomaly_scores")
         self.task.eval()
-        total, count = np.zeros(len(panel.index)), np.zeros(len(panel.index))
         gen = torch.Generator().manual_seed(seed)
+        starts, scores, valid = [], [], []
         for batch, _, steps in self._window_batches(panel):
             with torch.no_grad():
-                scores = score_batch(batch, gen).cpu().double().numpy()  # (B, L)
-            valid = batch["observed_mask"].amax(-1).cpu().numpy() > 0
-            np.add.at(total, steps[valid], scores[valid])
-            np.add.at(count, steps[valid], 1)
-        return pd.Series(np.where(count > 0, total / np.maximum(count, 1), np.nan), index=panel.index, name="score")
+                scores.append(score_batch(batch, gen).cpu().double().numpy())  # (B, L)
+            starts.append(steps[:, 0])
+            valid.append(batch["observed_mask"].amax(-1).cpu().numpy())
+        start = np.concatenate(starts)
+        stitched = stitch_windows(np.zeros(len(start)), start, np.concatenate(scores), np.concatenate(valid)).get(0)
+        out = np.full(len(panel.index), np.nan)
+        if stitched is not None:
+            out[: len(stitched)] = stitched
+        return pd.Series(out, index=panel.index, name="score")
 
     def generate(self, num_windows: int, seed: int = 0) -> np.ndarray:
         """(N, L, K) synthetic windows in original units (``GenerationTask.generate``, nothing conditioned on)."""

@@ -1,7 +1,8 @@
-"""``python -m tsdiffusion.benchmark ...`` (same as ``tsdiffusion benchmark ...``)."""
+"""``python -m tsdiffusion.benchmark ...`` (same as ``tsdiffusion benchmark ...``): an entry-point file, part of
+the command-line layer (:mod:`tsdiffusion.cli.benchmark`) though it sits in this package; nothing imports it."""
 
 import sys
 
-from tsdiffusion.benchmark import main
+from tsdiffusion.cli.benchmark import main
 
 sys.exit(main())

@@ -59,7 +59,7 @@ class SweepSpec:
 
     def resolve(self, config: str) -> Path:
         """A config path as written -> an existing file: the working directory first, then the spec's folder
-        and its parents (so ``benchmarks/quick.yaml`` finds ``experiments/...`` from any directory)."""
+        and its parents (so ``benchmarks/specs/quick.yaml`` finds ``experiments/...`` from any directory)."""
         candidates = [Path(config)]
         if self.path is not None:
             folder = self.path.resolve().parent

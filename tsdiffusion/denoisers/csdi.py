@@ -164,7 +164,7 @@ def _float32_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     """``scaled_dot_product_attention`` in float32, returned in the inputs' dtype, for training on CPU under
     bf16 / fp16 autocast: there torch's fused CPU kernel is 5-12x slower forward + backward in bf16 than in
     float32 at CSDI's shapes (many short sequences, head width 8; torch 2.13 on a 2-core AMX Xeon,
-    ``benchmarks/bench_cpu_attention.py``). Sampling (no grad) keeps bf16: at its batch sizes (thousands of
+    ``benchmarks/scripts/bench_cpu_attention.py``). Sampling (no grad) keeps bf16: at its batch sizes (thousands of
     sequences) the casts cost more than the bf16 forward loses, and the output is the same (the kernel
     accumulates in float32 and rounds to bf16 either way)."""
     with torch.autocast("cpu", enabled=False):

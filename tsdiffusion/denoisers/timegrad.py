@@ -34,7 +34,7 @@ autoregressive sampling calls it with L = 1.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Literal
 
 import torch
@@ -42,9 +42,11 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import Tensor, nn
 
-from tsdiffusion.batch import Cond
+from tsdiffusion.batch import Cond, TSBatch
 from tsdiffusion.denoisers.layers import DiffusionStepEmbedding, StepFrequencies
 from tsdiffusion.denoisers.protocol import Capabilities
+from tsdiffusion.hardware import keep_freed_memory
+from tsdiffusion.masking import horizon_start
 
 RNNState = Tensor | tuple[Tensor, Tensor]
 
@@ -143,6 +145,81 @@ def slice_state(state: RNNState, rows: slice) -> RNNState:
     if isinstance(state, tuple):
         return tuple(s[:, rows] for s in state)
     return state[:, rows]
+
+
+# -- the model's two loops: teacher forcing (training) and autoregressive forecasts (Algorithm 2) -----------
+
+#: One reverse diffusion chain: (x_T (N, 1, K), h_t (N, 1, H)) -> x_0 (N, 1, K); the task builds it from its
+#: process and sampler (DDPM or DDIM), so this module needs no sampler.
+Chain = Callable[[Tensor, Tensor], Tensor]
+
+
+def encoder_inputs(batch: TSBatch, max_lag: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Scaled values (0 where missing), time features and feature ids of a batch."""
+    x = batch["observed"] * batch["observed_mask"]
+    B, L, K = x.shape
+    if L <= max_lag:
+        raise ValueError(
+            f"TimeGradTask: windows of L={L} steps leave nothing after the largest lag {max_lag}; "
+            "set the DataModule's max_lag to max(lags)"
+        )
+    if "time_features" not in batch:
+        raise KeyError("TimeGradTask: the batch needs 'time_features' (B, L, F)")
+    ids = batch.get("feature_ids", torch.arange(K, device=x.device).expand(B, K))
+    return x, batch["time_features"], ids
+
+
+def teacher_forcing_rows(encoder: TimeGradEncoder, batch: TSBatch) -> tuple[Tensor, Tensor, Cond]:
+    """Training rows of eq. 9: every step of ``[max(lags), L)`` as one ``(b l)`` row, given its h_t.
+
+    Returns x0 and its observed mask (N, 1, K) and ``{"hidden": (N, 1, H)}``, N = B * (L - max(lags)).
+    """
+    x, tf, ids = encoder_inputs(batch, encoder.max_lag)
+    positions = torch.arange(encoder.max_lag, x.shape[1], device=x.device)
+    hidden, _ = encoder(x, positions, tf, ids)
+    x0 = rearrange(x[:, positions], "b l k -> (b l) 1 k")
+    mask = rearrange(batch["observed_mask"][:, positions], "b l k -> (b l) 1 k")
+    return x0, mask, {"hidden": rearrange(hidden, "b l h -> (b l) 1 h")}
+
+
+def forecast(encoder: TimeGradEncoder, chain: Chain, batch: TSBatch, cond_mask: Tensor, num_samples: int,
+             max_batch: int | None = None, generator: torch.Generator | None = None) -> Tensor:  # fmt: skip
+    """Autoregressive samples (B, S, L, K), normalised; steps before the horizon are the conditioning values.
+
+    The RNN runs over the context, its state is repeated S times, and each horizon step is drawn by a full
+    ``chain`` (L = 1) before it is fed back (Algorithm 2), ``max_batch`` rows (windows x samples) at a time.
+    Only ``observed * cond_mask`` is read, so values on the horizon never reach the model.
+    """
+    S = num_samples
+    x, tf, ids = encoder_inputs({**batch, "observed": batch["observed"] * cond_mask}, encoder.max_lag)
+    B = x.shape[0]
+    start = max(horizon_start(cond_mask), encoder.max_lag)
+    context = torch.arange(encoder.max_lag, start, device=x.device)
+    _, state = encoder(x, context, tf, ids) if len(context) else (None, None)
+    rows = B * S
+    chunk = max_batch or rows
+    paths = x.repeat_interleave(S, dim=0)  # (B S) L K, filled in place step by step
+    tf, ids = tf.repeat_interleave(S, dim=0), ids.repeat_interleave(S, dim=0)
+    state = None if state is None else repeat_state(state, S)
+    with keep_freed_memory(x.device.type == "cpu"):  # the chains reuse the same heap pages call after call
+        for r0 in range(0, rows, chunk):
+            r = slice(r0, min(r0 + chunk, rows))
+            st = None if state is None else slice_state(state, r)
+            _forecast_rows(encoder, chain, paths[r], tf[r], ids[r], st, start, generator)
+    samples = rearrange(paths, "(b s) l k -> b s l k", s=S)
+    keep = cond_mask.unsqueeze(1)
+    return samples * (1 - keep) + (x * cond_mask).unsqueeze(1)
+
+
+def _forecast_rows(encoder: TimeGradEncoder, chain: Chain, paths: Tensor, tf: Tensor, ids: Tensor,
+                   state: RNNState | None, start: int, generator: torch.Generator | None) -> None:  # fmt: skip
+    """Fill ``paths[:, start:]`` (N, L, K) in place, one step at a time (TimeGrad, Algorithm 2)."""
+    N, L, K = paths.shape
+    for p in range(start, L):
+        pos = torch.tensor([p], device=paths.device)
+        hidden, state = encoder(paths, pos, tf, ids, state)  # (N, 1, H)
+        x_T = torch.randn((N, 1, K), device=paths.device, dtype=paths.dtype, generator=generator)
+        paths[:, p] = chain(x_T, hidden)[:, 0]
 
 
 class TimeGradResidualBlock(nn.Module):

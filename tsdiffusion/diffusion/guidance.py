@@ -226,7 +226,7 @@ def denoising_energy(
 
     Its expectation over steps is (up to weights and constants) the diffusion model's bound on ``-log p_theta(y)``.
     """
-    t = process.sample_steps(y.shape[0], y.device, generator)
+    t = process.draw_timesteps(y.shape[0], y.device, generator)
     z = torch.randn(y.shape, device=y.device, dtype=y.dtype, generator=generator)
     x_t = process.q_sample(y, t, z)
     eps = process.predict_eps(denoise_fn(x_t, t), x_t, t)

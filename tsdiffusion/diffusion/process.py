@@ -117,7 +117,7 @@ class GaussianDiffusion(nn.Module):
         return a.sqrt() * noise - (1 - a).sqrt() * x0
 
     # -- training -------------------------------------------------------------------------------
-    def sample_steps(self, n: int, device: torch.device, generator: torch.Generator | None = None) -> Tensor:
+    def draw_timesteps(self, n: int, device: torch.device, generator: torch.Generator | None = None) -> Tensor:
         """t ~ Uniform{0, ..., N-1}, shape (n,)."""
         return torch.randint(0, self.num_steps, (n,), device=device, generator=generator)
 
@@ -137,7 +137,7 @@ class GaussianDiffusion(nn.Module):
         x0, loss_mask: (B, L, K); t: (B,) or None (uniform); cond is passed to ``denoiser(x_t, t, cond)``.
         """
         if t is None:
-            t = self.sample_steps(x0.shape[0], x0.device, generator)
+            t = self.draw_timesteps(x0.shape[0], x0.device, generator)
         if noise is None:
             noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
         x_t = self.q_sample(x0, t, noise)

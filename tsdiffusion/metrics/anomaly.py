@@ -47,7 +47,7 @@ def stitch_windows(
     """Window values back on each series' time axis, averaged where windows overlap.
 
     series_index, window_start: (N,) ints; values, valid: (N, L). Returns ``{series: (T,)}`` with T the last
-    valid step + 1; a step no valid window covers is NaN.
+    valid step + 1 (a series without a valid step is left out); a step no valid window covers is NaN.
     """
     out = {}
     L = values.shape[1]
@@ -55,6 +55,8 @@ def stitch_windows(
         rows = series_index == s
         pos = window_start[rows][:, None] + np.arange(L)[None, :]
         ok = valid[rows] > 0
+        if not ok.any():  # no valid step: no series
+            continue
         length = int(pos[ok].max()) + 1
         total = np.bincount(pos[ok], weights=values[rows][ok], minlength=length)
         count = np.bincount(pos[ok], minlength=length)

@@ -80,7 +80,7 @@ class AnomalyTask(DiffusionTask):
         pattern_block: block length of ``blocks``.
         spread_eps: eps in ``|median - x| / (std + eps)`` (normalised units).
         noise_step: t* of the reconstruction rule (0-based; < the process's N); ``None``: N // 5 (10 of CSDI's 50).
-        denoise_steps: denoiser calls from t* back to 0 (None = every step), with ``sampler`` / ``eta``.
+        reconstruction_steps: denoiser calls from t* back to 0 (None = every step), with ``sampler`` / ``eta``.
         score_normalisation: ``none`` (default): raw scores pooled over series; ``series``: each series'
             scores become robust z-scores of its own calibration scores first (:func:`normalise_by_calibration`).
         threshold: ``quantile`` of the calibration scores, or ``pot`` (peaks over threshold).
@@ -106,7 +106,7 @@ class AnomalyTask(DiffusionTask):
         pattern_block: int = 8,
         spread_eps: float = 0.1,
         noise_step: int | None = None,
-        denoise_steps: int | None = None,
+        reconstruction_steps: int | None = None,
         score_normalisation: Literal["series", "none"] = "none",
         threshold: Literal["quantile", "pot"] = "quantile",
         threshold_quantile: float = 0.99,
@@ -174,10 +174,10 @@ class AnomalyTask(DiffusionTask):
             raise ValueError(f"noise_step must be < the process's {self.process.num_steps} steps, got {t_star}")
         x0 = batch["observed"]
         cond = make_cond(batch, torch.zeros_like(x0))
-        # S rows per window from x0 noised to t*, denoised with ``denoise_steps`` calls; all B * S rows in one
+        # S rows per window from x0 noised to t*, denoised with ``reconstruction_steps`` calls; all B * S rows in one
         # sampler call (no max_batch), as the recorded scores were drawn
         x = draw_samples(self.process, self.denoise_fn(cond), cond, tuple(x0.shape), hp.num_samples,
-                         sampler=hp.sampler, steps=hp.denoise_steps, eta=hp.eta, t_start=t_star, x0=x0,
+                         sampler=hp.sampler, steps=hp.reconstruction_steps, eta=hp.eta, t_start=t_star, x0=x0,
                          generator=generator)  # fmt: skip
         return (x.median(dim=1).values - x0).abs()
 

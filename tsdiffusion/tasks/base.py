@@ -232,8 +232,10 @@ class DiffusionTask(L.LightningModule):
 
     @torch.no_grad()
     def sample(self, batch: TSBatch, cond_mask: Tensor, num_samples: int | None = None,
-               generator: torch.Generator | None = None) -> Tensor:  # fmt: skip
-        """Samples (B, S, L, K) in normalised units, observed values kept where ``cond_mask`` is 1."""
+               generator: torch.Generator | None = None, *, sampler: SamplerName | None = None,
+               steps: int | None = None) -> Tensor:  # fmt: skip
+        """Samples (B, S, L, K) in normalised units, observed values kept where ``cond_mask`` is 1; ``sampler``
+        and ``steps`` (denoiser calls) default to the task's ``sampler`` and ``sample_steps``."""
         hp = self.hparams
         s = num_samples or hp.num_samples
         if self.baseline is not None:
@@ -243,8 +245,8 @@ class DiffusionTask(L.LightningModule):
         cond = make_cond(batch, cond_mask)
         samples = draw_samples(
             self.process, self.denoise_fn(cond), cond, tuple(batch["observed"].shape), s,
-            sampler=hp.sampler, steps=hp.sample_steps, eta=hp.eta, max_batch=hp.sample_batch_size,
-            generator=generator, device=batch["observed"].device,
+            sampler=sampler or hp.sampler, steps=hp.sample_steps if steps is None else steps, eta=hp.eta,
+            max_batch=hp.sample_batch_size, generator=generator, device=batch["observed"].device,
         )  # fmt: skip
         prior = self.prior_mean(batch, cond_mask)
         if prior is not None:

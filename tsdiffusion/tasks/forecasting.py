@@ -4,10 +4,12 @@
   conditioned on the context (the forecast mask); the loss is taken on the horizon. In training a random
   subset of ``num_train_features`` series per window is modelled (CSDI: 64), ``feature_ids`` selecting their
   embeddings; at test all series at once.
-* :class:`TimeGradTask` (Rasul et al. 2021): an RNN (:class:`tsdiffusion.denoisers.TimeGradEncoder`) over
-  lagged targets gives h_t for every step; the eps-network denoises each step's K-vector given h_t. Training
-  uses every step of the window in parallel (teacher forcing, eq. 9); forecasting is autoregressive over the
-  horizon (Algorithm 2), all samples in one batch.
+* :class:`TimeGradTask` (Rasul et al. 2021): the model is :mod:`tsdiffusion.denoisers.timegrad`: an RNN
+  (:class:`~tsdiffusion.denoisers.TimeGradEncoder`) over lagged targets gives h_t for every step; the eps-network
+  denoises each step's K-vector given h_t. Training uses every step of the window in parallel (teacher forcing,
+  eq. 9, :func:`~tsdiffusion.denoisers.timegrad.teacher_forcing_rows`); forecasting is autoregressive over the
+  horizon (Algorithm 2, :func:`~tsdiffusion.denoisers.timegrad.forecast`), all samples in one batch. The task
+  holds the encoder's hyperparameters and the diffusion chain (process and sampler) it hands to the loop.
 
 Metrics are computed in original units (``observed * scale + loc``), as both papers report them.
 """
@@ -18,14 +20,13 @@ from collections.abc import Sequence
 from typing import Literal
 
 import torch
-from einops import rearrange
 from torch import Tensor, nn
 
 from tsdiffusion.batch import TSBatch
-from tsdiffusion.denoisers.timegrad import TimeGradEncoder, repeat_state, slice_state
+from tsdiffusion.denoisers.timegrad import TimeGradEncoder, forecast, teacher_forcing_rows
 from tsdiffusion.diffusion import GaussianDiffusion, sample, timesteps
-from tsdiffusion.hardware import keep_freed_memory
-from tsdiffusion.masking import forecast_mask, horizon_start
+from tsdiffusion.diffusion.samplers import SamplerName
+from tsdiffusion.masking import forecast_mask
 from tsdiffusion.plots.callbacks import FanChartCallback
 from tsdiffusion.tasks.base import DiffusionTask
 
@@ -73,9 +74,10 @@ class ForecastingTask(DiffusionTask):
         return forecast_mask(batch)
 
     def configure_callbacks(self) -> list:
-        """The calibration figures and a :class:`FanChartCallback` of ``plot_series`` series (none for 0)."""
+        """The calibration figures and a :class:`FanChartCallback` of ``plot_series`` series (none for 0); also
+        :class:`TimeGradTask`'s (hence the explicit base call)."""
         fan = [FanChartCallback(self.hparams.plot_series)] if self.hparams.plot_series else []
-        return [*super().configure_callbacks(), *fan]
+        return [*DiffusionTask.configure_callbacks(self), *fan]
 
     def training_step(self, batch: TSBatch, batch_idx: int) -> Tensor:
         n = self.hparams.num_train_features
@@ -133,35 +135,13 @@ class TimeGradTask(DiffusionTask):
             embedding_dim, cond_dim=denoiser.cond_dim,
         )  # fmt: skip
 
-    def configure_callbacks(self) -> list:
-        """The calibration figures and a :class:`FanChartCallback` of ``plot_series`` series (none for 0)."""
-        fan = [FanChartCallback(self.hparams.plot_series)] if self.hparams.plot_series else []
-        return [*super().configure_callbacks(), *fan]
+    configure_callbacks = ForecastingTask.configure_callbacks  # the calibration figures and the fan chart
 
     # -- training -------------------------------------------------------------------------------
-    def _inputs(self, batch: TSBatch) -> tuple[Tensor, Tensor, Tensor]:
-        """Scaled values (0 where missing), time features and feature ids of a batch."""
-        x = batch["observed"] * batch["observed_mask"]
-        B, L, K = x.shape
-        if L <= self.encoder.max_lag:
-            raise ValueError(
-                f"TimeGradTask: windows of L={L} steps leave nothing after the largest lag {self.encoder.max_lag}; "
-                "set the DataModule's max_lag to max(lags)"
-            )
-        if "time_features" not in batch:
-            raise KeyError("TimeGradTask: the batch needs 'time_features' (B, L, F)")
-        ids = batch.get("feature_ids", torch.arange(K, device=x.device).expand(B, K))
-        return x, batch["time_features"], ids
-
     def window_loss(self, batch: TSBatch, t: int | None = None, generator: torch.Generator | None = None) -> Tensor:
         """Denoising loss (eq. 9) on every step of ``[max(lags), L)``, one diffusion step per (b l) row."""
-        x, tf, ids = self._inputs(batch)
-        positions = torch.arange(self.encoder.max_lag, x.shape[1], device=x.device)
-        hidden, _ = self.encoder(x, positions, tf, ids)
-        x0 = rearrange(x[:, positions], "b l k -> (b l) 1 k")
-        mask = rearrange(batch["observed_mask"][:, positions], "b l k -> (b l) 1 k")
-        cond = {"hidden": rearrange(hidden, "b l h -> (b l) 1 h")}
-        steps = None if t is None else torch.full((len(x0),), t, device=x.device, dtype=torch.long)
+        x0, mask, cond = teacher_forcing_rows(self.encoder, batch)
+        steps = None if t is None else torch.full((len(x0),), t, device=x0.device, dtype=torch.long)
         return self.process.loss(self.denoiser, x0, cond, mask, t=steps, generator=generator)
 
     def training_step(self, batch: TSBatch, batch_idx: int) -> Tensor:
@@ -179,50 +159,22 @@ class TimeGradTask(DiffusionTask):
     # -- forecasting ----------------------------------------------------------------------------
     @torch.no_grad()
     def sample(self, batch: TSBatch, cond_mask: Tensor, num_samples: int | None = None,
-               generator: torch.Generator | None = None) -> Tensor:  # fmt: skip
-        """Autoregressive samples (B, S, L, K), normalised; steps before the horizon are the conditioning values.
+               generator: torch.Generator | None = None, *, sampler: SamplerName | None = None,
+               steps: int | None = None) -> Tensor:  # fmt: skip
+        """Autoregressive samples (B, S, L, K) (:func:`tsdiffusion.denoisers.timegrad.forecast`), each horizon
+        step by a chain of ``sampler`` with ``steps`` calls (default: the task's ``sampler`` / ``sample_steps``).
 
-        Only ``observed * cond_mask`` is read, so values on the horizon never reach the model. Runs in float32
-        even under bf16 autocast: the chains' calls are small (one time step, 8 channels) and elementwise-bound,
-        and autocast's casts made the 100-sample forecast 1.5x slower on an AMX CPU
+        Runs in float32 even under bf16 autocast: the chains' calls are small (one time step, 8 channels) and
+        elementwise-bound, and autocast's casts made the 100-sample forecast 1.5x slower on an AMX CPU
         (``benchmarks/results/speed/intel-amx/timegrad.json``: 259 s bf16 vs 169 s float32).
         """
-        with torch.autocast(batch["observed"].device.type, enabled=False):
-            return self._sample(batch, cond_mask, num_samples, generator)
-
-    def _sample(self, batch: TSBatch, cond_mask: Tensor, num_samples: int | None,
-                generator: torch.Generator | None) -> Tensor:  # fmt: skip
-        S = num_samples or self.hparams.num_samples
-        x, tf, ids = self._inputs({**batch, "observed": batch["observed"] * cond_mask})
-        B = x.shape[0]
-        start = max(horizon_start(cond_mask), self.encoder.max_lag)
-        context = torch.arange(self.encoder.max_lag, start, device=x.device)
-        _, state = self.encoder(x, context, tf, ids) if len(context) else (None, None)
-        rows = B * S
-        chunk = self.hparams.sample_batch_size or rows
-        paths = x.repeat_interleave(S, dim=0)  # (B S) L K, filled in place step by step
-        tf, ids = tf.repeat_interleave(S, dim=0), ids.repeat_interleave(S, dim=0)
-        state = None if state is None else repeat_state(state, S)
-        with keep_freed_memory(x.device.type == "cpu"):  # the chains reuse the same heap pages call after call
-            for r0 in range(0, rows, chunk):
-                r = slice(r0, min(r0 + chunk, rows))
-                st = None if state is None else slice_state(state, r)
-                self._forecast(paths[r], tf[r], ids[r], st, start, generator)
-        samples = rearrange(paths, "(b s) l k -> b s l k", s=S)
-        keep = cond_mask.unsqueeze(1)
-        return samples * (1 - keep) + (x * cond_mask).unsqueeze(1)
-
-    def _forecast(self, paths: Tensor, tf: Tensor, ids: Tensor, state, start: int, generator) -> None:
-        """Fill ``paths[:, start:]`` (N, L, K) in place, one step at a time (TimeGrad, Algorithm 2)."""
-        N, L, K = paths.shape
-        for p in range(start, L):
-            pos = torch.tensor([p], device=paths.device)
-            hidden, state = self.encoder(paths, pos, tf, ids, state)  # (N, 1, H)
-            x_T = torch.randn((N, 1, K), device=paths.device, dtype=paths.dtype, generator=generator)
-            paths[:, p] = self._chain(x_T, hidden, generator)[:, 0]
-
-    def _chain(self, x_T: Tensor, hidden: Tensor, generator) -> Tensor:
-        """One reverse diffusion chain for (N, 1, K) given h_t (N, 1, H), DDPM or DDIM."""
         hp = self.hparams
-        fn = lambda x_t, t: self.denoiser(x_t, t, {"hidden": hidden}).to(x_t.dtype)
-        return sample(self.process, fn, x_T, hp.sampler, steps=hp.sample_steps, eta=hp.eta, generator=generator)
+        sampler, steps = sampler or hp.sampler, hp.sample_steps if steps is None else steps
+
+        def chain(x_T: Tensor, hidden: Tensor) -> Tensor:
+            fn = lambda x_t, t: self.denoiser(x_t, t, {"hidden": hidden}).to(x_t.dtype)
+            return sample(self.process, fn, x_T, sampler, steps=steps, eta=hp.eta, generator=generator)
+
+        with torch.autocast(batch["observed"].device.type, enabled=False):
+            return forecast(self.encoder, chain, batch, cond_mask, num_samples or hp.num_samples,
+                            hp.sample_batch_size, generator)  # fmt: skip

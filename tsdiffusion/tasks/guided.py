@@ -22,13 +22,33 @@ from tsdiffusion.baselines import SamplingBaseline
 from tsdiffusion.batch import TSBatch
 from tsdiffusion.denoisers.protocol import capabilities_of
 from tsdiffusion.diffusion.guidance import GuidanceKind, draw_guided_samples, quantile_levels, refine
+from tsdiffusion.diffusion.samplers import SamplerName
 from tsdiffusion.tasks.base import make_cond
 from tsdiffusion.tasks.forecasting import ForecastingTask
 from tsdiffusion.tasks.imputation import ImputationTask
 
 
 class _Guided:
-    """Unconditional training and guided (or refining) sampling; mixed into a task before its base class."""
+    """Unconditional training and guided (or refining) sampling; mixed into a task before its base class. The
+    arguments are those of :class:`GuidedForecastingTask`; the rest go to the task's base class."""
+
+    def __init__(
+        self,
+        *args,
+        guidance: GuidanceKind = "mse",
+        guidance_scale: float = 1.0,
+        guidance_jacobian: Literal["network", "identity"] = "network",
+        base_forecaster: SamplingBaseline | None = None,
+        refine_iterations: int = 20,
+        refine_step_size: float = 0.01,
+        refine_method: Literal["ml", "langevin"] = "langevin",
+        refine_prior_weight: float = 1.0,
+        **kwargs,
+    ):
+        super().__init__(*args, **kwargs)
+        self.save_hyperparameters(ignore=["denoiser", "process", "base_forecaster"])
+        self.base_forecaster = base_forecaster
+        self._check_guided()
 
     def _check_guided(self) -> None:
         if capabilities_of(self.denoiser).conditional:
@@ -47,8 +67,10 @@ class _Guided:
         return torch.zeros_like(batch["observed"])
 
     def sample(self, batch: TSBatch, cond_mask: Tensor, num_samples: int | None = None,
-               generator: torch.Generator | None = None) -> Tensor:  # fmt: skip
-        """Samples (B, S, L, K) in normalised units, observed values kept where ``cond_mask`` is 1."""
+               generator: torch.Generator | None = None, *, sampler: SamplerName | None = None,
+               steps: int | None = None) -> Tensor:  # fmt: skip
+        """Samples (B, S, L, K) in normalised units, observed values kept where ``cond_mask`` is 1; ``sampler``
+        and ``steps`` as :meth:`tsdiffusion.tasks.base.DiffusionTask.sample` (unused when refining)."""
         hp = self.hparams
         S = num_samples or hp.num_samples
         observed = batch["observed"] * cond_mask
@@ -56,8 +78,9 @@ class _Guided:
             cond = make_cond(batch, torch.zeros_like(cond_mask))  # side information only
             draws = draw_guided_samples(
                 self.process, self.denoiser, cond, observed, cond_mask, S, scale=hp.guidance_scale,
-                kind=hp.guidance, jacobian=hp.guidance_jacobian, sampler=hp.sampler, steps=hp.sample_steps, eta=hp.eta,
-                max_batch=hp.sample_batch_size, generator=generator,
+                kind=hp.guidance, jacobian=hp.guidance_jacobian, sampler=sampler or hp.sampler,
+                steps=hp.sample_steps if steps is None else steps, eta=hp.eta, max_batch=hp.sample_batch_size,
+                generator=generator,
             )  # fmt: skip
         else:
             draws = self._refine(batch, cond_mask, S, generator)
@@ -105,24 +128,6 @@ class GuidedForecastingTask(_Guided, ForecastingTask):
         **ForecastingTask arguments**; set ``num_train_features: null`` for a denoiser with a fixed K (U-Net).
     """
 
-    def __init__(
-        self,
-        *args,
-        guidance: GuidanceKind = "mse",
-        guidance_scale: float = 1.0,
-        guidance_jacobian: Literal["network", "identity"] = "network",
-        base_forecaster: SamplingBaseline | None = None,
-        refine_iterations: int = 20,
-        refine_step_size: float = 0.01,
-        refine_method: Literal["ml", "langevin"] = "langevin",
-        refine_prior_weight: float = 1.0,
-        **kwargs,
-    ):
-        super().__init__(*args, **kwargs)
-        self.save_hyperparameters(ignore=["denoiser", "process", "base_forecaster"])
-        self.base_forecaster = base_forecaster
-        self._check_guided()
-
 
 class GuidedImputationTask(_Guided, ImputationTask):
     """Imputation with an unconditionally trained model by observation self-guidance (TSDiff), any missing pattern.
@@ -130,21 +135,3 @@ class GuidedImputationTask(_Guided, ImputationTask):
     Args: as :class:`GuidedForecastingTask` (``base_forecaster``: any imputer with the same ``sample``);
     **ImputationTask arguments** (its ``mask_strategy`` is unused: training conditions on nothing).
     """
-
-    def __init__(
-        self,
-        *args,
-        guidance: GuidanceKind = "mse",
-        guidance_scale: float = 1.0,
-        guidance_jacobian: Literal["network", "identity"] = "network",
-        base_forecaster: SamplingBaseline | None = None,
-        refine_iterations: int = 20,
-        refine_step_size: float = 0.01,
-        refine_method: Literal["ml", "langevin"] = "langevin",
-        refine_prior_weight: float = 1.0,
-        **kwargs,
-    ):
-        super().__init__(*args, **kwargs)
-        self.save_hyperparameters(ignore=["denoiser", "process", "base_forecaster"])
-        self.base_forecaster = base_forecaster
-        self._check_guided()

@@ -8,7 +8,7 @@ import time
 from collections.abc import Sequence
 
 from tsdiffusion.benchmark.executors.progress import Item, Progress
-from tsdiffusion.benchmark.runs import finish_run, start_run, write_status
+from tsdiffusion.benchmark.run_folder import finish_run, start_run, write_status
 
 
 def gpu_slots(gpus: Sequence[int], devices_per_run: int) -> list[dict[str, str]]:

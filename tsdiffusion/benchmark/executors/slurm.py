@@ -24,7 +24,7 @@ from tsdiffusion.benchmark.executors.slurm_options import (
     run_resources,
     sbatch_error,
 )
-from tsdiffusion.benchmark.runs import error_tail, read_status, write_status
+from tsdiffusion.benchmark.run_folder import error_tail, read_status, write_status
 
 ENDED = frozenset(
     {"BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "TIMEOUT"}

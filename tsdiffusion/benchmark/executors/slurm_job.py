@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tsdiffusion.benchmark.runs import LOG_NAME, finish_run, last_checkpoint, start_run, write_status
+from tsdiffusion.benchmark.run_folder import LOG_NAME, finish_run, last_checkpoint, start_run, write_status
 
 
 def resume_command(folder: Path, command: Sequence[str]) -> list[str]:

@@ -29,19 +29,13 @@ from typing import Any
 
 import torch
 
+from tsdiffusion.benchmark.tables import csv_text, markdown_lines
 from tsdiffusion.diffusion.samplers import SAMPLERS
 from tsdiffusion.metrics import ProbabilisticMetrics
+from tsdiffusion.runs import load_run
 
 COLUMNS = ("sampler", "steps", "calls", "crps", "crps_se", "crps_sum", "crps_sum_se", "d_crps", "d_crps_se",
            "d_crps_sum", "d_crps_sum_se", "wall_s", "num_samples", "repeats", "windows")  # fmt: skip
-
-
-def _load_run(run_dir: str | Path):
-    try:
-        from tsdiffusion.runs import load_run
-    except ImportError:  # before the move of issue 18
-        from tsdiffusion.benchmark.loading import load_run
-    return load_run(run_dir)
 
 
 def fixed_windows(datamodule, max_batches: int | None = None, max_windows: int | None = None) -> list[dict]:
@@ -96,9 +90,6 @@ def evaluate_sampler(
 
     Returns {"crps": [R], "crps_sum": [R], "wall_s": [R], "calls": denoiser evaluations per sample path}.
     """
-    hp = task.hparams
-    saved = hp.sampler, hp.sample_steps
-    hp.sampler, hp.sample_steps = sampler, steps
     counter = _CallCounter(task.denoiser)
     res: dict[str, Any] = {"crps": [], "crps_sum": [], "wall_s": []}
     paths = 0
@@ -110,7 +101,7 @@ def evaluate_sampler(
                 gen = torch.Generator(device=task.device).manual_seed(seed + 1_000_003 * i + r)
                 cond_mask = task.eval_cond_mask(batch)
                 t0 = time.perf_counter()
-                samples = task.sample(batch, cond_mask, num_samples=num_samples, generator=gen)
+                samples = task.sample(batch, cond_mask, num_samples, gen, sampler=sampler, steps=steps)
                 wall += time.perf_counter() - t0
                 paths += samples.shape[0] * samples.shape[1]
                 metrics.update(task.to_units(samples, batch), task.to_units(batch["observed"], batch),
@@ -121,7 +112,6 @@ def evaluate_sampler(
             res["wall_s"].append(wall)
     finally:
         counter.remove()
-        hp.sampler, hp.sample_steps = saved
     res["calls"] = counter.rows / max(paths, 1)
     return res
 
@@ -176,11 +166,7 @@ def _fmt(v: Any) -> str:
 
 
 def write_csv(rows: list[dict], path: Path) -> Path:
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS)
-        w.writeheader()
-        for row in rows:
-            w.writerow({k: row[k] for k in COLUMNS})
+    path.write_text(csv_text(({k: row[k] for k in COLUMNS} for row in rows), COLUMNS))
     return path
 
 
@@ -201,9 +187,7 @@ def markdown_table(rows: list[dict], reference: str = "") -> str:
             "ΔCRPS-sum", "± se", "wall s")  # fmt: skip
     keys = ("sampler", "steps", "calls", "crps", "crps_se", "crps_sum", "crps_sum_se", "d_crps", "d_crps_se",
             "d_crps_sum", "d_crps_sum_se", "wall_s")  # fmt: skip
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(_fmt(r[k]) for k in keys) + " |" for r in rows]
-    return "\n".join(lines)
+    return "\n".join(markdown_lines(head, ([_fmt(r[k]) for k in keys] for r in rows)))
 
 
 def curve_figure(rows: list[dict], title: str = ""):
@@ -251,7 +235,7 @@ def run_curve(run_dir: str | Path, out_dir: str | Path | None = None, *, sampler
               max_batches: int | None = None, max_windows: int | None = None, seed: int = 0,
               log=print) -> dict[str, Path]:  # fmt: skip
     """Load the run in ``run_dir``, compute its curve, save it (into ``out_dir``, default the run folder)."""
-    task, dm, record = _load_run(run_dir)
+    task, dm, record = load_run(run_dir)
     windows = fixed_windows(dm, max_batches, max_windows)
     t0 = time.perf_counter()
     rows = speed_quality_curve(task, windows, samplers, steps, num_samples, repeats, seed, log=log)

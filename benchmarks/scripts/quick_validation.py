@@ -1,13 +1,13 @@
 """How the quick job's PhysioNet settings were chosen: scores on the VALIDATION records only, never on test.
 
     # validation CRPS of a config's model during training (every N epochs, then several samplers at the end)
-    python benchmarks/quick_validation.py curve experiments/quick/csdi_physionet.yaml --epochs 12 --every 3 \
+    python benchmarks/scripts/quick_validation.py curve experiments/quick/csdi_physionet.yaml --epochs 12 --every 3 \
         --set model.init_args.prior=null                          # e.g. plain CSDI, without the prior
     # the baselines' validation CRPS (point fills, and interpolation plus Gaussian noise of several std), and the
     # std of interpolation's errors at randomly hidden TRAINING values (the prior_scale of the quick config)
-    python benchmarks/quick_validation.py baselines experiments/quick/csdi_physionet.yaml
+    python benchmarks/scripts/quick_validation.py baselines experiments/quick/csdi_physionet.yaml
     # the same with the seasonal fill (period 24) for the electricity gaps, and its noise std
-    python benchmarks/quick_validation.py baselines experiments/quick/csdi_electricity_gaps.yaml --period 24 \
+    python benchmarks/scripts/quick_validation.py baselines experiments/quick/csdi_electricity_gaps.yaml --period 24 \
         --noise-std 0.1 0.2 0.3 0.4 0.5
 
 Each line printed is also appended to ``--out`` (JSON lines). ``--set key.path=value`` edits the config (value

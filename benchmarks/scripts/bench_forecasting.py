@@ -1,8 +1,8 @@
 """Speed and memory of the forecasting tasks (CSDI forecasting, TimeGrad) at electricity and traffic size.
 
-    python benchmarks/bench_forecasting.py                       # every case, 1 thread
-    python benchmarks/bench_forecasting.py --cases csdi-train --threads 2 --repeats 3
-    python benchmarks/bench_forecasting.py --cases csdi-train --threads 2 --original ../CSDI   # + the original code
+    python benchmarks/scripts/bench_forecasting.py                       # every case, 1 thread
+    python benchmarks/scripts/bench_forecasting.py --cases csdi-train --threads 2 --repeats 3
+    python benchmarks/scripts/bench_forecasting.py --cases csdi-train --threads 2 --original ../CSDI  # + original
 
 Each case runs in a fresh subprocess so that its peak resident memory (``ru_maxrss`` minus the RSS just
 before the first call) is its own. Synthetic inputs of the benchmark sizes (speed does not depend on the

@@ -1,6 +1,6 @@
 """The guided-vs-conditional comparison table from result records (metrics.json files).
 
-    python benchmarks/guided/compare.py LABEL=PATH/metrics.json ... > table.md
+    python benchmarks/scripts/guided/compare.py LABEL=PATH/metrics.json ... > table.md
 
 One row per record: task, denoiser, guidance settings (scale, likelihood, Jacobian), sampler, CRPS, CRPS-sum,
 the record's wall time (training + test, or test only for a `tsdiffusion test` of a trained checkpoint) and, for

@@ -1,6 +1,6 @@
 """TimeGrad: ours against pytorch-ts 0.6 at the same config, interleaved in one run (issue 16, items 3-4).
 
-    python benchmarks/bench_timegrad_reference.py --tgvenv /work/scratch/tgvenv --repeats 3
+    python benchmarks/scripts/bench_timegrad_reference.py --tgvenv /work/scratch/tgvenv --repeats 3
 
 Two persistent worker processes, one per environment: ours (this interpreter, ``tsdiffusion``) and the reference
 (``TGVENV/bin/python``: pytorch-ts 0.6.0, gluonts 0.9.10, the project's torch through a ``.pth`` file, see
@@ -34,7 +34,7 @@ from pathlib import Path
 
 K, LAGS, CONTEXT, PRED, F_TIME, B_TRAIN = 370, [1, 24, 168], 24, 24, 4, 64
 HISTORY = CONTEXT + max(LAGS)
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 # -- workers: build once, answer "train" / "forecast" lines with CPU seconds ------------------------------

@@ -1,8 +1,8 @@
 """Time and quality of imputing PhysioNet records with a trained CSDI: DDPM vs DDIM, against PyPOTS's loop.
 
-    python benchmarks/bench_imputation_samplers.py --run runs/csdi_physionet_cpu/version_0
-    python benchmarks/bench_imputation_samplers.py --run RUN --samplers ddim-10 --records 4 --samples 10  # quick look
-    python benchmarks/bench_imputation_samplers.py --run RUN --samplers ddpm-50,dpmpp-10,dpmpp-10+bf16
+    python benchmarks/scripts/bench_imputation_samplers.py --run runs/csdi_physionet_cpu/version_0
+    python benchmarks/scripts/bench_imputation_samplers.py --run RUN --samplers ddim-10 --records 4 --samples 10
+    python benchmarks/scripts/bench_imputation_samplers.py --run RUN --samplers ddpm-50,dpmpp-10,dpmpp-10+bf16
 
 Samplers: ``ddpm-N`` (ancestral on N evenly spaced steps), ``ddim-N``, ``dpmpp-N`` (DPM-Solver++(2M)),
 ``dpmpp_sde-N`` (its SDE variant), each with N denoiser calls; a ``+bf16`` suffix runs the denoiser under

@@ -1,13 +1,32 @@
-"""The tiny sweep config shared by the runner tests and the real-SLURM tests."""
+"""The tiny config of the tests that train for real (the CLI, the curve, the runner and the real-SLURM tests)."""
 
+import copy
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 
-def tiny_config(root: Path, **trainer) -> Path:
-    """CSDI imputation on 40 embedded PhysioNet records, 2 batches per epoch (a fraction of a second each), 2 samples,
-    DDIM 2 steps; ``trainer`` adds or overrides Trainer arguments (``max_epochs=...``)."""
+def merged(base: dict, overrides: dict) -> dict:
+    """``base`` with ``overrides`` merged in, mapping by mapping (a copy)."""
+    out = copy.deepcopy(base)
+    for key, value in overrides.items():
+        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def csv_logger(root: Path) -> dict[str, Any]:
+    """A CSVLogger under ``root/runs/tiny``."""
+    return {
+        "class_path": "lightning.pytorch.loggers.CSVLogger",
+        "init_args": {"save_dir": str(root / "runs"), "name": "tiny"},
+    }
+
+
+def tiny_config(root: Path, overrides: dict | None = None, **trainer) -> Path:
+    """``root/tiny.yaml``: CSDI imputation on 40 embedded PhysioNet records, 2 batches per epoch (a fraction of a
+    second each), 2 samples, DDIM 2 steps; ``overrides`` merged in (:func:`merged`), then ``trainer`` adds or
+    overrides Trainer arguments (``max_epochs=...``)."""
     cfg = {
         "trainer": {
             "limit_train_batches": 2,
@@ -16,7 +35,6 @@ def tiny_config(root: Path, **trainer) -> Path:
             "accelerator": "cpu",
             "enable_progress_bar": False,
             "enable_model_summary": False,
-            **trainer,
         },
         "model": {
             "class_path": "tsdiffusion.tasks.ImputationTask",
@@ -44,6 +62,7 @@ def tiny_config(root: Path, **trainer) -> Path:
             "init_args": {"path": "embedded", "max_records": 40, "cache_dir": str(root / "cache"), "batch_size": 8},
         },
     }
+    cfg = merged(merged(cfg, overrides or {}), {"trainer": trainer})
     path = root / "tiny.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path

@@ -1,9 +1,9 @@
 """Where tsdiffusion stands against this machine's matrix units and against the original CSDI code (issue 16).
 
-    python benchmarks/bench_speed.py --original /path/to/ermongroup-CSDI        # the table (item 3-5)
-    python benchmarks/bench_speed.py --part precision --physionet RUN --exchange RUN   # bf16 vs float32 (item 1)
-    python benchmarks/bench_speed.py --part curves --curve-steps 120     # loss curves, float32 vs bf16 (item 1)
-    python benchmarks/bench_speed.py --part memory --original CSDI --original-site SITE   # peak RSS (item 4)
+    python benchmarks/scripts/bench_speed.py --original /path/to/ermongroup-CSDI        # the table (item 3-5)
+    python benchmarks/scripts/bench_speed.py --part precision --physionet RUN --exchange RUN  # bf16 vs fp32 (item 1)
+    python benchmarks/scripts/bench_speed.py --part curves --curve-steps 120     # loss curves, float32 vs bf16 (item 1)
+    python benchmarks/scripts/bench_speed.py --part memory --original CSDI --original-site SITE   # peak RSS (item 4)
 
 ``--part memory``: peak resident memory of CSDI electricity forecasting training steps (B=8, L=192, 64 of 370
 series, linear attention), ours in float32 and bf16 autocast and the original ``CSDI_Forecasting``, each variant
@@ -52,7 +52,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from tsdiffusion.hardware import detect, keep_freed_memory
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "benchmarks" / "results" / "speed"
 
 

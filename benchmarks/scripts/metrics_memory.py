@@ -7,8 +7,8 @@ themselves (samples, target, mask) are not counted. "first" is the first update 
 whose peak is measured), "repeat" the best wall time of ``--repeats`` more on a fresh metric, with its
 CPU time over all threads (less sensitive than wall time to other load on the machine).
 
-    PYTHONPATH=. python benchmarks/metrics_memory.py       # CPU, one traffic window (or pip install -e .)
-    PYTHONPATH=. python benchmarks/metrics_memory.py --device cuda --batch 8
+    PYTHONPATH=. python benchmarks/scripts/metrics_memory.py       # CPU, one traffic window (or pip install -e .)
+    PYTHONPATH=. python benchmarks/scripts/metrics_memory.py --device cuda --batch 8
 """
 
 from __future__ import annotations

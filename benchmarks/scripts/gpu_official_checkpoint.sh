@@ -5,11 +5,11 @@
 #
 #   mkdir -p .gpu_inputs && cp ../shared/data/physionet2012/set-a.tar.gz .gpu_inputs/ \
 #     && cp CSDI/save/pretrained/model.pth .gpu_inputs/   # sha256 9acb4ee8..., checked on load
-#   OUT=gpu_out bash benchmarks/gpu_official_checkpoint.sh          # carry: [".gpu_inputs"]
+#   OUT=gpu_out bash benchmarks/scripts/gpu_official_checkpoint.sh          # carry: [".gpu_inputs"]
 #
 # Each ratio writes $OUT/ratio_<r>/{records.jsonl,summary.json,args.json} (resumable: rerun to continue) and its
 # log. CPU smoke run (a few seconds of sampling): DEVICE=cpu RECORDS=2 SAMPLES=2 ARGS="--sampler dpmpp --steps 2"
-# RATIOS=0.1 BATCH=2 bash benchmarks/gpu_official_checkpoint.sh
+# RATIOS=0.1 BATCH=2 bash benchmarks/scripts/gpu_official_checkpoint.sh
 # Not yet run on a GPU (none was lent to the session that wrote it): size BATCH and RECORDS on the first call.
 set -u
 OUT=${OUT:-gpu_out}; mkdir -p "$OUT"

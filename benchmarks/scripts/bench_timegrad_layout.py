@@ -1,6 +1,6 @@
 """Does a channel-first layout speed up TimeGrad's eps-network? (issue 16: the profile's suggestion, measured)
 
-    python benchmarks/bench_timegrad_layout.py [--threads 2] [--repeats 5] [--out FILE.json]
+    python benchmarks/scripts/bench_timegrad_layout.py [--threads 2] [--repeats 5] [--out FILE.json]
 
 The project's :class:`tsdiffusion.denoisers.TimeGradDenoiser` keeps activations channel-last (N, K', C) and writes
 its convolutions as Linear layers; the profile of the 100-sample forecast showed sigmoid/tanh on strided

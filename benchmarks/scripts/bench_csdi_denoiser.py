@@ -1,8 +1,8 @@
 """Speed and memory of CSDIDenoiser against the original CSDI layout, at the paper and forecasting sizes.
 
-    python benchmarks/bench_csdi_denoiser.py                      # 2 threads, every case
-    python benchmarks/bench_csdi_denoiser.py --cases paper --repeats 20
-    python benchmarks/bench_csdi_denoiser.py --threads 1 --clock cpu   # on a machine shared with others
+    python benchmarks/scripts/bench_csdi_denoiser.py                      # 2 threads, every case
+    python benchmarks/scripts/bench_csdi_denoiser.py --cases paper --repeats 20
+    python benchmarks/scripts/bench_csdi_denoiser.py --threads 1 --clock cpu   # on a machine shared with others
 
 Each (case, model) runs in a fresh subprocess, so that its peak resident memory (``ru_maxrss``,
 counted from just before the first call) is its own; the subprocess sets ``MALLOC_MMAP_THRESHOLD_``
@@ -47,7 +47,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from tsdiffusion.denoisers.csdi import CSDIDenoiser
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CASES = {  # name: (B, L, K, num_features, train)
     "paper": (16, 48, 35, 35, True),
     "forecast-train": (8, 192, 64, 370, True),

@@ -25,9 +25,9 @@
 #   mkdir -p .gpu_inputs && cp ../shared/data/physionet2012/{set-a.tar.gz,Outcomes-a.txt} .gpu_inputs/
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl \
 #     jsonargparse==4.53.0 docstring_parser==0.18.0 typeshed_client==2.15.0   # absent from the device image
-#   PREP=1 bash benchmarks/gpu_reproduce_csdi.sh    # optional: parses set-a into .gpu_inputs/cache (~3 s saved there)
+#   PREP=1 bash benchmarks/scripts/gpu_reproduce_csdi.sh    # optional: parses set-a into .gpu_inputs/cache (~3 s saved there)
 # On the device (run tool, carry [".gpu_inputs", ".whl"], timeout_s 600):
-#   OUT=$OUT bash benchmarks/gpu_reproduce_csdi.sh
+#   OUT=$OUT bash benchmarks/scripts/gpu_reproduce_csdi.sh
 # $OUT receives (8 files at most come back): env.txt (machine, command, times), fit.log, metrics.json (the CLI's
 # result record), training_log.csv (Lightning's metrics.csv), config.yaml, last.ckpt (~5 MB, for RESUME),
 # calibration.png, status.json (epochs/steps done, stop reason, complete or not).

@@ -1,11 +1,11 @@
 """Choose the guidance scale of a guided run on its VALIDATION windows (never the test windows).
 
-    python benchmarks/guided/select_scale.py --run runs/<name>/version_0 --scales 0.5 1 2 4 8 \
+    python benchmarks/scripts/guided/select_scale.py --run runs/<name>/version_0 --scales 0.5 1 2 4 8 \
         [--num_samples 16] [--repeats 2] [--out FILE.json]
 
 Builds the run's task from its saved ``config.yaml`` and ``checkpoints/last.ckpt``, and for every scale draws
 ``num_samples`` samples per validation window with the task's sampler, ``repeats`` independent sample sets with
-the same seeds for every scale (tsdiffusion.curve.evaluate_sampler), and prints CRPS / CRPS-sum (mean and
+the same seeds for every scale (tsdiffusion.cli.curve.evaluate_sampler), and prints CRPS / CRPS-sum (mean and
 standard error over the sample sets). The best scale by validation CRPS is printed last.
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from tsdiffusion.curve import _mean_se, evaluate_sampler
+from tsdiffusion.cli.curve import _mean_se, evaluate_sampler
 from tsdiffusion.runs import instantiate, read_config
 
 

@@ -7,11 +7,11 @@
 # (metrics.csv, metrics.json, fan_chart.png, config.yaml, last.ckpt) is packed to $OUT/<variant>.tar.gz.
 #
 #   OUT=gpu_out DATA=../shared/data/electricity_subset/electricity_lstnet_subset_gluonts.tar.gz \
-#   MAX_TIME=00:00:05:45 bash benchmarks/gpu_forecasting_subset.sh
+#   MAX_TIME=00:00:05:45 bash benchmarks/scripts/gpu_forecasting_subset.sh
 #
 # ARGS: more CLI overrides for every run; a CPU smoke test of the whole script (about 4 minutes on 2 cores):
 #   PY=python ARGS="--trainer.max_epochs 1 --trainer.limit_train_batches 3 --trainer.limit_val_batches 1
-#   --model.init_args.num_samples 2 --model.init_args.sample_steps 2" bash benchmarks/gpu_forecasting_subset.sh
+#   --model.init_args.num_samples 2 --model.init_args.sample_steps 2" bash benchmarks/scripts/gpu_forecasting_subset.sh
 # Wheels in .whl/ (jsonargparse and its needs, absent from some GPU images) are installed to /tmp/site first.
 set -u
 OUT=${OUT:-gpu_out}; mkdir -p "$OUT"

@@ -1,6 +1,6 @@
 """Which attention call to use for CSDI on CPU under bf16 autocast? (torch's fused kernel, measured)
 
-    python benchmarks/bench_cpu_attention.py [--threads 2] [--repeats 10] [--out FILE.json]
+    python benchmarks/scripts/bench_cpu_attention.py [--threads 2] [--repeats 10] [--out FILE.json]
 
 CSDI attends over many short sequences with narrow heads: over time, (B K) sequences of L steps; over features,
 (B L) sequences of K features; head width 8 in the quick configs. This script times, at such shapes, forward +
