@@ -89,6 +89,16 @@ class RowStreams:
         """The streams of a subset of the rows (a chunk), at the same draw count."""
         return RowStreams(self.seed, self.windows[index], self.samples[index], self.num_samples, self.draws)
 
+    def split(self, parts: int) -> RowStreams:
+        """Streams for ``parts`` variants of every window (e.g. the masking patterns of one window), ordered
+        ``(b p s)``: window ``w``'s variant ``j`` draws as window ``w * parts + j``. Needs whole windows."""
+        S = self.num_samples
+        windows = self.windows[::S]
+        if len(self) != len(windows) * S:
+            raise ValueError("RowStreams.split needs the streams of whole windows (S rows each)")
+        keys = (windows.unsqueeze(1) * parts + torch.arange(parts, device=windows.device)).reshape(-1)
+        return RowStreams.for_windows(self.seed, keys, S)
+
     def _draw(self, shape: tuple[int, ...], dtype: torch.dtype, fill: Callable[..., Tensor]) -> Tensor:
         """(N, *shape): each window's whole (S, *shape) block from its own generator, each row its sample's row."""
         gen, blocks = torch.Generator(), []
@@ -132,3 +142,50 @@ def _check_rows(shape, streams: RowStreams) -> None:
     if len(shape) == 0 or shape[0] != len(streams):
         raise ValueError(f"a draw of shape {tuple(shape)} from {len(streams)} row streams: the first dimension "
                          "must be the rows")  # fmt: skip
+
+
+def rows_of(generator: Source, rows: slice) -> Source:
+    """The source for a chunk of rows: the streams of those rows, or the same generator (it draws in call order)."""
+    return generator.rows(rows) if isinstance(generator, RowStreams) else generator
+
+
+def catch_up(generator: Source, chunk: Source) -> None:
+    """After the chunks of :func:`rows_of` have run (each the same chain), move the whole streams' draw count
+    to theirs, so that later draws on the whole do not repeat the chunks' draws."""
+    if isinstance(generator, RowStreams) and isinstance(chunk, RowStreams):
+        generator.draws = max(generator.draws, chunk.draws)
+
+
+def randint(high: int, n: int, generator: Source = None, device=None) -> Tensor:
+    """(n,) integers uniform on {0, ..., high - 1}: ``torch.randint``, or one per row of the streams."""
+    if isinstance(generator, RowStreams):
+        u = rand((n,), generator, dtype=torch.float64)
+        return (u * high).long().clamp_(max=high - 1).to(device or generator.device)
+    return torch.randint(0, high, (n,), device=device, generator=generator)
+
+
+def draw_indices(weight: Tensor, num_samples: int, length: int, generator: Source = None) -> Tensor:
+    """(B, S * length) indices drawn with replacement in proportion to ``weight`` (B, n), per window.
+
+    From a generator: ``torch.multinomial``; from streams of the ``(b s)`` rows: by inverting each window's
+    cumulative weights at the rows' uniform draws, so a window's draws do not depend on the batch.
+    """
+    if not isinstance(generator, RowStreams):
+        return torch.multinomial(weight, num_samples * length, replacement=True, generator=generator)
+    B = weight.shape[0]
+    u = rand((B * num_samples, length), generator, device=weight.device, dtype=torch.float64)
+    cdf = weight.to(torch.float64).cumsum(1)
+    idx = torch.searchsorted(cdf, u.view(B, -1) * cdf[:, -1:], right=True)
+    return idx.clamp_(max=weight.shape[1] - 1)
+
+
+def draw_seeds(B: int, K: int, num_samples: int, generator: Source = None) -> Tensor:
+    """(B, K) integer seeds in [0, 2^31 - 1) for per-series external samplers (e.g. statsmodels' simulate).
+
+    From streams of the ``(b s)`` rows, window b's seeds come from its sample-0 row.
+    """
+    if not isinstance(generator, RowStreams):
+        device = generator.device if generator is not None else "cpu"
+        return torch.randint(0, 2**31 - 1, (B, K), generator=generator, device=device)
+    u = rand((B * num_samples, K), generator, dtype=torch.float64).view(B, num_samples, K)[:, 0]
+    return (u * (2**31 - 1)).long()
