@@ -111,7 +111,7 @@ def test_quick_spec_scores_every_model_beside_baselines_on_its_data():
 
     from tsdiffusion.benchmark.spec import load_spec
 
-    spec = load_spec(ROOT / "benchmarks" / "quick.yaml")
+    spec = load_spec(ROOT / "benchmarks" / "specs" / "quick.yaml")
     assert len(spec.seeds) >= 3
 
     def data_key(path: str) -> tuple:

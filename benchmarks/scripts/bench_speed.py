@@ -273,7 +273,7 @@ def imputation_times(task, batch: dict, per_row: dict, args) -> dict:
 def forecasting_rows(res: dict, args) -> None:
     """CSDI electricity forecasting (linear attention) and TimeGrad electricity training steps, fp32 and bf16
     (bench_forecasting.py's builders), the original's CSDI_Forecasting when its dependencies import."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
+    sys.path.insert(0, str(ROOT / "benchmarks" / "scripts"))
     import bench_forecasting as bf
 
     cases = (("csdi-train", "linear", "CSDI electricity train step (B=8,L=192,K=64/370)"),
@@ -296,7 +296,7 @@ def forecasting_rows(res: dict, args) -> None:
 
 
 def original_forecast_step(folder: str):
-    sys.path.insert(0, str(ROOT / "benchmarks"))
+    sys.path.insert(0, str(ROOT / "benchmarks" / "scripts"))
     import bench_forecasting as bf
 
     model = bf.build_original(folder, 370)
@@ -391,7 +391,7 @@ def memory_child(variant: str, args) -> dict:
     if variant == "original":
         step = original_forecast_step(args.original)
     else:
-        sys.path.insert(0, str(ROOT / "benchmarks"))
+        sys.path.insert(0, str(ROOT / "benchmarks" / "scripts"))
         import bench_forecasting as bf
 
         task, shape = bf.build("csdi-train", 370, 10, "linear-fp32")

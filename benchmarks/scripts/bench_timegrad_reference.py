@@ -177,7 +177,7 @@ def main() -> None:
     if args.serve:
         serve(args.serve, args.forecast_windows)
         return
-    sys.path.insert(0, str(ROOT / "benchmarks"))
+    sys.path.insert(0, str(ROOT / "benchmarks" / "scripts"))
     from bench_speed import OUT, cpu_name, load, machine_type
 
     command = "python " + " ".join([os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]])

@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "benchmarks" / "gpu_reproduce_csdi.sh"
+SCRIPT = ROOT / "benchmarks" / "scripts" / "gpu_reproduce_csdi.sh"
 PAPER_CONFIG = ROOT / "experiments" / "imputation" / "physionet" / "csdi_10.yaml"
 
 # what SMOKE=1 DEVICE=cpu may change: the smoke knobs and the device (accelerator, precision)
