@@ -30,6 +30,8 @@ class TSBatch(TypedDict, total=False):
     scale:          (B, 1, K) float, > 0
     label:          (B,) long, class or outcome (representation, conditional generation)
     point_label:    (B, L) 0/1, anomaly label per time step (anomaly detection only, never for training)
+    index:          (B,) long, the window's position in its split (keys its random draws at evaluation:
+                    :mod:`tsdiffusion.streams`)
     """
 
     observed: Tensor
@@ -42,6 +44,7 @@ class TSBatch(TypedDict, total=False):
     scale: Tensor
     label: Tensor
     point_label: Tensor
+    index: Tensor
 
 
 class Cond(TypedDict, total=False):
@@ -116,6 +119,7 @@ def _check(batch: Mapping[str, Tensor]) -> tuple[int, int, int]:
         "scale": ((B, 1, K), "(B, 1, K)"),
         "label": ((B,), "(B,)"),
         "point_label": ((B, L), "(B, L)"),
+        "index": ((B,), "(B,)"),
     }
     for name, (expected, meaning) in shapes.items():
         if name in batch:

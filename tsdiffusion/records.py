@@ -24,6 +24,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from tsdiffusion.streams import STREAMS_VERSION
+
 RECORD_NAME = "metrics.json"
 
 
@@ -81,6 +83,11 @@ def _plain(value: Any) -> Any:
     return value
 
 
+#: How a record's evaluation draws were made: per-window streams (:mod:`tsdiffusion.streams`), so its scores do not
+#: depend on the evaluation batch size, the sample chunking, the workers or the number of ranks.
+RANDOM_DRAWS = {"scheme": "per-window streams", "version": STREAMS_VERSION, "batch_invariant": True}
+
+
 def make_record(
     *,
     task: str,
@@ -110,6 +117,7 @@ def make_record(
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "baseline": baseline_name(config),
         "flags": flags,
+        "random_draws": RANDOM_DRAWS,
     }
     record.update({k: _plain(v) for k, v in extra.items()})
     return record

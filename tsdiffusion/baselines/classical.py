@@ -24,6 +24,7 @@ from tsdiffusion.baselines.base import SamplingBaseline
 from tsdiffusion.baselines.imputation import interpolate
 from tsdiffusion.batch import TSBatch
 from tsdiffusion.masking import horizon_start
+from tsdiffusion.streams import Source, draw_seeds
 
 
 def ets_paths(
@@ -78,9 +79,7 @@ class ETSForecaster(SamplingBaseline):
         self.trend, self.damped_trend = trend, damped_trend
         self.seasonal_periods, self.context_length = seasonal_periods, context_length
 
-    def sample(
-        self, batch: TSBatch, cond_mask: Tensor, num_samples: int, generator: torch.Generator | None = None
-    ) -> Tensor:
+    def sample(self, batch: TSBatch, cond_mask: Tensor, num_samples: int, generator: Source = None) -> Tensor:
         """Paths (B, S, L, K) in normalised units; the conditioning values are kept before the horizon."""
         x = batch["observed"] * cond_mask
         B, L, K = x.shape
@@ -88,8 +87,7 @@ class ETSForecaster(SamplingBaseline):
         context = interpolate(x[:, :start], cond_mask[:, :start])
         if self.context_length is not None:
             context = context[:, -self.context_length :]
-        device = generator.device if generator is not None else "cpu"
-        seeds = torch.randint(0, 2**31 - 1, (B, K), generator=generator, device=device).tolist()
+        seeds = draw_seeds(B, K, num_samples, generator).tolist()
         ctx = context.detach().cpu().double().numpy()
         paths = np.empty((B, num_samples, L - start, K))
         for b in range(B):

@@ -22,6 +22,7 @@ from torch import Tensor
 from tsdiffusion.baselines.base import SamplingBaseline
 from tsdiffusion.batch import TSBatch
 from tsdiffusion.masking import horizon_start
+from tsdiffusion.streams import Source, draw_indices
 
 
 def seasonal_residuals(context: Tensor, season: int, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -47,7 +48,7 @@ def bootstrap_forecast(
     *,
     mask: Tensor | None = None,
     residual_window: int | None = None,
-    generator: torch.Generator | None = None,
+    generator: Source = None,
 ) -> Tensor:
     """Seasonal-naive sample paths with bootstrapped residuals (random walk for ``season=1``).
 
@@ -59,7 +60,7 @@ def bootstrap_forecast(
     r, weight = seasonal_residuals(context, season, mask)
     if residual_window is not None:
         r, weight = r[:, -residual_window:], weight[:, -residual_window:]
-    idx = torch.multinomial(weight, num_samples * horizon, replacement=True, generator=generator)  # (B, S*H)
+    idx = draw_indices(weight, num_samples, horizon, generator)  # (B, S*H)
     draws = torch.gather(r, 1, repeat(idx, "b n -> b n k", k=K)).view(B, num_samples, horizon, K)
     steps: list[Tensor] = []
     for h in range(horizon):
@@ -84,9 +85,7 @@ class SeasonalNaive(SamplingBaseline):
             raise ValueError(f"season_length must be >= 1, got {season_length}")
         self.season, self.residual_window = season_length, residual_window
 
-    def sample(
-        self, batch: TSBatch, cond_mask: Tensor, num_samples: int, generator: torch.Generator | None = None
-    ) -> Tensor:
+    def sample(self, batch: TSBatch, cond_mask: Tensor, num_samples: int, generator: Source = None) -> Tensor:
         """Bootstrap paths (B, S, L, K) in normalised units; the conditioning values are kept before the horizon
         (the first step after the last conditioned one)."""
         x = batch["observed"] * cond_mask

@@ -12,6 +12,7 @@ from torch import Tensor
 from tsdiffusion.baselines.base import SamplingBaseline
 from tsdiffusion.batch import TSBatch
 from tsdiffusion.fill import carry_forward, interpolate, window_mean
+from tsdiffusion.streams import Source, randn
 
 
 class _Fill(SamplingBaseline):
@@ -27,15 +28,14 @@ class _Fill(SamplingBaseline):
         """(B, L, K) the fill of the hidden values, the conditioning values kept where ``cond_mask`` is 1."""
         raise NotImplementedError
 
-    def sample(
-        self, batch: TSBatch, cond_mask: Tensor, num_samples: int, generator: torch.Generator | None = None
-    ) -> Tensor:
+    def sample(self, batch: TSBatch, cond_mask: Tensor, num_samples: int, generator: Source = None) -> Tensor:
         """(B, S, L, K): S copies of the fill (plus ``noise_std`` Gaussian noise at the hidden positions), the
         conditioning values kept where ``cond_mask`` is 1."""
         fill = repeat(self.fill(batch, cond_mask), "b l k -> b s l k", s=num_samples)
         if not self.noise_std:
             return fill
-        noise = torch.randn(fill.shape, generator=generator, device=fill.device, dtype=fill.dtype)
+        B, S, L, K = fill.shape
+        noise = randn((B * S, L, K), generator, device=fill.device, dtype=fill.dtype).view(B, S, L, K)
         return fill + self.noise_std * noise * (1 - cond_mask).unsqueeze(1)
 
 

@@ -45,7 +45,8 @@ class WindowDataset(Dataset):
         return len(self.fields["observed"])
 
     def __getitem__(self, i: int) -> dict[str, Tensor]:
-        return {k: v[i] for k, v in self.fields.items()}
+        """Window ``i``'s fields, with ``index``: ``i``, the key of its random streams at evaluation."""
+        return {**{k: v[i] for k, v in self.fields.items()}, "index": torch.tensor(i)}
 
 
 class TSDataModule(L.LightningDataModule):

@@ -61,9 +61,7 @@ def fetch(url: str, sha256: str | None, *, cache_dir: str | Path | None = None, 
     return target
 
 
-def resolve(
-    path: str | Path | None, *, url: str, sha256: str | None, cache_dir: str | Path | None = None
-) -> Path:
+def resolve(path: str | Path | None, *, url: str, sha256: str | None, cache_dir: str | Path | None = None) -> Path:
     """A user's local file or folder if ``path`` is given (a file is checksum-verified), else the cached download."""
     if path is None:
         return fetch(url, sha256, cache_dir=cache_dir)

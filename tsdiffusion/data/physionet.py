@@ -115,9 +115,7 @@ class PhysioNetDataModule(TSDataModule):
     ):
         super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers)
         if not 0.0 < missing_ratio < 1.0:
-            raise ValueError(
-                f"missing_ratio must be in (0, 1) (the paper uses 0.1, 0.5, 0.9), got {missing_ratio}"
-            )
+            raise ValueError(f"missing_ratio must be in (0, 1) (the paper uses 0.1, 0.5, 0.9), got {missing_ratio}")
         if not 0 <= fold < NUM_FOLDS:
             raise ValueError(f"fold must be in 0..{NUM_FOLDS - 1}, got {fold}")
         if protocol not in ("csdi", "train"):

@@ -97,9 +97,7 @@ class PretrainedCSDIDenoiser(CSDIDenoiser):
         state = read_original_state(path)
         arch = original_architecture(state)
         if arch["num_features"] != num_features:
-            raise ValueError(
-                f"{path}: the checkpoint has {arch['num_features']} features, the data {num_features}"
-            )
+            raise ValueError(f"{path}: the checkpoint has {arch['num_features']} features, the data {num_features}")
         super().__init__(heads=heads, **arch)
         self.load_state_dict(convert_original_state_dict(state))
         self.checkpoint = str(path)

@@ -47,6 +47,7 @@ from tsdiffusion.denoisers.layers import DiffusionStepEmbedding, StepFrequencies
 from tsdiffusion.denoisers.protocol import Capabilities
 from tsdiffusion.hardware import keep_freed_memory
 from tsdiffusion.masking import horizon_start
+from tsdiffusion.streams import Source, catch_up, randn, rows_of
 
 RNNState = Tensor | tuple[Tensor, Tensor]
 
@@ -149,9 +150,9 @@ def slice_state(state: RNNState, rows: slice) -> RNNState:
 
 # -- the model's two loops: teacher forcing (training) and autoregressive forecasts (Algorithm 2) -----------
 
-#: One reverse diffusion chain: (x_T (N, 1, K), h_t (N, 1, H)) -> x_0 (N, 1, K); the task builds it from its
-#: process and sampler (DDPM or DDIM), so this module needs no sampler.
-Chain = Callable[[Tensor, Tensor], Tensor]
+#: One reverse diffusion chain: (x_T (N, 1, K), h_t (N, 1, H), the source of its draws for these N rows) -> x_0
+#: (N, 1, K); the task builds it from its process and sampler (DDPM or DDIM), so this module needs no sampler.
+Chain = Callable[[Tensor, Tensor, Source], Tensor]
 
 
 def encoder_inputs(batch: TSBatch, max_lag: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -183,7 +184,7 @@ def teacher_forcing_rows(encoder: TimeGradEncoder, batch: TSBatch) -> tuple[Tens
 
 
 def forecast(encoder: TimeGradEncoder, chain: Chain, batch: TSBatch, cond_mask: Tensor, num_samples: int,
-             max_batch: int | None = None, generator: torch.Generator | None = None) -> Tensor:  # fmt: skip
+             max_batch: int | None = None, generator: Source = None) -> Tensor:  # fmt: skip
     """Autoregressive samples (B, S, L, K), normalised; steps before the horizon are the conditioning values.
 
     The RNN runs over the context, its state is repeated S times, and each horizon step is drawn by a full
@@ -201,25 +202,28 @@ def forecast(encoder: TimeGradEncoder, chain: Chain, batch: TSBatch, cond_mask: 
     paths = x.repeat_interleave(S, dim=0)  # (B S) L K, filled in place step by step
     tf, ids = tf.repeat_interleave(S, dim=0), ids.repeat_interleave(S, dim=0)
     state = None if state is None else repeat_state(state, S)
+    gen = generator
     with keep_freed_memory(x.device.type == "cpu"):  # the chains reuse the same heap pages call after call
         for r0 in range(0, rows, chunk):
             r = slice(r0, min(r0 + chunk, rows))
             st = None if state is None else slice_state(state, r)
-            _forecast_rows(encoder, chain, paths[r], tf[r], ids[r], st, start, generator)
+            gen = rows_of(generator, r)
+            _forecast_rows(encoder, chain, paths[r], tf[r], ids[r], st, start, gen)
+        catch_up(generator, gen)
     samples = rearrange(paths, "(b s) l k -> b s l k", s=S)
     keep = cond_mask.unsqueeze(1)
     return samples * (1 - keep) + (x * cond_mask).unsqueeze(1)
 
 
 def _forecast_rows(encoder: TimeGradEncoder, chain: Chain, paths: Tensor, tf: Tensor, ids: Tensor,
-                   state: RNNState | None, start: int, generator: torch.Generator | None) -> None:  # fmt: skip
+                   state: RNNState | None, start: int, generator: Source) -> None:  # fmt: skip
     """Fill ``paths[:, start:]`` (N, L, K) in place, one step at a time (TimeGrad, Algorithm 2)."""
     N, L, K = paths.shape
     for p in range(start, L):
         pos = torch.tensor([p], device=paths.device)
         hidden, state = encoder(paths, pos, tf, ids, state)  # (N, 1, H)
-        x_T = torch.randn((N, 1, K), device=paths.device, dtype=paths.dtype, generator=generator)
-        paths[:, p] = chain(x_T, hidden)[:, 0]
+        x_T = randn((N, 1, K), generator, device=paths.device, dtype=paths.dtype)
+        paths[:, p] = chain(x_T, hidden, generator)[:, 0]
 
 
 class TimeGradResidualBlock(nn.Module):

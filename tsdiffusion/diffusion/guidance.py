@@ -60,6 +60,7 @@ from torch import Tensor
 
 from tsdiffusion.diffusion.process import DenoiseFn, GaussianDiffusion
 from tsdiffusion.diffusion.samplers import SamplerName, sample
+from tsdiffusion.streams import Source, catch_up, randn, rows_of
 
 GuidanceKind = Literal["mse", "quantile"]
 RefineMethod = Literal["ml", "langevin"]
@@ -194,7 +195,7 @@ def draw_guided_samples(
     steps: int | None = None,
     eta: float = 0.0,
     max_batch: int | None = None,
-    generator: torch.Generator | None = None,
+    generator: Source = None,
 ) -> Tensor:
     """Guided draws (B, S, L, K) from an unconditional ``denoiser(x_t, t, cond)``, as batched sampler calls.
 
@@ -207,27 +208,27 @@ def draw_guided_samples(
     rows, device = B * num_samples, observed.device
     chunk = rows if max_batch is None else max(1, max_batch)
     levels = quantile_levels(num_samples).to(device)
-    out = []
+    out, gen = [], generator
     for start in range(0, rows, chunk):
         r = torch.arange(start, min(start + chunk, rows), device=device)
         idx = r // num_samples
         c = {k: v[idx] for k, v in cond.items()}
-        x_T = torch.randn((len(idx), L, K), device=device, generator=generator)
+        gen = rows_of(generator, slice(start, start + chunk))
+        x_T = randn((len(idx), L, K), gen, device=device)
         base = lambda x, t, c=c: denoiser(x, t, c).to(x.dtype)
         fn = guided(process, base, observed[idx], mask[idx], scale, kind, levels[r % num_samples], jacobian)
-        out.append(sample(process, fn, x_T, sampler, steps=steps, eta=eta, generator=generator))
+        out.append(sample(process, fn, x_T, sampler, steps=steps, eta=eta, generator=gen))
+    catch_up(generator, gen)
     return rearrange(torch.cat(out), "(b s) l k -> b s l k", s=num_samples)
 
 
-def denoising_energy(
-    process: GaussianDiffusion, denoise_fn: DenoiseFn, y: Tensor, generator: torch.Generator | None = None
-) -> Tensor:
+def denoising_energy(process: GaussianDiffusion, denoise_fn: DenoiseFn, y: Tensor, generator: Source = None) -> Tensor:
     """The denoising loss of y (N, L, K) at one random step and draw per row: ``||eps_hat - z||^2`` (N,).
 
     Its expectation over steps is (up to weights and constants) the diffusion model's bound on ``-log p_theta(y)``.
     """
     t = process.draw_timesteps(y.shape[0], y.device, generator)
-    z = torch.randn(y.shape, device=y.device, dtype=y.dtype, generator=generator)
+    z = randn(y.shape, generator, device=y.device, dtype=y.dtype)
     x_t = process.q_sample(y, t, z)
     eps = process.predict_eps(denoise_fn(x_t, t), x_t, t)
     return (eps - z).pow(2).flatten(1).sum(1)
@@ -246,7 +247,7 @@ def refine(
     prior_weight: float = 1.0,
     kind: GuidanceKind = "mse",
     quantiles: Tensor | None = None,
-    generator: torch.Generator | None = None,
+    generator: Source = None,
 ) -> Tensor:
     """Refine initial windows ``init`` (N, L, K) under ``E(y) = prior_weight * denoising_energy(y) - log p(y_obs|y)``.
 
@@ -270,7 +271,5 @@ def refine(
             (grad,) = torch.autograd.grad(energy.sum(), y)
             y = y.detach() - step_size * grad
             if method == "langevin":
-                y = y + (2 * step_size) ** 0.5 * torch.randn(
-                    y.shape, dtype=y.dtype, device=y.device, generator=generator
-                )
+                y = y + (2 * step_size) ** 0.5 * randn(y.shape, generator, device=y.device, dtype=y.dtype)
     return y.detach()

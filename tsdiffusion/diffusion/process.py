@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from tsdiffusion.diffusion.schedules import Schedule, make_betas
+from tsdiffusion.streams import Source, randint, randn
 
 Prediction = Literal["eps", "x0", "v"]
 DenoiseFn = Callable[[Tensor, Tensor], Tensor]
@@ -117,9 +118,9 @@ class GaussianDiffusion(nn.Module):
         return a.sqrt() * noise - (1 - a).sqrt() * x0
 
     # -- training -------------------------------------------------------------------------------
-    def draw_timesteps(self, n: int, device: torch.device, generator: torch.Generator | None = None) -> Tensor:
+    def draw_timesteps(self, n: int, device: torch.device, generator: Source = None) -> Tensor:
         """t ~ Uniform{0, ..., N-1}, shape (n,)."""
-        return torch.randint(0, self.num_steps, (n,), device=device, generator=generator)
+        return randint(self.num_steps, n, generator, device)
 
     def loss(
         self,
@@ -147,8 +148,8 @@ class GaussianDiffusion(nn.Module):
     # -- reverse steps --------------------------------------------------------------------------
     # Every method that maps a denoiser output takes ``(out, x_t, t)``, the denoiser's own order after its
     # output (as predict_x0 / predict_eps); the step a reverse step goes to is the keyword ``s``.
-    def _noise_like(self, x: Tensor, generator: torch.Generator | None) -> Tensor:
-        return torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)
+    def _noise_like(self, x: Tensor, generator: Source) -> Tensor:
+        return randn(x.shape, generator, device=x.device, dtype=x.dtype)
 
     def ddpm_step(
         self,
@@ -157,7 +158,7 @@ class GaussianDiffusion(nn.Module):
         t: Tensor | int,
         *,
         s: Tensor | int | None = None,
-        generator: torch.Generator | None = None,
+        generator: Source = None,
     ) -> Tensor:
         """Ancestral step x_t -> x_s ~ q(x_s | x_t, x0_hat) (Ho et al. 2020, Algorithm 2; s = t - 1 by default).
 
@@ -177,7 +178,7 @@ class GaussianDiffusion(nn.Module):
         *,
         s: Tensor | int | None = None,
         eta: float = 0.0,
-        generator: torch.Generator | None = None,
+        generator: Source = None,
     ) -> Tensor:
         """DDIM step x_t -> x_s (Song et al. 2021, eq. 12), sigma = eta * sqrt((1-abar_s)/(1-abar_t) (1-abar_t/abar_s)).
 

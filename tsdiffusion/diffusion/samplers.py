@@ -21,6 +21,7 @@ from torch import Tensor
 
 from tsdiffusion.diffusion.process import DenoiseFn, GaussianDiffusion
 from tsdiffusion.hardware import keep_freed_memory
+from tsdiffusion.streams import Source, catch_up, randn, rows_of
 
 SamplerName = Literal["ddpm", "ddim", "dpmpp", "dpmpp_sde"]
 SAMPLERS: tuple[str, ...] = get_args(SamplerName)
@@ -81,7 +82,7 @@ def sample_ddpm(
     *,
     steps: int | None = None,
     t_start: int | None = None,
-    generator: torch.Generator | None = None,
+    generator: Source = None,
     progress: bool = False,
 ) -> Tensor:
     """Ancestral DDPM sampling (Ho et al. 2020, Algorithm 2), optionally on a strided subsequence of steps.
@@ -105,7 +106,7 @@ def sample_ddim(
     steps: int = 50,
     eta: float = 0.0,
     t_start: int | None = None,
-    generator: torch.Generator | None = None,
+    generator: Source = None,
     progress: bool = False,
 ) -> Tensor:
     """DDIM sampling (Song et al. 2021, eq. 12) with ``steps`` denoiser calls.
@@ -129,7 +130,7 @@ def sample_dpmpp(
     steps: int = 20,
     stochastic: bool = False,
     t_start: int | None = None,
-    generator: torch.Generator | None = None,
+    generator: Source = None,
     progress: bool = False,
 ) -> Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++", Algorithm 2) with ``steps`` denoiser calls.
@@ -167,7 +168,7 @@ def sample_dpmpp(
         d = x0 if first_order else x0 + (x0 - x0_prev) * (h / (2 * h_prev))
         alpha_s, sigma_s, sigma_t = math.sqrt(abar[s]), math.sqrt(1 - abar[s]), math.sqrt(1 - abar[t])
         if stochastic:
-            noise = torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)
+            noise = randn(x.shape, generator, device=x.device, dtype=x.dtype)
             x = (sigma_s / sigma_t * math.exp(-h)) * x - (alpha_s * math.expm1(-2 * h)) * d
             x = x + (sigma_s * math.sqrt(-math.expm1(-2 * h))) * noise
         else:
@@ -185,7 +186,7 @@ def sample(
     steps: int | None = None,
     eta: float = 0.0,
     t_start: int | None = None,
-    generator: torch.Generator | None = None,
+    generator: Source = None,
     progress: bool = False,
 ) -> Tensor:
     """Run the named sampler: ``ddpm`` (ancestral, ``steps=None``: every step), ``ddim`` (``eta``),
@@ -216,7 +217,7 @@ def draw_samples(
     max_batch: int | None = None,
     t_start: int | None = None,
     x0: Tensor | None = None,
-    generator: torch.Generator | None = None,
+    generator: Source = None,
     device: torch.device | None = None,
     progress: bool = False,
 ) -> Tensor:
@@ -233,15 +234,17 @@ def draw_samples(
     rows = B * num_samples
     chunk = rows if max_batch is None else max(1, max_batch)
     device = device or next(iter(cond.values())).device
-    out = []
+    out, gen = [], generator
     with keep_freed_memory(torch.device(device).type == "cpu"):  # the chain's activations reuse the same heap pages
         for start in range(0, rows, chunk):
+            gen = rows_of(generator, slice(start, start + chunk))
             idx = torch.arange(start, min(start + chunk, rows), device=device) // num_samples
             c = {k: v[idx] for k, v in cond.items()}
-            x_T = torch.randn((len(idx), *shape[1:]), device=device, generator=generator)
+            x_T = randn((len(idx), *shape[1:]), gen, device=device)
             if t_start is not None:
                 x_T = process.q_sample(x0[idx], _t(x_T, t_start), x_T)
             fn = lambda x, t, c=c: denoiser(x, t, c).to(x.dtype)  # the chain stays in x's dtype under autocast
             out.append(sample(process, fn, x_T, sampler, steps=steps, eta=eta, t_start=t_start,
-                              generator=generator, progress=progress))  # fmt: skip
+                              generator=gen, progress=progress))  # fmt: skip
+    catch_up(generator, gen)
     return rearrange(torch.cat(out), "(b s) l k -> b s l k", s=num_samples)

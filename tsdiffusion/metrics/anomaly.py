@@ -127,7 +127,11 @@ def quantile_threshold(scores: np.ndarray, q: float) -> float:
 
 
 def threshold_from(
-    scores: np.ndarray, rule: Literal["quantile", "pot"], *, quantile: float = 0.99, level: float = 0.98,
+    scores: np.ndarray,
+    rule: Literal["quantile", "pot"],
+    *,
+    quantile: float = 0.99,
+    level: float = 0.98,
     risk: float = 1e-3,
 ) -> float:
     """The threshold ``rule`` applied to calibration scores (no labels): :func:`quantile_threshold` at

@@ -46,6 +46,7 @@ from tsdiffusion.metrics.anomaly import (
     threshold_from,
 )
 from tsdiffusion.plots.callbacks import AnomalyPlotCallback
+from tsdiffusion.streams import RowStreams, Source
 from tsdiffusion.tasks.base import DiffusionTask, make_cond
 
 CALIBRATION, TEST = 0, 1
@@ -143,7 +144,7 @@ class AnomalyTask(DiffusionTask):
         return [AnomalyPlotCallback(self.hparams.plot_series)] if self.hparams.plot_series else []
 
     # -- scores per window ------------------------------------------------------------------------
-    def score_batch(self, batch: TSBatch, generator: torch.Generator | None = None) -> Tensor:
+    def score_batch(self, batch: TSBatch, generator: Source = None) -> Tensor:
         """(B, L) anomaly score of every step of every window (never reads ``point_label``)."""
         model_input = {k: v for k, v in batch.items() if k != "point_label"}
         if self.baseline is not None:
@@ -154,7 +155,7 @@ class AnomalyTask(DiffusionTask):
             per_point = self.reconstruction_score(model_input, generator)
         return reduce_features(per_point, batch["observed_mask"])
 
-    def imputation_score(self, batch: TSBatch, generator: torch.Generator | None = None) -> Tensor:
+    def imputation_score(self, batch: TSBatch, generator: Source = None) -> Tensor:
         """(B, L, K): each step imputed by the pattern that hides it, all P patterns in one sampler call."""
         hp = self.hparams
         B, L, K = batch["observed"].shape
@@ -162,11 +163,13 @@ class AnomalyTask(DiffusionTask):
         rows = repeat_batch(batch, hp.num_patterns)  # (b p) ...
         hidden = repeat(hide, "p l -> (b p) l k", b=B, k=K)
         cond_mask = rows["observed_mask"] * (1 - hidden)
+        if isinstance(generator, RowStreams):  # a stream per window and pattern
+            generator = generator.split(hp.num_patterns)
         samples = self.sample(rows, cond_mask, hp.num_samples, generator)
         err = imputation_scores(samples, rows["observed"], hp.spread_eps) * hidden
         return rearrange(err, "(b p) l k -> b p l k", p=hp.num_patterns).sum(1)
 
-    def reconstruction_score(self, batch: TSBatch, generator: torch.Generator | None = None) -> Tensor:
+    def reconstruction_score(self, batch: TSBatch, generator: Source = None) -> Tensor:
         """(B, L, K): |median_S(x0_hat) - x| after noising to t* and denoising back, unconditionally."""
         hp = self.hparams
         t_star = self.process.num_steps // 5 if hp.noise_step is None else hp.noise_step
@@ -188,7 +191,7 @@ class AnomalyTask(DiffusionTask):
     def test_step(self, batch: TSBatch, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
         """Scores the windows; returns them, (B,) ``series_index`` / ``window_start`` and (B, L) ``score``,
         ``valid``, ``value`` (feature 0, original units) and ``label`` (for the epoch end and the figures)."""
-        scores = self.score_batch(batch, self._generator(batch_idx + 100_000 * dataloader_idx))
+        scores = self.score_batch(batch, self.sample_source(batch, batch_idx, dataloader_idx=dataloader_idx))
         first = batch["observed"][..., 0] * batch["scale"][..., 0] + batch["loc"][..., 0]
         window = {
             "series_index": batch["series_index"], "window_start": batch["window_start"], "score": scores,
@@ -225,5 +228,5 @@ class AnomalyTask(DiffusionTask):
 
     def predict_step(self, batch: TSBatch, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
         """Window scores (B, L) with ``series_index`` / ``window_start`` for :func:`stitch_windows`."""
-        scores = self.score_batch(batch, self._generator(batch_idx + 100_000 * dataloader_idx))
+        scores = self.score_batch(batch, self.sample_source(batch, batch_idx, dataloader_idx=dataloader_idx))
         return {"score": scores, "series_index": batch["series_index"], "window_start": batch["window_start"]}

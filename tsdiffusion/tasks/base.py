@@ -21,6 +21,7 @@ from tsdiffusion.batch import Cond, TSBatch
 from tsdiffusion.diffusion import GaussianDiffusion, conditioned, draw_samples, timesteps
 from tsdiffusion.diffusion.samplers import SamplerName
 from tsdiffusion.metrics import DEFAULT_METRICS, MetricName, ProbabilisticMetrics
+from tsdiffusion.streams import RowStreams, Source
 
 if TYPE_CHECKING:
     from lightning.fabric.utilities.data import AttributeDict
@@ -72,7 +73,8 @@ class DiffusionTask(L.LightningModule):
             (DPM-Solver++(2M)) or ``dpmpp_sde`` (its SDE variant) with ``sample_steps`` denoiser calls
             (None = every training step); ``eta``: DDIM's.
         sample_batch_size: at most this many rows (windows x samples) per sampler call (memory bound).
-        sample_seed: seed of the sampling generator, so test metrics do not depend on the training RNG.
+        sample_seed: seed of the sampling streams, so test metrics do not depend on the training RNG; with the
+            window's index it keys each window's draws (:meth:`sample_source`), whatever the batch layout.
         val_loss_steps: validation loss averaged over this many evenly spaced diffusion steps (None = all,
             as CSDI); uses a fixed generator, so it is comparable across epochs.
         metrics: metric names reported on test (see :mod:`tsdiffusion.metrics`).
@@ -241,7 +243,7 @@ class DiffusionTask(L.LightningModule):
 
     @torch.no_grad()
     def sample(self, batch: TSBatch, cond_mask: Tensor, num_samples: int | None = None,
-               generator: torch.Generator | None = None, *, sampler: SamplerName | None = None,
+               generator: Source = None, *, sampler: SamplerName | None = None,
                steps: int | None = None) -> Tensor:  # fmt: skip
         """Samples (B, S, L, K) in normalised units, observed values kept where ``cond_mask`` is 1; ``sampler``
         and ``steps`` (denoiser calls) default to the task's ``sampler`` and ``sample_steps``."""
@@ -263,8 +265,16 @@ class DiffusionTask(L.LightningModule):
         keep = cond_mask.unsqueeze(1)
         return samples * (1 - keep) + (batch["observed"] * cond_mask).unsqueeze(1)
 
-    def _generator(self, batch_idx: int) -> torch.Generator:
-        seed = self.hparams.sample_seed + 1_000_003 * batch_idx + 7919 * self.global_rank
+    def sample_source(self, batch: TSBatch, batch_idx: int, num_samples: int | None = None,
+                      dataloader_idx: int = 0) -> Source:  # fmt: skip
+        """Where a test batch's random draws come from: per-window streams keyed by (``sample_seed``, the
+        window's ``index`` in its evaluation set, the sample), so a window's samples do not depend on the batch
+        size, the sample chunking, the workers or the number of ranks (:mod:`tsdiffusion.streams`). A batch
+        without ``index`` (built by hand) falls back to a generator seeded by its position, as before."""
+        seed = self.hparams.sample_seed + 1_000_003 * dataloader_idx
+        if "index" in batch:
+            return RowStreams.for_windows(seed, batch["index"], num_samples or self.hparams.num_samples)
+        seed = seed + 1_000_003 * batch_idx + 7919 * self.global_rank
         return torch.Generator(device=self.device).manual_seed(seed)
 
     def to_units(self, x: Tensor, batch: TSBatch) -> Tensor:
@@ -280,7 +290,7 @@ class DiffusionTask(L.LightningModule):
     def test_step(self, batch: TSBatch, batch_idx: int) -> dict[str, Tensor]:
         """Updates the metrics; returns ``{"samples": (B, S, L, K)}`` in normalised units (for the callbacks)."""
         cond_mask = self.eval_cond_mask(batch)
-        samples = self.sample(batch, cond_mask, generator=self._generator(batch_idx))
+        samples = self.sample(batch, cond_mask, generator=self.sample_source(batch, batch_idx))
         target = self.to_units(batch["observed"], batch)
         self.test_metrics.update(self.to_units(samples, batch), target, batch["target_mask"])
         counts = extreme_counts(samples, batch, self.hparams.get("extreme_limit", 20.0)).tolist()
@@ -298,7 +308,7 @@ class DiffusionTask(L.LightningModule):
 
     def predict_step(self, batch: TSBatch, batch_idx: int) -> dict[str, Tensor]:
         cond_mask = self.eval_cond_mask(batch)
-        samples = self.sample(batch, cond_mask, generator=self._generator(batch_idx))
+        samples = self.sample(batch, cond_mask, generator=self.sample_source(batch, batch_idx))
         return {"samples": self.to_units(samples, batch), "cond_mask": cond_mask}
 
     def gather_ordered(self, x: Tensor, dataloader_idx: int = 0) -> Tensor:

@@ -28,6 +28,7 @@ from tsdiffusion.diffusion import GaussianDiffusion, sample, timesteps
 from tsdiffusion.diffusion.samplers import SamplerName
 from tsdiffusion.masking import forecast_mask
 from tsdiffusion.plots.callbacks import FanChartCallback
+from tsdiffusion.streams import Source
 from tsdiffusion.tasks.base import DiffusionTask
 
 _PER_FEATURE = ("observed", "observed_mask", "target_mask", "loc", "scale")
@@ -159,7 +160,7 @@ class TimeGradTask(DiffusionTask):
     # -- forecasting ----------------------------------------------------------------------------
     @torch.no_grad()
     def sample(self, batch: TSBatch, cond_mask: Tensor, num_samples: int | None = None,
-               generator: torch.Generator | None = None, *, sampler: SamplerName | None = None,
+               generator: Source = None, *, sampler: SamplerName | None = None,
                steps: int | None = None) -> Tensor:  # fmt: skip
         """Autoregressive samples (B, S, L, K) (:func:`tsdiffusion.denoisers.timegrad.forecast`), each horizon
         step by a chain of ``sampler`` with ``steps`` calls (default: the task's ``sampler`` / ``sample_steps``).
@@ -171,7 +172,7 @@ class TimeGradTask(DiffusionTask):
         hp = self.hparams
         sampler, steps = sampler or hp.sampler, hp.sample_steps if steps is None else steps
 
-        def chain(x_T: Tensor, hidden: Tensor) -> Tensor:
+        def chain(x_T: Tensor, hidden: Tensor, generator: Source) -> Tensor:
             fn = lambda x_t, t: self.denoiser(x_t, t, {"hidden": hidden}).to(x_t.dtype)
             return sample(self.process, fn, x_T, sampler, steps=steps, eta=hp.eta, generator=generator)
 

@@ -20,6 +20,7 @@ from tsdiffusion.diffusion import draw_samples
 from tsdiffusion.masking import make_cond_mask
 from tsdiffusion.metrics.generation import scores_with_baselines
 from tsdiffusion.plots.callbacks import GenerationPlotCallback
+from tsdiffusion.streams import Source
 from tsdiffusion.tasks.base import DiffusionTask
 
 
@@ -82,7 +83,7 @@ class GenerationTask(DiffusionTask):
         num_windows: int,
         seq_len: int,
         labels: Tensor | None = None,
-        generator: torch.Generator | None = None,
+        generator: Source = None,
     ) -> Tensor:
         """Draw ``num_windows`` synthetic windows (N, L, K) in normalised units with the task's sampler.
 
@@ -114,7 +115,7 @@ class GenerationTask(DiffusionTask):
             raise ValueError("GenerationTask scores complete windows; this test batch has missing values")
         S = self.hparams.num_samples
         labels = batch["label"].repeat_interleave(S) if "label" in batch else None
-        synth = self.generate(len(real) * S, real.shape[1], labels, generator=self._generator(batch_idx))
+        synth = self.generate(len(real) * S, real.shape[1], labels, generator=self.sample_source(batch, batch_idx))
         self._real.append(real)
         self._synth.append(synth)
         return {"real": real, "synth": synth}

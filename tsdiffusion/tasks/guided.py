@@ -23,6 +23,7 @@ from tsdiffusion.batch import TSBatch
 from tsdiffusion.denoisers.protocol import capabilities_of
 from tsdiffusion.diffusion.guidance import GuidanceKind, draw_guided_samples, quantile_levels, refine
 from tsdiffusion.diffusion.samplers import SamplerName
+from tsdiffusion.streams import Source, catch_up, rows_of
 from tsdiffusion.tasks.base import DiffusionTask, make_cond
 from tsdiffusion.tasks.forecasting import ForecastingTask
 from tsdiffusion.tasks.imputation import ImputationTask
@@ -73,7 +74,7 @@ class _Guided(_MixinBase):
         return torch.zeros_like(batch["observed"])
 
     def sample(self, batch: TSBatch, cond_mask: Tensor, num_samples: int | None = None,
-               generator: torch.Generator | None = None, *, sampler: SamplerName | None = None,
+               generator: Source = None, *, sampler: SamplerName | None = None,
                steps: int | None = None) -> Tensor:  # fmt: skip
         """Samples (B, S, L, K) in normalised units, observed values kept where ``cond_mask`` is 1; ``sampler``
         and ``steps`` as :meth:`tsdiffusion.tasks.base.DiffusionTask.sample` (unused when refining)."""
@@ -93,7 +94,7 @@ class _Guided(_MixinBase):
         keep = cond_mask.unsqueeze(1)
         return draws * (1 - keep) + observed.unsqueeze(1)
 
-    def _refine(self, batch: TSBatch, cond_mask: Tensor, S: int, generator: torch.Generator | None) -> Tensor:
+    def _refine(self, batch: TSBatch, cond_mask: Tensor, S: int, generator: Source) -> Tensor:
         hp = self.hparams
         with torch.no_grad():
             init = self.base_forecaster.sample(batch, cond_mask, S, generator)  # (B, S, L, K)
@@ -104,16 +105,18 @@ class _Guided(_MixinBase):
         mask = repeat(cond_mask, "b l k -> (b s) l k", s=S)
         levels = quantile_levels(S).repeat(len(cond_mask)).to(rows.device)
         chunk = hp.sample_batch_size or len(rows)
-        out = []
+        out, gen = [], generator
         for r0 in range(0, len(rows), chunk):
             r = slice(r0, r0 + chunk)
+            gen = rows_of(generator, r)
             c = {k: v[r] for k, v in cond.items()}
             fn = lambda x, t, c=c: self.denoiser(x, t, c).to(x.dtype)
             out.append(refine(
                 self.process, fn, rows[r], observed[r], mask[r], iterations=hp.refine_iterations,
                 step_size=hp.refine_step_size, method=hp.refine_method, prior_weight=hp.refine_prior_weight,
-                kind=hp.guidance, quantiles=levels[r], generator=generator,
+                kind=hp.guidance, quantiles=levels[r], generator=gen,
             ))  # fmt: skip
+        catch_up(generator, gen)
         return rearrange(torch.cat(out), "(b s) l k -> b s l k", s=S)
 
 

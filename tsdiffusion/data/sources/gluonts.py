@@ -200,9 +200,7 @@ def _parse_line(line: str, where: str) -> _Series:
             f"{where}: field 'target': expected one series per line (a flat list), got shape {target.shape}"
         )
     if not isinstance(entry["start"], str):
-        raise GluonTSFormatError(
-            f"{where}: field 'start': expected a timestamp string, got {entry['start']!r}"
-        )
+        raise GluonTSFormatError(f"{where}: field 'start': expected a timestamp string, got {entry['start']!r}")
     return _Series(entry["start"], target, where)
 
 
@@ -249,9 +247,7 @@ def _parse_start(series: _Series) -> pd.Timestamp:
     try:
         return pd.Timestamp(series.start)
     except (ValueError, TypeError) as err:
-        raise GluonTSFormatError(
-            f"{series.where}: field 'start': cannot parse {series.start!r} ({err})"
-        ) from None
+        raise GluonTSFormatError(f"{series.where}: field 'start': cannot parse {series.start!r} ({err})") from None
 
 
 # -- the reader ---------------------------------------------------------------------------------
@@ -297,9 +293,7 @@ class GluonTSData:
         return pd.date_range(self.start, periods=length, freq=parse_freq(self.freq))
 
 
-def read_gluonts(
-    path: str | Path, *, name: str | None = None, prediction_length: int | None = None
-) -> GluonTSData:
+def read_gluonts(path: str | Path, *, name: str | None = None, prediction_length: int | None = None) -> GluonTSData:
     """Read a GluonTS or raw GP-copula data set from a folder or a ``.tar.gz``.
 
     ``prediction_length`` overrides the metadata (required when neither the metadata nor the table of
@@ -338,9 +332,7 @@ def _horizon(given: int | None, from_meta: int | None, name: str, meta_where: st
     )
 
 
-def _group(
-    train: list[_Series], test: list[_Series], where: str
-) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+def _group(train: list[_Series], test: list[_Series], where: str) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
     """GluonTS MultivariateGrouper: K train lines -> (T, K); W*K test lines -> W windows (T_i, K)."""
     K = len(train)
     if not train or not test:
@@ -382,9 +374,7 @@ def load_gluonts(
 ) -> GluonTSData:
     """Read a data set by name: downloaded and cached (``path=None``), the package copy
     (``path="embedded"``, exchange_rate_nips only), or a local ``.tar.gz``/folder."""
-    return read_gluonts(
-        source_path(name, path, cache_dir=cache_dir), name=name, prediction_length=prediction_length
-    )
+    return read_gluonts(source_path(name, path, cache_dir=cache_dir), name=name, prediction_length=prediction_length)
 
 
 def source_path(name: str, path: str | Path | None, *, cache_dir: str | Path | None = None) -> Path:
@@ -410,12 +400,7 @@ def source_path(name: str, path: str | Path | None, *, cache_dir: str | Path | N
     return resolve(path, url=url, sha256=None, cache_dir=cache_dir)
 
 
-def to_dataframe(
-    data: GluonTSData, split: Literal["train", "test"] = "train", window: int = -1
-) -> pd.DataFrame:
+def to_dataframe(data: GluonTSData, split: Literal["train", "test"] = "train", window: int = -1) -> pd.DataFrame:
     """The train part, or one test window, as a wide (T, K) DataFrame indexed by timestamp."""
     values = data.train if split == "train" else data.test[window]
-    return pd.DataFrame(
-        values, index=data.index(len(values)), columns=pd.RangeIndex(data.num_series, name="series")
-    )
-
+    return pd.DataFrame(values, index=data.index(len(values)), columns=pd.RangeIndex(data.num_series, name="series"))

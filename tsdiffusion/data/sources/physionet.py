@@ -219,9 +219,7 @@ def read_outcomes(path: str | Path) -> dict[int, int]:
             if death not in (0, 1) or len(cells) != len(header):
                 raise ValueError
         except (ValueError, IndexError):
-            raise RecordParseError(
-                f"{path}, line {lineno}: expected {len(header)} integers, got {line!r}"
-            ) from None
+            raise RecordParseError(f"{path}, line {lineno}: expected {len(header)} integers, got {line!r}") from None
         outcomes[record_id] = death
     return outcomes
 
@@ -249,9 +247,7 @@ def cache_key(source: Path, max_records: int | None) -> str:
     return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
 
 
-def load_records(
-    source: Path, cache_dir: Path, max_records: int | None = None
-) -> tuple[ParsedRecords, Path, bool]:
+def load_records(source: Path, cache_dir: Path, max_records: int | None = None) -> tuple[ParsedRecords, Path, bool]:
     """Parsed records of ``source`` from the cache, or parsed now and cached. Returns (records, file, hit)."""
     key = cache_key(source, max_records)
     cache_file = cache_dir / f"parsed-{key[:24]}.npz"
@@ -291,7 +287,6 @@ def _save(cache_file: Path, key: str, parsed: ParsedRecords) -> None:
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
-
 
 
 # -- where a set comes from, and the panel -----------------------------------------------------------
@@ -382,4 +377,3 @@ def _tarinfo(name: str, kind: bytes, mode: int, size: int) -> tarfile.TarInfo:
     info.uid = info.gid = 0
     info.uname = info.gname = ""
     return info
-
