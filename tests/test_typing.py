@@ -2,9 +2,9 @@
 
 - ``tsdiffusion/py.typed`` exists and setuptools' package data names it, so an installed tsdiffusion is typed
   (PEP 561);
-- ``mypy`` with the ``[tool.mypy]`` settings of ``pyproject.toml`` reports no error on ``tsdiffusion/``; its
-  output is the failure message;
-- the same settings do fail a module with an implicit ``Optional`` and a body they check only with
+- the ``[tool.mypy]`` settings of ``pyproject.toml`` (``.ci/run`` runs ``python -m mypy`` with them on
+  ``tsdiffusion/`` before the tests: a cold run reads torch's and Lightning's annotations and takes minutes on two
+  shared cores, too slow for the suite) do fail a module with an implicit ``Optional`` and a body they check only with
   ``check_untyped_defs`` (so a pass above is a pass of those settings, not of a checker that checks nothing).
 """
 
@@ -53,12 +53,5 @@ def test_mypy_settings_fail_what_they_should(tmp_path):
     )
     result = _mypy(str(bad), cache=tmp_path / "cache", cwd=tmp_path)
     assert result.returncode == 1, result.stdout + result.stderr
-    assert "bad.py:2: error: Incompatible default for argument" in result.stdout, result.stdout
+    assert "bad.py:2: error: Incompatible default for" in result.stdout, result.stdout
     assert "bad.py:6: error: Incompatible types in assignment" in result.stdout, result.stdout
-
-
-@pytest.mark.slow
-def test_mypy_finds_no_error_in_the_package(tmp_path):
-    result = _mypy(cache=tmp_path / "cache")  # files = ["tsdiffusion"] in pyproject.toml
-    assert result.returncode == 0, f"mypy found errors in tsdiffusion/:\n{result.stdout}{result.stderr}"
-    assert result.stdout.startswith("Success: no issues found"), result.stdout

@@ -28,7 +28,6 @@ from tsdiffusion.tasks.base import DiffusionTask, make_cond
 from tsdiffusion.tasks.forecasting import ForecastingTask
 from tsdiffusion.tasks.imputation import ImputationTask
 
-
 if TYPE_CHECKING:  # the mixin's methods use the task's attributes (denoiser, process, hparams, ...)
     _MixinBase = DiffusionTask
 else:
