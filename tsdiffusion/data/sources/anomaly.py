@@ -117,7 +117,6 @@ def _read_arrays(path: str | Path, channels: set[str]) -> dict[tuple[str, str], 
     out = {}
     for name, data in iter_members(path, pattern):
         m = pattern.search(name)
-        assert m is not None  # iter_members yields the names the pattern finds
         if m[3] in channels:
             out[(m[2], m[3])] = np.load(io.BytesIO(data), allow_pickle=False)
     return out
@@ -157,9 +156,7 @@ def read_nab(path: str | Path, series: Sequence[str] | None = None) -> dict[str,
         raise DataSourceError(f"{path}: series {unknown} have no entry in combined_windows.json")
     frames = {}
     for name, data in iter_members(path, _NAB_CSV):
-        found = _NAB_CSV.search(name)
-        assert found is not None  # iter_members yields the names the pattern finds
-        key = found[2]
+        key = _NAB_CSV.search(name)[2]
         if key in wanted:
             frames[key] = _parse_nab_csv(data, name)
     missing = [s for s in wanted if s not in frames]
