@@ -24,6 +24,7 @@ from lightning.pytorch.cli import LightningCLI, _get_module_type, _InstantiatorF
 
 from tsdiffusion.callbacks import RNGStateCallback
 from tsdiffusion.data.datamodule import TSDataModule
+from tsdiffusion.errors import cli_errors
 from tsdiffusion.hardware import trainer_precision
 from tsdiffusion.records import RECORD_NAME, make_record, write_json_atomic
 from tsdiffusion.tasks.base import DiffusionTask
@@ -154,6 +155,7 @@ class TSDiffusionCLI(LightningCLI):
         return path
 
 
+@cli_errors  # project errors: one line and exit code 2 or 1; `--debug` / TSDIFFUSION_DEBUG=1: the traceback
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: ``tsdiffusion benchmark ...`` goes to the runner, the rest to LightningCLI."""
     args = sys.argv[1:] if argv is None else argv

@@ -43,10 +43,7 @@ from tsdiffusion.benchmark.runs import (
     write_status,
 )
 from tsdiffusion.benchmark.spec import Run, SweepSpec, expand, load_spec
-
-
-class SweepLockedError(RuntimeError):
-    """Another sweep process works on the same folder."""
+from tsdiffusion.errors import SweepLockedError
 
 
 @contextmanager

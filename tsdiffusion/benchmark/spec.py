@@ -35,11 +35,13 @@ from typing import Any
 
 import yaml
 
+from tsdiffusion.errors import ConfigError
+
 SPEC_KEYS = {"name", "configs", "baselines", "seeds", "grid", "overrides", "reference", "description", "notes"}
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
-class SpecError(ValueError):
+class SpecError(ConfigError):
     """A sweep spec that cannot be expanded (unknown key, missing config, bad value)."""
 
 

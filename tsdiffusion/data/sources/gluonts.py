@@ -41,9 +41,10 @@ import pandas as pd
 from tsdiffusion.data.download import DataSourceError, fetch, resolve, verify
 from tsdiffusion.data.sources.panel import Panel
 from tsdiffusion.data.time_features import FrequencyError, freq_str, parse_freq
+from tsdiffusion.errors import DataError
 
 
-class GluonTSFormatError(ValueError):
+class GluonTSFormatError(DataError):
     """A GluonTS data set that does not follow the layout: names the file, line and field."""
 
 

@@ -24,11 +24,12 @@ import numpy as np
 from tsdiffusion.data.download import DataSourceError
 from tsdiffusion.data.sources.archive import iter_members
 from tsdiffusion.data.sources.panel import Panel
+from tsdiffusion.errors import DataError
 
 URL_TEMPLATE = "https://www.timeseriesclassification.com/aeon-toolkit/{name}.zip"
 
 
-class TSFormatError(ValueError):
+class TSFormatError(DataError):
     """A ``.ts`` file breaks the format; the message names the file, line and what was expected."""
 
 
