@@ -22,7 +22,7 @@ import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI, _get_module_type, _InstantiatorFn
 
-from tsdiffusion.callbacks import RNGStateCallback
+from tsdiffusion.callbacks import RNGStateCallback, check_ckpt_path
 from tsdiffusion.data.datamodule import TSDataModule
 from tsdiffusion.errors import cli_errors
 from tsdiffusion.hardware import trainer_precision
@@ -101,6 +101,7 @@ class TSDiffusionCLI(LightningCLI):
         trainer = config.get("trainer") if config is not None else None
         if trainer is not None:
             trainer["precision"] = trainer_precision(trainer.get("precision"), trainer.get("accelerator"))
+        check_ckpt_path(config.get("ckpt_path") if config is not None else None)
 
     def _add_instantiators(self) -> None:
         self.parser.add_instantiator(_ModelInstantiator(cli=self, key="model"), _get_module_type(self._model_class),

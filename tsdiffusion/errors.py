@@ -3,19 +3,22 @@
 Every error tsdiffusion raises on purpose derives from :class:`TSDiffusionError`; each class also keeps the
 builtin base it always had (``ValueError`` or ``RuntimeError``), so ``except ValueError`` still catches it.
 
-=============================  =====================================================  =========
-class                          raised when                                            exit code
-=============================  =====================================================  =========
-:class:`DataError`             a data file or array cannot be used as given           2
-:class:`DataSourceError`       a data file is missing, unreadable or fails a checksum  2
-:class:`DataFileNotFoundError`  a data file that does not exist (a DataSourceError)  2
-:class:`ConfigError`           an argument or config value that cannot work           2
-:class:`BatchError`            a batch does not follow :class:`tsdiffusion.batch.TSBatch`  2
-:class:`CheckpointError`       a checkpoint that cannot be loaded into the model      2
-:class:`TrainingDivergedError` the training loss became non-finite or exploded        1
-:class:`SchedulerError`        SLURM refused a job or could not be asked              2
-:class:`SweepLockedError`      another sweep process works on the same folder         1
-=============================  =====================================================  =========
+=========================  ===================================================================  ====
+class                      raised when                                                          exit
+=========================  ===================================================================  ====
+``DataError``              a data file, DataFrame or array cannot be used as given (its         2
+                           subclasses: ``FrameDataError``, ``TSFormatError``,
+                           ``GluonTSFormatError``)
+``DataSourceError``        a data file is missing, unreadable or fails its checksum (also       2
+                           ``DataFileNotFoundError``, ``RecordParseError``)
+``ConfigError``            an argument or config value that cannot work (also ``SpecError``,    2
+                           ``FrequencyError``, ``ContextTooLongError``)
+``BatchError``             a batch does not follow :class:`tsdiffusion.batch.TSBatch`           2
+``CheckpointError``        a checkpoint or state dict that cannot be loaded into the model      2
+``SchedulerError``         the job scheduler (SLURM: ``SlurmError``) refused a job              2
+``TrainingDivergedError``  the training loss became non-finite or exploded                      1
+``SweepLockedError``       another sweep process works on the same folder                       1
+=========================  ===================================================================  ====
 
 Exit code 2: what was given (a file, a config value, a command-line option) is wrong; fix it and rerun.
 Exit code 1: the run itself failed. Other exceptions are bugs and keep their traceback (exit code 1).
@@ -171,9 +174,12 @@ def cli_errors(main_fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def failure_line(log_tail: str) -> str:
     """The one line that says why a command failed, from the end of its output: the last ``error: ...`` line
-    (this module's, or ``<prog>: error: ...`` of an argument parser), else the last non-empty line."""
+    (this module's, or ``<prog>: error: ...`` of an argument parser) after the last traceback, else the last
+    non-empty line (a traceback's exception line)."""
     lines = [ln.strip() for ln in log_tail.splitlines() if ln.strip()]
     for line in reversed(lines):
         if line.startswith("error: ") or ": error: " in line:
             return line
+        if line.startswith("Traceback (most recent call last)"):
+            break
     return lines[-1] if lines else ""

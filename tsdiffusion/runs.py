@@ -24,6 +24,7 @@ from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningCLI
 
 from tsdiffusion.cli import TSDiffusionCLI
+from tsdiffusion.errors import CheckpointError
 from tsdiffusion.records import RECORD_NAME
 
 ConfigLike = str | Path | Mapping[str, Any]
@@ -145,6 +146,8 @@ def load_run(run_dir: str | Path, ckpt: str | Path | None = None) -> tuple[Any, 
     ckpt_path = Path(ckpt) if ckpt else Path(record.get("ckpt_path") or "")
     if not ckpt_path.is_file():
         ckpt_path = run_dir / "checkpoints" / "last.ckpt"
+    if not ckpt_path.is_file():
+        raise CheckpointError(f"{run_dir}: no checkpoint ({ckpt or record.get('ckpt_path')} nor {ckpt_path})")
     state = torch.load(ckpt_path, map_location="cpu", weights_only=False)["state_dict"]
     task.load_state_dict(state)
     task.eval()

@@ -29,7 +29,7 @@ import pandas as pd
 from einops import rearrange
 from pandas.tseries.frequencies import to_offset
 
-from tsdiffusion.data.sources.panel import Panel
+from tsdiffusion.data.sources.panel import VALUE_LIMIT, Panel, too_large
 from tsdiffusion.data.time_features import freq_str, parse_freq
 from tsdiffusion.errors import DataError, DataFileNotFoundError
 
@@ -199,18 +199,6 @@ def _numeric(column: pd.Series, name: str, source: str) -> np.ndarray:
         row = int(huge[0])
         raise FrameDataError(f"{_where(source, row)}: column {name!r}: {too_large(values[row], len(huge))}")
     return values
-
-
-#: the largest magnitude a value may have: float32's range (batches are float32; beyond it a value, its scaling
-#: statistics or their squares overflow to inf)
-VALUE_LIMIT = float(np.finfo(np.float32).max)
-
-
-def too_large(value: float, count: int = 1) -> str:
-    """What is wrong with a value beyond :data:`VALUE_LIMIT`, for a message after the file, line and column."""
-    more = f" ({count} such values)" if count > 1 else ""
-    return (f"value {value:.6g} is beyond the float32 range (|x| <= {VALUE_LIMIT:.4g}) that batches use, so its "
-            f"scaling would overflow{more}; rescale the data (e.g. divide by a power of 10)")  # fmt: skip
 
 
 def _timestamps(column: pd.Series | pd.Index, name: str, source: str) -> pd.Index:

@@ -28,6 +28,7 @@ import gzip
 import io
 import json
 import tarfile
+import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -39,7 +40,7 @@ import numpy as np
 import pandas as pd
 
 from tsdiffusion.data.download import DataSourceError, fetch, resolve, verify
-from tsdiffusion.data.sources.panel import Panel
+from tsdiffusion.data.sources.panel import VALUE_LIMIT, Panel, too_large
 from tsdiffusion.data.time_features import FrequencyError, freq_str, parse_freq
 from tsdiffusion.errors import DataError
 
@@ -175,11 +176,25 @@ class _Series(NamedTuple):
 def _read_lines(tree: _Tree, names: Sequence[str]) -> list[_Series]:
     out = []
     for name in names:
-        with tree.open(name) as f:
-            for lineno, line in enumerate(f, start=1):
-                if line.strip():
-                    out.append(_parse_line(line, f"{tree.where(name)}, line {lineno}"))
+        lineno = 0
+        try:
+            with tree.open(name) as f:
+                for lineno, line in enumerate(f, start=1):
+                    if line.strip():
+                        out.append(_parse_line(line, f"{tree.where(name)}, line {lineno}"))
+        except _UNREADABLE as err:
+            raise _unreadable(tree.where(name), name, err, lineno + 1) from None
     return out
+
+
+#: what reading a member raises when it is not the (gzipped) UTF-8 text its name says
+_UNREADABLE = (UnicodeDecodeError, OSError, EOFError, zlib.error, tarfile.TarError)
+
+
+def _unreadable(where: str, name: str, err: BaseException, line: int) -> GluonTSFormatError:
+    what = "not UTF-8 text (a binary file, or another encoding)" if isinstance(err, UnicodeDecodeError) else (
+        "not gzip-compressed, or damaged" if name.endswith(".gz") else "unreadable")  # fmt: skip
+    return GluonTSFormatError(f"{where}, line {line}: {what} ({' '.join(str(err).split())})")
 
 
 def _parse_line(line: str, where: str) -> _Series:
@@ -193,9 +208,14 @@ def _parse_line(line: str, where: str) -> _Series:
         if field not in entry:
             raise GluonTSFormatError(f"{where}: missing field {field!r} (have {sorted(entry)})")
     try:
-        target = np.asarray(entry["target"], dtype=np.float32)
+        target = np.asarray(entry["target"], dtype=np.float64)
     except (TypeError, ValueError) as err:
         raise GluonTSFormatError(f"{where}: field 'target': expected a list of numbers ({err})") from None
+    huge = np.flatnonzero(np.abs(np.nan_to_num(target, nan=0.0)) > VALUE_LIMIT) if target.ndim == 1 else []
+    if len(huge):
+        step = int(huge[0])
+        raise GluonTSFormatError(f"{where}: field 'target', step {step}: {too_large(target[step], len(huge))}")
+    target = target.astype(np.float32)
     if target.ndim != 1:
         raise GluonTSFormatError(
             f"{where}: field 'target': expected one series per line (a flat list), got shape {target.shape}"
@@ -210,11 +230,13 @@ def _parse_line(line: str, where: str) -> _Series:
 def _read_metadata(tree: _Tree, layout: _Layout) -> tuple[str, int | None]:
     """``(freq, prediction_length or None)`` from either layout's metadata file."""
     where = tree.where(layout.metadata)
-    with tree.open(layout.metadata) as f:
-        try:
+    try:
+        with tree.open(layout.metadata) as f:
             meta = json.load(f)
-        except json.JSONDecodeError as err:
-            raise GluonTSFormatError(f"{where}: not valid JSON ({err})") from None
+    except json.JSONDecodeError as err:
+        raise GluonTSFormatError(f"{where}: not valid JSON ({err})") from None
+    except _UNREADABLE as err:
+        raise _unreadable(where, layout.metadata, err, 1) from None
     key = "freq" if layout.kind == "gluonts" else "time_granularity"
     if not isinstance(meta, dict) or key not in meta:
         have = sorted(meta) if isinstance(meta, dict) else type(meta).__name__

@@ -29,7 +29,7 @@ import numpy as np
 from tqdm import tqdm
 
 from tsdiffusion.data.download import DataSourceError, fetch, resolve, sha256sum, verify
-from tsdiffusion.data.sources.panel import Panel
+from tsdiffusion.data.sources.panel import VALUE_LIMIT, Panel, too_large
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +186,8 @@ def _parse_line(line: str, name: str, lineno: int) -> tuple[int, str, float]:
         raise RecordParseError(
             f"{name}, line {lineno}: expected 'HH:MM,Parameter,Value' with a finite number, got {line!r}"
         ) from None
+    if abs(value) > VALUE_LIMIT:
+        raise RecordParseError(f"{name}, line {lineno}: {param}: {too_large(value)}")
     return hour, param, value
 
 
@@ -206,7 +208,10 @@ def parse_records(files: list[RecordFile], max_records: int | None = None) -> Pa
 
 def read_outcomes(path: str | Path) -> dict[int, int]:
     """RecordID -> In-hospital_death (0/1) from an ``Outcomes-*.txt`` file."""
-    lines = Path(path).read_text().splitlines()
+    try:
+        lines = Path(path).read_bytes().decode("utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        raise RecordParseError(f"{path}: not UTF-8 text ({err}); a binary file, or another encoding") from None
     header = lines[0].split(",") if lines else []
     if "RecordID" not in header or "In-hospital_death" not in header:
         raise RecordParseError(f"{path}, line 1: expected a header with RecordID and In-hospital_death")
