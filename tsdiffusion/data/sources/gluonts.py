@@ -25,7 +25,6 @@ The windows cut from them are :class:`tsdiffusion.data.GluonTSDataModule`'s.
 from __future__ import annotations
 
 import gzip
-import io
 import json
 import tarfile
 import zlib
@@ -40,6 +39,7 @@ import numpy as np
 import pandas as pd
 
 from tsdiffusion.data.download import DataSourceError, fetch, resolve, verify
+from tsdiffusion.data.sources.archive import archive_problem
 from tsdiffusion.data.sources.panel import VALUE_LIMIT, Panel, too_large
 from tsdiffusion.data.time_features import FrequencyError, freq_str, parse_freq
 from tsdiffusion.errors import DataError
@@ -105,7 +105,8 @@ class _Tree:
         try:
             self.tar = tarfile.open(path)
         except (tarfile.TarError, OSError) as err:
-            raise DataSourceError(f"{path}: not a folder or a readable tar archive ({err})") from err
+            reason = archive_problem(path, err)
+            raise DataSourceError(f"{path}: not a folder or a readable tar archive ({reason})") from err
         self._members = {_clean(m.name): m for m in self.tar.getmembers() if m.isfile()}
         self.files = sorted(self._members)
 
@@ -113,12 +114,11 @@ class _Tree:
         return f"{self.path}:{name}" if self.tar else str(self.path / name)
 
     @contextmanager
-    def open(self, name: str) -> Iterator[IO[str]]:
+    def open(self, name: str) -> Iterator[IO[bytes]]:
+        """The member's bytes, gunzipped when its name ends in ``.gz``."""
         raw = self.tar.extractfile(self._members[name]) if self.tar else open(self.path / name, "rb")
         with raw:
-            stream = gzip.open(raw) if name.endswith(".gz") else raw
-            with io.TextIOWrapper(stream, encoding="utf-8") as text:
-                yield text
+            yield gzip.open(raw) if name.endswith(".gz") else raw
 
     def close(self) -> None:
         if self.tar:
@@ -176,25 +176,28 @@ class _Series(NamedTuple):
 def _read_lines(tree: _Tree, names: Sequence[str]) -> list[_Series]:
     out = []
     for name in names:
-        lineno = 0
-        try:
-            with tree.open(name) as f:
-                for lineno, line in enumerate(f, start=1):
-                    if line.strip():
-                        out.append(_parse_line(line, f"{tree.where(name)}, line {lineno}"))
-        except _UNREADABLE as err:
-            raise _unreadable(tree.where(name), name, err, lineno + 1) from None
+        for lineno, line in enumerate(_read_text(tree, name).split("\n"), start=1):
+            if line.strip():
+                out.append(_parse_line(line, f"{tree.where(name)}, line {lineno}"))
     return out
 
 
-#: what reading a member raises when it is not the (gzipped) UTF-8 text its name says
-_UNREADABLE = (UnicodeDecodeError, OSError, EOFError, zlib.error, tarfile.TarError)
-
-
-def _unreadable(where: str, name: str, err: BaseException, line: int) -> GluonTSFormatError:
-    what = "not UTF-8 text (a binary file, or another encoding)" if isinstance(err, UnicodeDecodeError) else (
-        "not gzip-compressed, or damaged" if name.endswith(".gz") else "unreadable")  # fmt: skip
-    return GluonTSFormatError(f"{where}, line {line}: {what} ({' '.join(str(err).split())})")
+def _read_text(tree: _Tree, name: str) -> str:
+    """A member's UTF-8 text (gunzipped for ``.gz``); what is not, is an error naming the member and line."""
+    where = tree.where(name)
+    try:
+        with tree.open(name) as f:
+            data = f.read()
+    except (OSError, EOFError, zlib.error, tarfile.TarError) as err:
+        what = "not gzip-compressed, or damaged" if name.endswith(".gz") else "unreadable"
+        raise GluonTSFormatError(f"{where}: {what} ({' '.join(str(err).split())})") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise GluonTSFormatError(
+            f"{where}, line {line}: not UTF-8 text (byte 0x{data[err.start]:02x}); a binary file, or another encoding"
+        ) from None
 
 
 def _parse_line(line: str, where: str) -> _Series:
@@ -231,12 +234,9 @@ def _read_metadata(tree: _Tree, layout: _Layout) -> tuple[str, int | None]:
     """``(freq, prediction_length or None)`` from either layout's metadata file."""
     where = tree.where(layout.metadata)
     try:
-        with tree.open(layout.metadata) as f:
-            meta = json.load(f)
+        meta = json.loads(_read_text(tree, layout.metadata))
     except json.JSONDecodeError as err:
         raise GluonTSFormatError(f"{where}: not valid JSON ({err})") from None
-    except _UNREADABLE as err:
-        raise _unreadable(where, layout.metadata, err, 1) from None
     key = "freq" if layout.kind == "gluonts" else "time_granularity"
     if not isinstance(meta, dict) or key not in meta:
         have = sorted(meta) if isinstance(meta, dict) else type(meta).__name__
