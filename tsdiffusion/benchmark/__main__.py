@@ -3,5 +3,6 @@
 import sys
 
 from tsdiffusion.benchmark import main
+from tsdiffusion.errors import run_cli
 
-sys.exit(main())
+sys.exit(run_cli(main))
