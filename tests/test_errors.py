@@ -64,7 +64,7 @@ def _raise(exc: BaseException):
 
 
 def test_run_cli_prints_one_line_and_a_hint_and_exits_with_the_class_code(capsys, monkeypatch):
-    monkeypatch.delenv(errors.DEBUG_ENV, raising=False)
+    monkeypatch.setenv(errors.DEBUG_ENV, "")  # recorded, so run_cli setting it is undone too
     main = _raise(ConfigError("window_length must be >= 1,\n  got 0", hint="use a positive length"))
     with pytest.raises(SystemExit) as exit_:
         run_cli(main, ["fit", "--debugger", "x"])
@@ -77,7 +77,7 @@ def test_run_cli_prints_one_line_and_a_hint_and_exits_with_the_class_code(capsys
 
 def test_run_cli_finds_a_project_error_a_library_raised_from(capsys, monkeypatch):
     """jsonargparse re-raises a constructor's error as ``ValueError(...) from err``: the one line is ``err``'s."""
-    monkeypatch.delenv(errors.DEBUG_ENV, raising=False)
+    monkeypatch.setenv(errors.DEBUG_ENV, "")  # recorded, so run_cli setting it is undone too
     try:
         raise DataError("a.csv, line 3: bad")
     except DataError as inner:
@@ -89,7 +89,7 @@ def test_run_cli_finds_a_project_error_a_library_raised_from(capsys, monkeypatch
 
 
 def test_other_exceptions_and_debug_keep_the_traceback(monkeypatch):
-    monkeypatch.delenv(errors.DEBUG_ENV, raising=False)
+    monkeypatch.setenv(errors.DEBUG_ENV, "")  # recorded, so run_cli setting it is undone too
     with pytest.raises(KeyError):  # not a project error: unchanged
         run_cli(_raise(KeyError("bug")), [])
     try:  # raised while handling a project error, not from it: a different failure
@@ -115,7 +115,7 @@ def test_other_exceptions_and_debug_keep_the_traceback(monkeypatch):
 
 
 def test_run_cli_strips_debug_from_sys_argv_when_reading_it(monkeypatch):
-    monkeypatch.delenv(errors.DEBUG_ENV, raising=False)
+    monkeypatch.setenv(errors.DEBUG_ENV, "")  # recorded, so run_cli setting it is undone too
     monkeypatch.setattr(sys, "argv", ["tsdiffusion", "fit", "--debug", "--config", "c.yaml"])
     seen = []
     run_cli(lambda argv: seen.append((argv, list(sys.argv))), None)
@@ -179,3 +179,42 @@ def test_bad_input_file_prints_one_line_and_exits_2(tmp_path):
         "give every column its own name"
     )
     assert "Traceback" not in run.stderr
+
+
+STAND_IN = """
+import sys
+sys.path.insert(0, {root!r})
+from tsdiffusion.errors import DataError, run_cli
+
+def main(argv):
+    print("Seed set to 1", flush=True)
+    raise DataError("data.csv, line 3: column 'a': non-numeric value 'x'", hint="fix line 3")
+
+run_cli(main)
+"""
+
+
+def test_sweep_failure_line_is_the_runs_error_line(tmp_path, capsys, monkeypatch):
+    """A run that fails with a project error: the runner's FAILED line carries its one-line message (not the
+    hint, not a traceback), and status.json the exit code 2."""
+    import json
+
+    import yaml
+
+    from tsdiffusion.benchmark import main
+    from tsdiffusion.benchmark.runs import read_status
+
+    monkeypatch.setenv(errors.DEBUG_ENV, "")
+    script = tmp_path / "stand_in.py"
+    script.write_text(STAND_IN.format(root=str(ROOT)))
+    (tmp_path / "c.yaml").write_text(json.dumps({}))
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({"name": "e", "configs": [str(tmp_path / "c.yaml")], "seeds": [1]}))
+    with pytest.raises(SystemExit) as exit_:
+        main([str(spec), "--out", str(tmp_path / "sweep"), "--workers", "1", "--no-report",
+              "--launcher", f"{sys.executable} {script}"])  # fmt: skip
+    assert exit_.value.code == 1
+    failed = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("FAILED")]
+    assert len(failed) == 1 and ": error: data.csv, line 3: column 'a': non-numeric value 'x' (log: " in failed[0]
+    (status,) = [read_status(f) for f in (tmp_path / "sweep" / "runs").iterdir()]
+    assert status["state"] == "failed" and status["returncode"] == 2
