@@ -30,10 +30,7 @@ from tsdiffusion.benchmark.run_folder import (
     write_status,
 )
 from tsdiffusion.benchmark.spec import Run, SweepSpec, expand
-
-
-class SweepLockedError(RuntimeError):
-    """Another sweep process works on the same folder."""
+from tsdiffusion.errors import SweepLockedError
 
 
 @contextmanager

@@ -35,11 +35,13 @@ from typing import Any
 
 import yaml
 
+from tsdiffusion.errors import ConfigError
+
 SPEC_KEYS = {"name", "configs", "baselines", "seeds", "grid", "overrides", "reference", "description", "notes"}
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
-class SpecError(ValueError):
+class SpecError(ConfigError):
     """A sweep spec that cannot be expanded (unknown key, missing config, bad value)."""
 
 
@@ -98,7 +100,12 @@ class Run:
 def load_spec(path: str | Path) -> SweepSpec:
     """Read and check a sweep spec yaml."""
     path = Path(path)
-    raw = yaml.safe_load(path.read_text())
+    if not path.is_file():
+        raise SpecError(f"{path}: no such sweep spec file")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise SpecError(f"{path}: not a readable YAML file ({' '.join(str(err).split())})") from None
     if not isinstance(raw, dict):
         raise SpecError(f"{path}: a sweep spec is a mapping with keys {sorted(SPEC_KEYS)}")
     return parse_spec(raw, path=path)

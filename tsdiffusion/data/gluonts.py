@@ -38,11 +38,12 @@ from tsdiffusion.data.windows import (
     mean_abs_scale,
     series_stats,
 )
+from tsdiffusion.errors import ConfigError
 
 Scaling = Literal["standard", "mean", "context", "none"]
 
 
-class ContextTooLongError(ValueError):
+class ContextTooLongError(ConfigError):
     """The window (lag history + context + horizon) does not fit in the series."""
 
 
@@ -181,7 +182,7 @@ class GluonTSDataModule(TSDataModule):
         super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers)
         _check_args(name, path, context_length, prediction_length, max_lag, num_train_windows, num_val_windows)
         if scaling not in ("standard", "mean", "context", "none"):
-            raise ValueError(f"scaling must be 'standard', 'mean', 'context' or 'none', got {scaling!r}")
+            raise ConfigError(f"scaling must be 'standard', 'mean', 'context' or 'none', got {scaling!r}")
         self.name, self.path, self.cache_dir = name, path, cache_dir
         self._context_length, self._prediction_length = context_length, prediction_length
         self.max_lag, self.scaling, self.seed = max_lag, scaling, seed
@@ -289,7 +290,7 @@ def _check_args(
     num_val_windows: int,
 ) -> None:
     if path is None and name not in KNOWN_DATASETS:
-        raise ValueError(f"unknown data set {name!r}: use one of {sorted(KNOWN_DATASETS)} or pass `path`")
+        raise ConfigError(f"unknown data set {name!r}: use one of {sorted(KNOWN_DATASETS)} or pass `path`")
     limits = (
         ("context_length", context_length, 1),
         ("prediction_length", prediction_length, 1),
@@ -299,7 +300,7 @@ def _check_args(
     )
     for arg, value, low in limits:
         if value is not None and value < low:
-            raise ValueError(f"{arg} must be >= {low}, got {value}")
+            raise ConfigError(f"{arg} must be >= {low}, got {value}")
 
 
 def _check_fits(data: GluonTSData, spec: WindowSpec, num_val_windows: int) -> None:

@@ -19,8 +19,10 @@ import pandas as pd
 from pandas.tseries import offsets
 from pandas.tseries.frequencies import to_offset
 
+from tsdiffusion.errors import ConfigError
 
-class FrequencyError(ValueError):
+
+class FrequencyError(ConfigError):
     """A frequency string that pandas cannot parse or that has no calendar features."""
 
 

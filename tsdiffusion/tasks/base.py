@@ -20,14 +20,11 @@ from tsdiffusion.baselines.base import Baseline, SamplingBaseline
 from tsdiffusion.batch import Cond, TSBatch
 from tsdiffusion.diffusion import GaussianDiffusion, conditioned, draw_samples, timesteps
 from tsdiffusion.diffusion.samplers import SamplerName
+from tsdiffusion.errors import ConfigError, TrainingDivergedError
 from tsdiffusion.metrics import DEFAULT_METRICS, MetricName, ProbabilisticMetrics
 from tsdiffusion.streams import RowStreams, Source
 
 _COND_FIELDS = ("timepoints", "feature_ids", "time_features", "label")
-
-
-class TrainingDivergedError(RuntimeError):
-    """The training loss became non-finite or exploded (see ``DiffusionTask(divergence_factor=...)``)."""
 
 
 def make_cond(batch: TSBatch, cond_mask: Tensor) -> Cond:
@@ -127,12 +124,12 @@ class DiffusionTask(L.LightningModule):
         super().__init__()
         self.save_hyperparameters(ignore=["denoiser", "process", "baseline", "prior"])
         if (denoiser is None) == (baseline is None):
-            raise ValueError(f"{type(self).__name__}: give exactly one of denoiser= and baseline=")
+            raise ConfigError(f"{type(self).__name__}: give exactly one of denoiser= and baseline=")
         if prior is not None and baseline is not None:
-            raise ValueError(f"{type(self).__name__}: prior= is the mean a denoiser's diffusion runs around; a "
+            raise ConfigError(f"{type(self).__name__}: prior= is the mean a denoiser's diffusion runs around; a "
                              "baseline has no diffusion (give denoiser= with prior=)")  # fmt: skip
         if not prior_scale > 0:
-            raise ValueError(f"{type(self).__name__}: prior_scale must be > 0, got {prior_scale}")
+            raise ConfigError(f"{type(self).__name__}: prior_scale must be > 0, got {prior_scale}")
         self.denoiser, self.baseline, self.prior = denoiser, baseline, prior
         self.process = process if process is not None else GaussianDiffusion()
         self.test_metrics = ProbabilisticMetrics(metrics, prefix="test/")
@@ -182,8 +179,9 @@ class DiffusionTask(L.LightningModule):
         raise TrainingDivergedError(
             f"{type(self).__name__}: training loss {what} at optimisation step {self.global_step} (epoch "
             f"{self.current_epoch}, batch {batch_idx}); stopped before this epoch's checkpoint, last good "
-            f"checkpoint: {ckpt}. Lower the learning rate (model.init_args.lr={self.hparams.lr:g}) or clip "
-            "gradients (trainer.gradient_clip_val)."
+            f"checkpoint: {ckpt}",
+            hint=f"lower the learning rate (model.init_args.lr={self.hparams.lr:g}) or clip gradients "
+            "(trainer.gradient_clip_val)",
         )
 
     def training_step(self, batch: TSBatch, batch_idx: int) -> Tensor | None:
