@@ -73,7 +73,9 @@ def write_record(run: ChunkedRun, config: dict, indices: list[int]) -> Path:
     n = summary["records"]
     yaml_config = (ROOT / "experiments/imputation/physionet/csdi_official_checkpoint.yaml").read_text()
     partial = n < FOLD_RECORDS
-    note = (f"{'PARTIAL: the first ' + str(n) + ' of the' if partial else 'All'} {FOLD_RECORDS} fold-0 test records "
+    done = sorted(run.rows().keys() & set(indices))
+    spans = ", ".join(f"{a}-{b}" for a, b in _spans(done))
+    note = (f"{f'PARTIAL: {n} of the' if partial else 'All'} {FOLD_RECORDS} fold-0 test records (indices {spans}) "
             f"of set-a ({round(100 * config['missing_ratio'])}% held out, CSDI's protocol); paper (DDPM-50, full "
             f"fold): CRPS 0.238 / MAE 0.217 / RMSE 0.498. Nothing trained: the authors' save/pretrained/model.pth "
             f"through our data pipeline, ImputationTask.sample and metrics (normalised units), aggregated exactly "
@@ -87,13 +89,24 @@ def write_record(run: ChunkedRun, config: dict, indices: list[int]) -> Path:
         seed=config["seed"], wall_time_s=summary["wall_s_chunks"], sampler=config["sampler"],
         sample_steps=config["steps"] or 50, num_samples=config["samples"], precision=config["precision"],
         cpu_time_s=summary["cpu_s_chunks"], machine_types=summary["machines"], torch_versions=summary["torch"],
-        data={"fold": 0, "seed": 1, "missing_ratio": config["missing_ratio"], "test_records": n,
+        data={"fold": 0, "seed": 1, "missing_ratio": config["missing_ratio"], "test_records": n, "indices": spans,
               "test_records_in_fold": FOLD_RECORDS, "targets": summary["targets"]},
         note=note,
     )  # fmt: skip
     out = run.folder.parent.parent / f"csdi_official_{config['name']}.json"
     write_json_atomic(out, record)
     return out
+
+
+def _spans(indices: list[int]) -> list[tuple[int, int]]:
+    """Sorted indices -> runs of consecutive ones as (first, last)."""
+    out: list[list[int]] = []
+    for i in indices:
+        if out and i == out[-1][1] + 1:
+            out[-1][1] = i
+        else:
+            out.append([i, i])
+    return [(a, b) for a, b in out]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -109,6 +122,7 @@ def main(argv: list[str] | None = None) -> None:
         help="e.g. dpmpp:10 or ddpm:50; repeat for several runs, chunks in turn (default dpmpp:10)",
     )
     p.add_argument("--records", type=int, default=FOLD_RECORDS, help="the first N test records of fold 0")
+    p.add_argument("--first", type=int, default=0, help="start at this record (another process does the ones before)")
     p.add_argument("--samples", type=int, default=100)
     p.add_argument("--missing-ratio", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
@@ -130,11 +144,12 @@ def main(argv: list[str] | None = None) -> None:
     specs = [(s.split(":")[0], int(s.split(":")[1]) if ":" in s else None) for s in (args.run or ["dpmpp:10"])]
     configs = [run_config(sampler, steps, args, precision, sha) for sampler, steps in specs]
     runs = [ChunkedRun(args.results / c["name"], c) for c in configs]
-    indices = list(range(min(args.records, FOLD_RECORDS)))
+    indices = list(range(args.first, min(args.records, FOLD_RECORDS)))
+    scored = list(range(min(args.records, FOLD_RECORDS)))  # what the record aggregates: all done of the first N
     if args.aggregate:
         for run, config in zip(runs, configs):
-            out = write_record(run, config, indices)
-            print(out, json.dumps(run.summary(indices)), flush=True)
+            out = write_record(run, config, scored)
+            print(out, json.dumps(run.summary(scored)), flush=True)
         return
 
     from tsdiffusion.data import PhysioNetDataModule
@@ -153,7 +168,7 @@ def main(argv: list[str] | None = None) -> None:
         evaluate = imputation_evaluator(task, dataset, args.seed, autocast_dtype=autocast)
         evaluators.append(lambda i, f=evaluate, ids=ids: {"record_id": int(ids[i]), **f(i)})
     print(f"{machine_type()}; torch {torch.__version__}, {args.threads} thread(s), precision {precision}; runs "
-          f"{[c['name'] for c in configs]} over the first {len(indices)} records", flush=True)  # fmt: skip
+          f"{[c['name'] for c in configs]} over records {indices[0]}-{indices[-1]}", flush=True)  # fmt: skip
     on_chunk = commit_chunk if args.commit else None
     meta = {"command": " ".join(sys.argv), "commit": git_commit(ROOT)}  # the code this process loaded
     chunks_done = [0] * len(runs)
@@ -169,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
         if not progressed:
             break
     for run, config in zip(runs, configs):
-        print(write_record(run, config, indices), json.dumps(run.summary(indices)), flush=True)
+        print(write_record(run, config, scored), json.dumps(run.summary(scored)), flush=True)
 
 
 if __name__ == "__main__":
