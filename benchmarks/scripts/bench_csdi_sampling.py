@@ -141,6 +141,36 @@ def op_table(fn, flops_per_op: dict[str, float], peak: float, threads: int) -> l
     return sorted(rows, key=lambda r: -r["self_ms"])
 
 
+def _bmm_softmax(q, k, v):
+    """softmax(q k^T / sqrt(d)) v as two batched matmuls (the plain alternative to torch's fused CPU kernel)."""
+    return torch.matmul(torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-1, -2)).softmax(-1), v)
+
+
+def attention_table(rows: int, repeats: int, L: int = 48, K: int = 35, heads: int = 8, d: int = 8) -> list[dict]:
+    """CPU ms of ``scaled_dot_product_attention`` against the plain bmm-softmax at the sampling call's two shapes
+    (over time: rows*K sequences of L; over features: rows*L sequences of K), float32 and bf16, on the strided
+    q/k/v views that CSDITransformerLayer passes; interleaved, medians."""
+    out = []
+    for axis, (n, s) in {"time": (rows * K, L), "feature": (rows * L, K)}.items():
+        for dtype in (torch.float32, torch.bfloat16):
+            q, k, v = torch.randn(n, s, heads, 3, d).to(dtype).permute(3, 0, 2, 1, 4).unbind(0)
+            fns = {"sdpa": torch.nn.functional.scaled_dot_product_attention, "bmm-softmax": _bmm_softmax}
+            cpu = defaultdict(list)
+            for fn in fns.values():
+                fn(q, k, v)
+            for _ in range(repeats):
+                for name, fn in fns.items():
+                    c = time.process_time()
+                    fn(q, k, v)
+                    cpu[name].append(time.process_time() - c)
+            ms = {name: 1e3 * statistics.median(v) for name, v in cpu.items()}
+            flop = 4 * n * heads * s * s * d
+            speedup = ms["bmm-softmax"] / ms["sdpa"]
+            out.append({"axis": axis, "sequences": n, "length": s, "dtype": str(dtype).split(".")[-1], **ms,
+                        "gflops_sdpa": flop / ms["sdpa"] / 1e6, "sdpa_speedup": speedup})  # fmt: skip
+    return out
+
+
 def compile_chain(den, x_t, cond):
     """The chain's forward compiled (inductor C++, freezing: the weights folded in as constants), or None."""
     from tsdiffusion.compile import compiler_available
@@ -258,6 +288,15 @@ def main() -> None:
             pk = f"{100 * r['peak_share']:.0f}%" if r["peak_share"] else "-"
             say(f"{r['op'][:45]:<46}{r['calls']:>6}{r['self_ms']:>10.1f}{100 * r['share']:>6.1f}%"
                 f"{r['gflop']:>8.2f}{gfs:>8}{pk:>7}")  # fmt: skip
+    with torch.no_grad(), keep_freed_memory():
+        attn = attention_table(args.rows, args.repeats)
+    say()
+    say("attention at the sampling call's shapes (8 heads of 8 channels), CPU ms per call, medians, interleaved")
+    say(f"{'axis':<9}{'sequences x length':>20}{'dtype':>10}{'sdpa':>9}{'bmm-softmax':>13}{'sdpa GF/s':>11}"
+        f"{'sdpa faster by':>16}")  # fmt: skip
+    for r in attn:
+        say(f"{r['axis']:<9}{str(r['sequences']) + ' x ' + str(r['length']):>20}{r['dtype']:>10}{r['sdpa']:>9.0f}"
+            f"{r['bmm-softmax']:>13.0f}{r['gflops_sdpa']:>11.1f}{r['sdpa_speedup']:>15.2f}x")  # fmt: skip
     best = min((k for k in res if k != "original"), key=lambda k: res[k]["cpu_s"])
     per_row_cpu = res[best]["cpu_s"] / args.rows
     say()
@@ -276,7 +315,8 @@ def main() -> None:
         out = {"args": {k: str(v) for k, v in vars(args).items()}, "machine": machine_type(),
                "torch": torch.__version__, "load_avg": [load0, load1],
                "peak": {"wall": [peak_w0, peak_w1], "cpu": [peak_c0, peak_c1]},
-               "variants": res, "ops": tables, "projection": proj, "compile_s": compile_s}  # fmt: skip
+               "variants": res, "ops": tables, "attention": attn, "projection": proj,
+               "compile_s": compile_s}  # fmt: skip
         (args.out / "bench_csdi_sampling.json").write_text(json.dumps(out, indent=1) + "\n")
 
 

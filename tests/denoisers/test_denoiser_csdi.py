@@ -643,3 +643,10 @@ def test_bind_caches_the_conditioning_and_gives_the_forward_output(
         assert len(builds) == 1
         sub = {k: v[:2] for k, v in cond.items()}
         torch.testing.assert_close(model.bind(sub)(x_t[:2], t[:2]), model(x_t[:2], t[:2], sub), rtol=1e-5, atol=1e-5)
+
+
+def test_bind_calls_an_instance_forward_such_as_a_compiled_one() -> None:
+    model = small_model()
+    x_t, t, cond = make_inputs(2, 6, 4, num_features=6)
+    model.forward = lambda x, t, c: torch.zeros_like(x)  # what compile_denoiser does: an instance-level forward
+    assert torch.equal(model.bind(cond)(x_t, t), torch.zeros_like(x_t))
