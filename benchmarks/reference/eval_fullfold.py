@@ -148,6 +148,9 @@ def main(argv: list[str] | None = None) -> None:
     scored = list(range(min(args.records, FOLD_RECORDS)))  # what the record aggregates: all done of the first N
     if args.aggregate:
         for run, config in zip(runs, configs):
+            if not run.rows().keys() & set(scored):
+                print(f"{run.folder}: no records done yet", flush=True)
+                continue
             out = write_record(run, config, scored)
             print(out, json.dumps(run.summary(scored)), flush=True)
         return

@@ -120,8 +120,13 @@ def flops_of(fn, rows: int) -> tuple[float, dict[str, float]]:
     return sum(per_op.values()), per_op
 
 
-def op_table(fn, flops_per_op: dict[str, float], peak: float, threads: int) -> list[dict]:
-    """Self CPU time per aten op of one call (torch.profiler) with its FLOPs and GFLOP/s."""
+CONV_OPS = ("mkldnn_convolution", "_slow_conv2d_forward", "_convolution")  # where a convolution's time is spent
+
+
+def op_table(fn, flops_per_op: dict[str, float], cpu_s: float, peak: float, threads: int) -> list[dict]:
+    """Per aten op of one call: its share of the profiled self time (torch.profiler), that share of the call's
+    measured CPU seconds ``cpu_s`` (on a loaded machine the profiler's times include waiting for a core; the
+    shares do not, on average), its FLOPs, GFLOP/s per CPU-second and share of one thread's peak."""
     fn()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         fn()
@@ -135,9 +140,16 @@ def op_table(fn, flops_per_op: dict[str, float], peak: float, threads: int) -> l
         flop = flops_per_op.get(name, 0.0)
         rows.append({"op": name, "calls": ev.count, "self_ms": ms, "gflop": flop / 1e9,
                      "gflops": flop / 1e6 / ms if flop else None})  # fmt: skip
+    conv = flops_per_op.get("convolution", 0.0)
+    target = next((r for r in rows for name in CONV_OPS if r["op"] == name), None)
+    if conv and target is not None:  # FlopCounterMode names the op, the profiler the kernel that ran it
+        target["gflop"] = conv / 1e9
+        rows = [r for r in rows if r["op"] != "convolution"]
     for r in rows:
         r["share"] = r["self_ms"] / total
-        r["peak_share"] = None if r["gflops"] is None else r["gflops"] / (peak / threads)  # one op, one thread
+        r["cpu_ms"] = r["share"] * cpu_s * 1e3
+        r["gflops"] = r["gflop"] / r["cpu_ms"] * 1e3 * threads if r["gflop"] else None
+        r["peak_share"] = None if r["gflops"] is None else r["gflops"] / peak
     return sorted(rows, key=lambda r: -r["self_ms"])
 
 
@@ -245,8 +257,8 @@ def main() -> None:
                 w, c = time.perf_counter(), time.process_time()
                 fn()
                 walls[k].append(time.perf_counter() - w), cpus[k].append(time.process_time() - c)
-        tables = {k: op_table(variants[k], flops[k][1], peak_c0, args.threads) for k in ("original", "chain")
-                  if k in variants}  # fmt: skip
+        tables = {k: op_table(variants[k], flops[k][1], statistics.median(cpus[k]), peak_c0, args.threads)
+                  for k in ("original", "chain") if k in variants}  # fmt: skip
     peak_w1, peak_c1 = matmul_peak()
     peak_w, peak_c = statistics.median([peak_w0, peak_w1]), statistics.median([peak_c0, peak_c1])
     load1 = os.getloadavg()
@@ -281,12 +293,13 @@ def main() -> None:
             f"{diffs[k]:>12.1e}")  # fmt: skip
     for k, rows in tables.items():
         say()
-        say(f"per op, one call of {k!r} (torch.profiler self CPU time; GFLOP/s and %peak of one thread's peak)")
-        say(f"{'op':<46}{'calls':>6}{'self ms':>10}{'share':>7}{'GFLOP':>8}{'GF/s':>8}{'%peak':>7}")
+        say(f"per op, one call of {k!r}: share of torch.profiler's self time, that share of the call's CPU seconds "
+            f"(cpu ms), GFLOP/s per CPU-second and share of the float32 peak")  # fmt: skip
+        say(f"{'op':<46}{'calls':>6}{'share':>7}{'cpu ms':>9}{'GFLOP':>8}{'GF/s':>8}{'%peak':>7}")
         for r in rows[:14]:
             gfs = f"{r['gflops']:.1f}" if r["gflops"] else "-"
             pk = f"{100 * r['peak_share']:.0f}%" if r["peak_share"] else "-"
-            say(f"{r['op'][:45]:<46}{r['calls']:>6}{r['self_ms']:>10.1f}{100 * r['share']:>6.1f}%"
+            say(f"{r['op'][:45]:<46}{r['calls']:>6}{100 * r['share']:>6.1f}%{r['cpu_ms']:>9.0f}"
                 f"{r['gflop']:>8.2f}{gfs:>8}{pk:>7}")  # fmt: skip
     with torch.no_grad(), keep_freed_memory():
         attn = attention_table(args.rows, args.repeats)
