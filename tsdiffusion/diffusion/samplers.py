@@ -244,7 +244,9 @@ def draw_samples(
             x_T = randn((len(idx), *shape[1:]), gen, device=device)
             if t_start is not None:
                 x_T = process.q_sample(x0[idx], _t(x_T, t_start), x_T)
-            fn = lambda x, t, c=c: denoiser(x, t, c).to(x.dtype)  # the chain stays in x's dtype under autocast
+            bind = getattr(denoiser, "bind", None)  # a denoiser with per-chain caches (CSDIDenoiser.bind)
+            call = bind(c) if callable(bind) else lambda x, t, c=c: denoiser(x, t, c)
+            fn = lambda x, t, call=call: call(x, t).to(x.dtype)  # the chain stays in x's dtype under autocast
             out.append(sample(process, fn, x_T, sampler, steps=steps, eta=eta, t_start=t_start,
                               generator=gen, progress=progress))  # fmt: skip
     catch_up(generator, gen)
