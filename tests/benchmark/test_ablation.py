@@ -149,7 +149,7 @@ def test_cli_prints_and_writes_the_ablation(tmp_path, capsys):
     out = capsys.readouterr().out
     wide = next(line for line in out.splitlines() if line.startswith("variant  wide"))
     # wide - base on seeds 1, 2: -0.010, -0.009 -> mean -0.0095, half width 12.706 * 0.000707 / sqrt 2 = 0.00635
-    assert "-0.0095 [-0.0159, -0.00315] *" in wide and "1.13 ± 0.042" in wide
+    assert "-0.0095 [-0.0159, -0.00315] *" in wide and "1.130 ± 0.042" in wide
     deep = next(line for line in out.splitlines() if line.startswith("variant  deep"))
     assert " 2 " in deep and "*" not in deep  # the flagged seed 3 is left out: 2 seeds, diffs +0.001, -0.001
     assert "n - 1 degrees of freedom" in out
