@@ -82,7 +82,7 @@ def main():
     torch.set_num_threads(1)
     results = {}
     for run in args.runs:
-        task, dm, record = load_run(run)
+        task, dm, _ = load_run(run)
         task.eval()
         dm.setup("test")
         batch = next(iter(dm.test_dataloader()))
