@@ -135,6 +135,17 @@ def test_timegrad_denoiser_matches_the_convolutional_original():
     torch.testing.assert_close(out, ref.reshape(2, 3, 7), atol=1e-5, rtol=1e-5)
 
 
+def test_timegrad_conditioning_bottleneck_width():
+    # TimeGrad's upsampler squeezes h_t through K // 2 units; cond_hidden widens it (same function otherwise)
+    assert TimeGradDenoiser(8, cond_dim=6).cond_upsampler[0].out_features == 4
+    den = TimeGradDenoiser(8, cond_dim=6, cond_hidden=32, residual_layers=2, residual_channels=4)
+    assert den.cond_upsampler[0].out_features == 32 and den.cond_upsampler[2].in_features == 32
+    torch.nn.init.normal_(den.output_projection.weight)
+    x, hidden, t = torch.randn(2, 3, 8), torch.randn(2, 3, 6), torch.tensor([1, 7])
+    ref = _reference_eps(den, x.reshape(6, 1, 8), t.repeat_interleave(3), hidden.reshape(6, 1, 6))
+    torch.testing.assert_close(den(x, t, {"hidden": hidden}), ref.reshape(2, 3, 8), atol=1e-5, rtol=1e-5)
+
+
 # -- forecasts: shapes and no look-ahead -----------------------------------------------------------
 
 
