@@ -20,8 +20,8 @@ from tsdiffusion.benchmark.ablation import (
     parse_references,
     references,
 )
-from tsdiffusion.benchmark.runner import main
 from tsdiffusion.benchmark.spec import SpecError, expand, parse_spec
+from tsdiffusion.cli.benchmark import main
 
 # Student t quantiles t_{0.975, dof} from a printed table (not from scipy, which the code uses)
 T975 = {1: 12.706204736, 2: 4.302652730, 3: 3.182446305}
