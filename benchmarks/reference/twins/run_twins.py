@@ -65,10 +65,13 @@ def ours_to_pts(ours: dict[str, torch.Tensor], pts_template: dict[str, torch.Ten
 
     out = {}
     for key, value in pts_template.items():
+        # the network holds its eps-network twice, as ``denoise_fn.*`` and ``diffusion.denoise_fn.*`` (one module,
+        # two names): both must carry the converted weights, or load_state_dict lets the template's second copy win
+        key_as = key.removeprefix("diffusion.") if key.startswith("diffusion.denoise_fn.") else key
         mapped = (
-            {f"denoiser.{k}" for k in convert_pytorchts_state_dict({key: value})}
-            if key.startswith("denoise_fn.")
-            else {f"encoder.{k}" for k in convert_pytorchts_encoder_state_dict({key: value})}
+            {f"denoiser.{k}" for k in convert_pytorchts_state_dict({key_as: value})}
+            if key_as.startswith("denoise_fn.")
+            else {f"encoder.{k}" for k in convert_pytorchts_encoder_state_dict({key_as: value})}
         )
         if not mapped:
             out[key] = value.clone()
@@ -168,10 +171,11 @@ def run_reference(seed: int, args) -> dict:
 def run_ours(seed: int, args) -> dict:
     work = args.work / f"ours_s{seed}"
     t0 = time.time()
-    sh(ours_cli("fit", "-c", args.config, "--seed_everything", seed, "--data.init_args.seed", seed,
-                "--trainer.max_epochs", args.epochs, "--record_dir", work / "record",
-                "--trainer.logger.init_args.save_dir", work,
-                "--checkpoint.dirpath", work / "checkpoints", *args.extra), work / "fit.log")  # fmt: skip
+    if not (work / "record/metrics.json").exists():  # a finished fit + test is reused
+        sh(ours_cli("fit", "-c", args.config, "--seed_everything", seed, "--data.init_args.seed", seed,
+                    "--trainer.max_epochs", args.epochs, "--record_dir", work / "record",
+                    "--trainer.logger.init_args.save_dir", work,
+                    "--checkpoint.dirpath", work / "checkpoints", *args.extra), work / "fit.log")  # fmt: skip
     wall = time.time() - t0
     ckpt = work / "checkpoints/last.ckpt"
     ours_state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
