@@ -179,19 +179,20 @@ def run_ours(seed: int, args) -> dict:
     wall = time.time() - t0
     ckpt = work / "checkpoints/last.ckpt"
     ours_state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    record = {
+        "side": "ours", "seed": seed, "scored_by_ours": our_metrics(work / "record"),
+        "fit_and_test_wall_s": round(wall, 1), "config": str(args.config.relative_to(ROOT)), "extra": args.extra,
+        "epochs": args.epochs,
+    }  # fmt: skip
+    if args.no_cross:
+        return record
     template = args.pts_template or next(args.work.glob("reference_s*/train/state_dict.pt"), None)
     if template is None:
         raise SystemExit("ours -> pytorch-ts needs a pytorch-ts state dict of the same architecture: run the "
                          "reference side first or give --pts-template")  # fmt: skip
     pts_state = ours_to_pts(ours_state, torch.load(template, map_location="cpu"))
     torch.save(pts_state, work / "as_pts.pt")
-    return {
-        "side": "ours", "seed": seed,
-        "scored_by_ours": our_metrics(work / "record"),
-        "scored_by_reference": score_reference(args.pts, work / "as_pts.pt", seed, work),
-        "fit_and_test_wall_s": round(wall, 1), "config": str(args.config.relative_to(ROOT)), "extra": args.extra,
-        "epochs": args.epochs,
-    }  # fmt: skip
+    return record | {"scored_by_reference": score_reference(args.pts, work / "as_pts.pt", seed, work)}
 
 
 # -- the table ---------------------------------------------------------------------------------------------------
@@ -205,8 +206,11 @@ def table(results: Path) -> str:
         for col in ("scored_by_reference", "scored_by_ours"):
             for metric in ("crps", "crps_sum"):
                 vals = [r[col][metric] for r in recs if col in r]
-                sd = statistics.stdev(vals) if len(vals) > 1 else float("nan")
-                cells.append(f"{statistics.mean(vals):.4f} ± {sd:.4f}")
+                if not vals:
+                    cells.append("–")
+                    continue
+                sd = f" ± {statistics.stdev(vals):.4f}" if len(vals) > 1 else ""
+                cells.append(f"{statistics.mean(vals):.4f}{sd} (n={len(vals)})")
         seeds = ",".join(str(r["seed"]) for r in recs)
         rows.append(f"| {label} (seeds {seeds}) | " + " | ".join(cells) + " |")
     head = ("| | scored by reference: CRPS | CRPS-sum | scored by ours: CRPS | CRPS-sum |\n"
@@ -226,6 +230,7 @@ def main(argv=None) -> None:
     run.add_argument("--work", type=Path, default=Path("/work/runs/twins/harness"))
     run.add_argument("--pts-template", type=Path, help="a pytorch-ts state dict of the same architecture")
     run.add_argument("--epochs", type=int, default=20, help="epochs of 100 batches, both sides (paper: 20)")
+    run.add_argument("--no-cross", action="store_true", help="ours only: skip the pytorch-ts evaluation of our weights")
     run.add_argument("extra", nargs="*", help="overrides passed to tsdiffusion fit/test (after --)")
     tab = sub.add_parser("table")
     tab.add_argument("--results", type=Path, default=RESULTS)
