@@ -16,6 +16,8 @@ from typing import TypedDict
 import torch
 from torch import Tensor
 
+from tsdiffusion.errors import BatchError
+
 
 class TSBatch(TypedDict, total=False):
     """One batch of windows. Only ``observed`` and ``observed_mask`` are required.
@@ -66,10 +68,6 @@ class Cond(TypedDict, total=False):
     time_features: Tensor
     hidden: Tensor
     label: Tensor
-
-
-class BatchError(ValueError):
-    """A batch does not follow :class:`TSBatch`; the message names the field and what was expected."""
 
 
 _BLK_FIELDS = ("observed", "observed_mask", "target_mask")

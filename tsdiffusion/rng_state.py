@@ -3,11 +3,28 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
+
+from tsdiffusion.errors import CheckpointError
+
+#: ``ckpt_path`` values Lightning resolves itself (not a file name)
+_CKPT_KEYWORDS = ("last", "best", "hpc", "registry")
+
+
+def check_ckpt_path(ckpt_path: str | Path | None) -> None:
+    """A ``ckpt_path`` naming a local file that does not exist is a :class:`CheckpointError` (before any data is
+    read or any model built); Lightning's keywords (``last``, ``best``, ...) and URLs pass."""
+    if ckpt_path is None:
+        return
+    text = str(ckpt_path)
+    if text.split(":", 1)[0] in _CKPT_KEYWORDS or "://" in text or Path(text).expanduser().is_file():
+        return
+    raise CheckpointError(f"{text}: no such checkpoint file (ckpt_path)")
 
 
 def _numpy_state_to_safe(state: tuple) -> tuple:

@@ -27,9 +27,10 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI, _get_module_type, _InstantiatorFn
 
 from tsdiffusion.data.datamodule import TSDataModule
+from tsdiffusion.errors import CheckpointError
 from tsdiffusion.hardware import trainer_precision
 from tsdiffusion.records import RECORD_NAME
-from tsdiffusion.rng_state import RNGStateCallback
+from tsdiffusion.rng_state import RNGStateCallback, check_ckpt_path
 from tsdiffusion.tasks.base import DiffusionTask
 
 ConfigLike = str | Path | Mapping[str, Any]
@@ -111,6 +112,7 @@ class ConfigCLI(LightningCLI):
         trainer = config.get("trainer") if config is not None else None
         if trainer is not None:
             trainer["precision"] = trainer_precision(trainer.get("precision"), trainer.get("accelerator"))
+        check_ckpt_path(config.get("ckpt_path") if config is not None else None)
 
     def _add_instantiators(self) -> None:
         self.parser.add_instantiator(_ModelInstantiator(cli=self, key="model"), _get_module_type(self._model_class),
@@ -244,6 +246,8 @@ def load_run(run_dir: str | Path, ckpt: str | Path | None = None) -> tuple[Any, 
     ckpt_path = Path(ckpt) if ckpt else Path(record.get("ckpt_path") or "")
     if not ckpt_path.is_file():
         ckpt_path = run_dir / "checkpoints" / "last.ckpt"
+    if not ckpt_path.is_file():
+        raise CheckpointError(f"{run_dir}: no checkpoint ({ckpt or record.get('ckpt_path')} nor {ckpt_path})")
     state = torch.load(ckpt_path, map_location="cpu", weights_only=False)["state_dict"]
     task.load_state_dict(state)
     task.eval()

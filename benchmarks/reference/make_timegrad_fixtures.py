@@ -132,10 +132,24 @@ def main(argv: list[str] | None = None) -> None:
     fixture["chain"] = chain(net, fixture["loss"]["eps_cond"][:3].detach(), 3)
     fixture["meta"] = {
         "source": "pytorch-ts (zalandoresearch/pytorch-ts) TimeGradTrainingNetwork",
-        "config": {"K": K, "context": CONTEXT, "prediction": PRED, "lags": LAGS, "time_features": TIME_FEATS,
-                   "conditioning_length": COND, "num_layers": 2, "num_cells": 8, "diff_steps": 100,
-                   "beta_end": 0.1, "schedule": "linear", "residual_layers": 8, "residual_channels": 8,
-                   "dilation_cycle_length": 2, "time_emb_dim": 16, "residual_hidden": 64},
+        "config": {
+            "K": K,
+            "context": CONTEXT,
+            "prediction": PRED,
+            "lags": LAGS,
+            "time_features": TIME_FEATS,
+            "conditioning_length": COND,
+            "num_layers": 2,
+            "num_cells": 8,
+            "diff_steps": 100,
+            "beta_end": 0.1,
+            "schedule": "linear",
+            "residual_layers": 8,
+            "residual_channels": 8,
+            "dilation_cycle_length": 2,
+            "time_emb_dim": 16,
+            "residual_hidden": 64,
+        },
         "python": platform.python_version(),
         **{name: importlib.metadata.version(name) for name in ("pytorchts", "gluonts", "torch", "numpy")},
     }

@@ -1,6 +1,6 @@
 """Turn a (partial) run of eval_official_checkpoint.py into a result record (tsdiffusion.records format).
 
-    python benchmarks/reference/write_official_record.py RUN_DIR benchmarks/results/imputation/physionet/NAME.json
+python benchmarks/reference/write_official_record.py RUN_DIR benchmarks/results/imputation/physionet/NAME.json
 """
 
 from __future__ import annotations

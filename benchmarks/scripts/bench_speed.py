@@ -217,8 +217,15 @@ def _row(case: str, model: str, s: float, flops: float, res: dict, ref_s: float 
     peak = res["peak_bf16"] if "bf16" in model else res["peak_fp32"]
     gfs = flops / s / 1e9
     vs = ref_s / s if ref_s and model != "original" else None
-    return {"case": case, "model": model, "s": s, "gflop": flops / 1e9, "gflops": gfs, "pct_peak": 100 * gfs / peak,
-            "vs_original": vs}
+    return {
+        "case": case,
+        "model": model,
+        "s": s,
+        "gflop": flops / 1e9,
+        "gflops": gfs,
+        "pct_peak": 100 * gfs / peak,
+        "vs_original": vs,
+    }
 
 
 def per_row_costs(task, args) -> dict:
@@ -258,8 +265,11 @@ def imputation_times(task, batch: dict, per_row: dict, args) -> dict:
     cond_mask = batch["observed_mask"] - batch["target_mask"]
     task.hparams.update(sample_steps=2)
     s = _time(lambda: task.sample(batch, cond_mask, num_samples=20))
-    out["ours fp32 check: 320 rows x 2 DDPM calls, measured"] = {"s": s, "scaled": False,
-                                                                  "predicted": per_row["fp32 320"] * 320 * 2 / 1e3}
+    out["ours fp32 check: 320 rows x 2 DDPM calls, measured"] = {
+        "s": s,
+        "scaled": False,
+        "predicted": per_row["fp32 320"] * 320 * 2 / 1e3,
+    }
     if args.original:
         model, ob = original_physio(args.original)
         model.eval()
@@ -276,8 +286,10 @@ def forecasting_rows(res: dict, args) -> None:
     sys.path.insert(0, str(ROOT / "benchmarks" / "scripts"))
     import bench_forecasting as bf
 
-    cases = (("csdi-train", "linear", "CSDI electricity train step (B=8,L=192,K=64/370)"),
-             ("timegrad-train", "tg", "TimeGrad electricity train step (B=64,K=370)"))
+    cases = (
+        ("csdi-train", "linear", "CSDI electricity train step (B=8,L=192,K=64/370)"),
+        ("timegrad-train", "tg", "TimeGrad electricity train step (B=64,K=370)"),
+    )
     for case, variant_fp32, label in cases:
         torch.manual_seed(0)
         task, shape = bf.build(case, 370, 10, f"{variant_fp32}-fp32")
@@ -292,7 +304,7 @@ def forecasting_rows(res: dict, args) -> None:
         med = interleaved(fns, max(1, args.repeats // 2))
         for k, s in med.items():
             res["rows"].append(_row(label, k, s, flops[k], res, med.get("original")))
-        print(res["rows"][-len(med):], flush=True)
+        print(res["rows"][-len(med) :], flush=True)
 
 
 def original_forecast_step(folder: str):
@@ -302,7 +314,7 @@ def original_forecast_step(folder: str):
     model = bf.build_original(folder, 370)
     B, L, K = 8, bf.CONTEXT + bf.H, 370
     gt_mask = torch.ones(B, L, K)
-    gt_mask[:, -bf.H:] = 0
+    gt_mask[:, -bf.H :] = 0
     batch = {"observed_data": torch.randn(B, L, K), "observed_mask": torch.ones(B, L, K), "gt_mask": gt_mask,
              "timepoints": torch.arange(L).float().expand(B, L)}  # fmt: skip
     return original_step_fn(model, batch)
@@ -350,8 +362,13 @@ def write_table(res: dict, folder: Path, command: str) -> None:
     for p in ("fp32", "bf16"):
         lines.append(f"| {p} | {pr[p + ' 16']:.2f} | {pr[p + ' 80']:.2f} | {pr[p + ' 320']:.2f} | "
                      f"{pr[p + ' 320'] / pr[p + ' 16']:.2f} |")  # fmt: skip
-    lines += ["", "100-sample imputation of 16 records (scaled = a few calls/samples timed, scaled linearly):", "",
-              "| how | s | scaled | vs original |", "|---|---|---|---|"]
+    lines += [
+        "",
+        "100-sample imputation of 16 records (scaled = a few calls/samples timed, scaled linearly):",
+        "",
+        "| how | s | scaled | vs original |",
+        "|---|---|---|---|",
+    ]
     orig = res["imputation"].get("original DDPM-50 (loop over samples)", {}).get("s")
     for k, v in res["imputation"].items():
         vs = f"{orig / v['s']:.1f}x" if orig and not k.startswith("original") and "check" not in k else "-"
@@ -558,13 +575,20 @@ def main() -> None:
     p.add_argument("--variant", choices=MEMORY_VARIANTS, help="--part memory-child: the model measured")
     p.add_argument("--memory-steps", type=int, default=3, help="training steps per memory subprocess (>= 2)")
     p.add_argument("--memory-repeats", type=int, default=1, help="fresh subprocesses per variant")
-    p.add_argument("--curve-configs", nargs="+", default=["experiments/quick/csdi_physionet.yaml",
-                                                          "experiments/quick/csdi_exchange.yaml"])
+    p.add_argument(
+        "--curve-configs",
+        nargs="+",
+        default=["experiments/quick/csdi_physionet.yaml", "experiments/quick/csdi_exchange.yaml"],
+    )
     p.add_argument("--curve-steps", type=int, default=200)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
-                   help="cpu: process CPU seconds (use with --threads 1 on a machine shared with others)")
+    p.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="cpu: process CPU seconds (use with --threads 1 on a machine shared with others)",
+    )
     p.add_argument("--original", help="a checkout of the original CSDI code (ermongroup/CSDI)")
     p.add_argument("--original-site", help="site-packages holding linear_attention_transformer (original's deps)")
     p.add_argument("--original-samples", type=int, default=1, help="samples of the original's impute timed")

@@ -113,9 +113,11 @@ def main() -> None:
         print(json.dumps(child(args.child, args)))
         return
     in_mb = args.batch * args.samples * args.length * args.features * 4 / 2**20
-    print(f"B={args.batch} S={args.samples} L={args.length} K={args.features} on {args.device}, "
-          f"{torch.get_num_threads()} threads, chunk_elements={args.chunk}; "
-          f"samples tensor {in_mb:.0f} MiB (float32), not counted below")
+    print(
+        f"B={args.batch} S={args.samples} L={args.length} K={args.features} on {args.device}, "
+        f"{torch.get_num_threads()} threads, chunk_elements={args.chunk}; "
+        f"samples tensor {in_mb:.0f} MiB (float32), not counted below"
+    )
     print(f"| {'case':<40} | peak extra MiB | first s | repeat s | repeat CPU s |")
     print(f"|{'-' * 42}|---------------:|--------:|---------:|-------------:|")
     for name in CASES:

@@ -150,9 +150,7 @@ def test_known_name_gives_prediction_length_for_raw_layout(tmp_path):
     folder = write_dataset(
         tmp_path / "exchange_rate_nips", "gp_copula", values=series(total=T_TRAIN + W * 30), horizon=30
     )
-    assert (
-        read_gluonts(folder).prediction_length == KNOWN_DATASETS["exchange_rate_nips"].prediction_length == 30
-    )
+    assert read_gluonts(folder).prediction_length == KNOWN_DATASETS["exchange_rate_nips"].prediction_length == 30
 
 
 # -- window arithmetic --------------------------------------------------------------------------
@@ -183,9 +181,7 @@ def test_window_arithmetic(tmp_path):
     with pytest.raises(IndexError):
         train[len(train)]
     first_test_horizon = len(dm.data.test[0]) - H
-    assert (
-        first_test_horizon == T_TRAIN and train_end <= first_test_horizon
-    )  # no train target in a test horizon
+    assert first_test_horizon == T_TRAIN and train_end <= first_test_horizon  # no train target in a test horizon
     # masks and indices
     item = test[0]
     assert item["target_mask"][: L - H].sum() == 0 and item["target_mask"][L - H :].all()
@@ -202,12 +198,8 @@ def test_batches_pass_check_batch_and_sampler(tmp_path):
         for batch in loader:
             assert check_batch(batch, source=name)[1:] == (dm.seq_len, dm.num_features)
             assert batch["time_features"].shape[-1] == dm.num_time_features
-    first = next(
-        iter(datamodule(tmp_path / "toy", tmp_path, num_train_windows=10, batch_size=4).train_dataloader())
-    )
-    again = next(
-        iter(datamodule(tmp_path / "toy", tmp_path, num_train_windows=10, batch_size=4).train_dataloader())
-    )
+    first = next(iter(datamodule(tmp_path / "toy", tmp_path, num_train_windows=10, batch_size=4).train_dataloader()))
+    again = next(iter(datamodule(tmp_path / "toy", tmp_path, num_train_windows=10, batch_size=4).train_dataloader()))
     assert torch.equal(first["observed"], again["observed"])  # same seed, same windows
     every = datamodule(tmp_path / "toy", tmp_path, num_train_windows=None).train_dataloader()
     assert sorted(every.sampler) == list(range(len(dm.datasets["train"])))  # CSDI: every window once
@@ -218,9 +210,7 @@ def test_missing_values_are_masked(tmp_path):
     values[-1, 0] = np.nan  # in the last test horizon
     dm = datamodule(write_dataset(tmp_path / "toy", values=values), tmp_path)
     item = dm.datasets["test"][W - 1]
-    assert (
-        item["observed_mask"][-1, 0] == 0 and item["target_mask"][-1, 0] == 0 and item["observed"][-1, 0] == 0
-    )
+    assert item["observed_mask"][-1, 0] == 0 and item["target_mask"][-1, 0] == 0 and item["observed"][-1, 0] == 0
     assert item["target_mask"][-1, 1] == 1
     check_batch({k: v[None] for k, v in item.items()})
 
@@ -244,9 +234,7 @@ def test_scaling_round_trip(tmp_path, scaling):
     dm = datamodule(write_dataset(tmp_path / "toy", values=values), tmp_path, scaling=scaling)
     for split, ends in (("test", [T_TRAIN + (i + 1) * H for i in range(W)]), ("val", [T_TRAIN - H, T_TRAIN])):
         for i, end in enumerate(ends):
-            np.testing.assert_allclose(
-                original(dm.datasets[split][i]), values[end - dm.seq_len : end], rtol=1e-5
-            )
+            np.testing.assert_allclose(original(dm.datasets[split][i]), values[end - dm.seq_len : end], rtol=1e-5)
     train_item = dm.datasets["train"][0]
     np.testing.assert_allclose(original(train_item), values[: dm.seq_len], rtol=1e-5)
     loc, scale = dm.datasets["test"][0]["loc"][0].numpy(), dm.datasets["test"][0]["scale"][0].numpy()
@@ -322,9 +310,7 @@ def edit_line(path: Path, lineno: int, change) -> None:
 def test_error_ragged_target(tmp_path):
     folder = write_dataset(tmp_path / "toy")
     edit_line(folder / "train" / "data.json", 2, lambda r: r["target"].pop())
-    with pytest.raises(
-        GluonTSFormatError, match=r"ragged target in the train split: .*data.json, line 2 has 59"
-    ):
+    with pytest.raises(GluonTSFormatError, match=r"ragged target in the train split: .*data.json, line 2 has 59"):
         read_gluonts(folder)
     folder = write_dataset(tmp_path / "toy2")
     edit_line(folder / "test" / "data.json", K + 2, lambda r: r["target"].append(1.0))
@@ -365,17 +351,13 @@ def test_error_missing_metadata_field_and_bad_values(tmp_path):
 
 def test_error_unparsable_freq(tmp_path):
     folder = write_dataset(tmp_path / "toy", freq="fortnightly")
-    with pytest.raises(
-        FrequencyError, match=r"metadata.json: field 'freq': cannot parse frequency 'fortnightly'"
-    ):
+    with pytest.raises(FrequencyError, match=r"metadata.json: field 'freq': cannot parse frequency 'fortnightly'"):
         read_gluonts(folder)
 
 
 def test_error_context_longer_than_series(tmp_path):
     folder = write_dataset(tmp_path / "toy")
-    with pytest.raises(
-        ContextTooLongError, match=r"context_length=60 .* longer than the train part: 60 steps"
-    ):
+    with pytest.raises(ContextTooLongError, match=r"context_length=60 .* longer than the train part: 60 steps"):
         datamodule(folder, tmp_path, context_length=60)
     with pytest.raises(ContextTooLongError, match=r"minus num_val_windows=2 x 4"):
         datamodule(folder, tmp_path, context_length=50)
@@ -434,9 +416,7 @@ def test_embedded_exchange_rate(tmp_path):
     assert (dm.num_features, dm.prediction_length, dm.context_length, dm.freq) == (8, 30, 30, "B")
     assert dm.num_time_features == 3 and dm.seq_len == 60
     data = dm._load()
-    assert data.train_length == 6071 and [len(w) for w in data.test] == [
-        6071 + 30 * (i + 1) for i in range(5)
-    ]
+    assert data.train_length == 6071 and [len(w) for w in data.test] == [6071 + 30 * (i + 1) for i in range(5)]
     dm.setup("fit")
     assert len(dm.datasets["test"]) == 5 and len(dm.datasets["val"]) == 5
     for loader in (dm.train_dataloader(), dm.val_dataloader(), dm.test_dataloader()):

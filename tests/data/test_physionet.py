@@ -47,9 +47,7 @@ def record_text(record_id: int, rows: list[tuple[str, str, str]]) -> str:
 def random_rows(rng: np.random.Generator) -> list[tuple[str, str, str]]:
     minutes = np.sort(rng.integers(0, 48 * 60 + 1, size=int(rng.integers(30, 80))))
     minutes[-1] = 48 * 60  # a 48:00 line, which the protocol drops
-    return [
-        (f"{m // 60:02d}:{m % 60:02d}", str(rng.choice(PARAMS)), f"{rng.normal(50, 20):.2f}") for m in minutes
-    ]
+    return [(f"{m // 60:02d}:{m % 60:02d}", str(rng.choice(PARAMS)), f"{rng.normal(50, 20):.2f}") for m in minutes]
 
 
 def expected_cells(rows: list[tuple[str, str, str]]) -> dict[tuple[int, int], float]:
@@ -282,9 +280,7 @@ def test_changed_parameter_or_source_does_not_reuse_cache(fx: Fixture, tmp_path:
     other = make_fixture(tmp_path / "other", seed=7)  # same names, other content
     changed = build(other.archive, cache)
     assert not changed.from_cache and changed.cache_file != full.cache_file
-    assert not torch.equal(
-        changed.datasets["train"].fields["observed"], full.datasets["train"].fields["observed"]
-    )
+    assert not torch.equal(changed.datasets["train"].fields["observed"], full.datasets["train"].fields["observed"])
 
 
 def test_corrupt_cache_is_parsed_again(fx: Fixture, tmp_path: Path):
@@ -456,9 +452,7 @@ def test_real_set_a(tmp_path: Path):
         "val": (401, 48, 35),
         "test": (799, 48, 35),
     }
-    fields = {
-        key: torch.cat([d.fields[key] for d in dm.datasets.values()]) for key in dm.datasets["test"].fields
-    }
+    fields = {key: torch.cat([d.fields[key] for d in dm.datasets.values()]) for key in dm.datasets["test"].fields}
     assert int(fields["observed_mask"].sum()) == 1308246  # 19.47% of 4000 x 48 x 35: ~80.5% missing
     # golden numbers from the original CSDI code (dataset_physio.py: seed 1, nfold 0, missing_ratio 0.1)
     assert int(fields["target_mask"].sum()) == 129040

@@ -145,8 +145,10 @@ def test_series_and_stratified_splits():
 # -- where windows lie and how they are cut -----------------------------------------------------------
 
 
-@pytest.mark.parametrize(("region", "length", "stride", "scored"), [((0, 70), 10, 5, 1), ((70, 80), 10, 3, 1),
-                                                                    ((60, 100), 12, 7, 4), ((0, 9), 10, 1, 1)])
+@pytest.mark.parametrize(
+    ("region", "length", "stride", "scored"),
+    [((0, 70), 10, 5, 1), ((70, 80), 10, 3, 1), ((60, 100), 12, 7, 4), ((0, 9), 10, 1, 1)],
+)
 def test_window_ends_against_a_hand_loop(region, length, stride, scored):
     a, b = region
     expected = []

@@ -612,3 +612,41 @@ def test_cpu_training_under_bf16_autocast_runs_the_attention_kernel_in_float32(m
         assert seen[-1] == torch.bfloat16 and len(seen) == 3
     assert x.grad is not None and torch.isfinite(x.grad).all()
     torch.testing.assert_close(out.float(), reference, atol=0.05, rtol=0.05)
+
+
+@pytest.mark.parametrize("budget", [2**30, 0])  # the side term as one tensor per layer, or as its parts
+@pytest.mark.parametrize(
+    ("unconditional", "lags", "interpolated", "attention"),
+    [(False, (), False, "softmax"), (True, (), False, "softmax"), (False, (2, 5), True, "softmax"),
+     (False, (), False, "linear")],
+)  # fmt: skip
+def test_bind_caches_the_conditioning_and_gives_the_forward_output(
+    unconditional: bool, lags: tuple, interpolated: bool, attention: str, budget: int, monkeypatch
+) -> None:
+    """A sampling chain's denoiser (CSDIDenoiser.bind: the conditioning's projections computed once) equals
+    forward at every step of a chain, with one step for all rows (embedded once) or one per row; the cache is
+    built once per chain."""
+    model = small_model(unconditional, lags=lags, interpolated_input=interpolated, attention=attention)
+    monkeypatch.setattr(model, "chain_cache_bytes", budget)
+    x_t, _, cond = make_inputs(3, 8, 5, num_features=6, seed=4)
+    builds = []
+    original = model._chain_cache
+    monkeypatch.setattr(model, "_chain_cache", lambda *a: builds.append(1) or original(*a))
+    with torch.no_grad():
+        fn = model.bind(cond)
+        for step in (49, 20, 0):
+            t = torch.full((3,), step)
+            torch.testing.assert_close(fn(x_t, t), model(x_t, t, cond), rtol=1e-5, atol=1e-5)
+            x_t = x_t * 0.9 + 0.1
+        t = torch.tensor([3, 40, 11])
+        torch.testing.assert_close(fn(x_t, t), model(x_t, t, cond), rtol=1e-5, atol=1e-5)
+        assert len(builds) == 1
+        sub = {k: v[:2] for k, v in cond.items()}
+        torch.testing.assert_close(model.bind(sub)(x_t[:2], t[:2]), model(x_t[:2], t[:2], sub), rtol=1e-5, atol=1e-5)
+
+
+def test_bind_calls_an_instance_forward_such_as_a_compiled_one() -> None:
+    model = small_model()
+    x_t, t, cond = make_inputs(2, 6, 4, num_features=6)
+    model.forward = lambda x, t, c: torch.zeros_like(x)  # what compile_denoiser does: an instance-level forward
+    assert torch.equal(model.bind(cond)(x_t, t), torch.zeros_like(x_t))

@@ -154,9 +154,11 @@ def test_reverse_steps_given_the_reference_outputs(variant: str, monkeypatch: py
         assert_same(f"reverse step t={t} -> {t - 1}", x_s * free, ref_next, ATOL, CHAIN_RTOL)
 
 
+@pytest.mark.parametrize("how", ["forward", "bind"])
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_full_chain_given_the_same_noise(variant: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """sample_ddpm over all 50 steps from the reference's x_T and step noise equals ``impute``."""
+def test_full_chain_given_the_same_noise(variant: str, how: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """sample_ddpm over all 50 steps from the reference's x_T and step noise equals ``impute``; also through
+    ``CSDIDenoiser.bind`` (the per-chain caches that ``draw_samples`` uses)."""
     fx = load(variant)
     den, proc, chain = our_model(fx), our_process(fx), fx["chain"]
     batch = fx["batch"]
@@ -165,10 +167,11 @@ def test_full_chain_given_the_same_noise(variant: str, monkeypatch: pytest.Monke
     draws = NoiseSequence(noise[1:])
     monkeypatch.setattr(proc, "_noise_like", draws)
     seen: list[Tensor] = []
+    call = den.bind(cond) if how == "bind" else lambda x, t: den(x, t, cond)
 
     def fn(x: Tensor, t: Tensor) -> Tensor:
         seen.append(x * (1 - cond["cond_mask"]))
-        return den(x, t, cond)
+        return call(x, t)
 
     sample = sample_ddpm(proc, fn, noise[0])
     assert draws.used == proc.num_steps and not draws.tensors, "sample_ddpm drew noise in an unexpected pattern"

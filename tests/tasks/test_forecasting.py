@@ -135,6 +135,17 @@ def test_timegrad_denoiser_matches_the_convolutional_original():
     torch.testing.assert_close(out, ref.reshape(2, 3, 7), atol=1e-5, rtol=1e-5)
 
 
+def test_timegrad_conditioning_bottleneck_width():
+    # TimeGrad's upsampler squeezes h_t through K // 2 units; cond_hidden widens it (same function otherwise)
+    assert TimeGradDenoiser(8, cond_dim=6).cond_upsampler[0].out_features == 4
+    den = TimeGradDenoiser(8, cond_dim=6, cond_hidden=32, residual_layers=2, residual_channels=4)
+    assert den.cond_upsampler[0].out_features == 32 and den.cond_upsampler[2].in_features == 32
+    torch.nn.init.normal_(den.output_projection.weight)
+    x, hidden, t = torch.randn(2, 3, 8), torch.randn(2, 3, 6), torch.tensor([1, 7])
+    ref = _reference_eps(den, x.reshape(6, 1, 8), t.repeat_interleave(3), hidden.reshape(6, 1, 6))
+    torch.testing.assert_close(den(x, t, {"hidden": hidden}), ref.reshape(2, 3, 8), atol=1e-5, rtol=1e-5)
+
+
 # -- forecasts: shapes and no look-ahead -----------------------------------------------------------
 
 
@@ -246,3 +257,44 @@ def test_plots_save_png(tmp_path):
     assert len(fig.axes) == 1
     for name in ("fan.png", "imp.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_onecycle_schedule_is_pytorch_ts_trainers():
+    """``lr_schedule="onecycle"`` steps as pytorch-ts's ``Trainer`` (``OneCycleLR(max_lr=maximum_learning_rate,
+    steps_per_epoch, epochs)``, stepped every batch): from max_lr / 25 up to max_lr at 30% of the steps, then down to
+    max_lr / 25e4; the ``lr`` given to Adam does not survive. (The old multistep default kept 1e-3 throughout.)"""
+    from types import SimpleNamespace
+
+    task = TimeGradTask(TimeGradDenoiser(4, cond_dim=8), num_time_features=2, lags=[1, 2], rnn_hidden=8,
+                        lr=1e-3, lr_schedule="onecycle", max_lr=1e-2)  # fmt: skip
+    task._trainer = SimpleNamespace(estimated_stepping_batches=2000, max_epochs=20)
+    cfg = task.configure_optimizers()
+    opt, sched = cfg["optimizer"], cfg["lr_scheduler"]["scheduler"]
+    assert cfg["lr_scheduler"]["interval"] == "step"
+    lrs = []
+    for _ in range(2000):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(1e-2 / 25, rel=1e-9)
+    assert max(lrs) == pytest.approx(1e-2, rel=1e-9) and lrs.index(max(lrs)) == 599
+    assert lrs[-1] == pytest.approx(1e-2 / 25e4, rel=1e-6)
+    # the cosine annealing halfway down the second phase (step 599 + 700): the mean of the two ends
+    assert lrs[1299] == pytest.approx((1e-2 + 1e-2 / 25e4) / 2, rel=1e-6)
+    with pytest.raises(ValueError, match="lr_schedule"):
+        TimeGradTask(TimeGradDenoiser(4, cond_dim=8), num_time_features=2, lags=[1], lr_schedule="cosine")
+
+
+def test_exchange_paper_config_is_pytorch_ts_timegrads():
+    """The paper config trains as pytorch-ts 0.6's TimeGradEstimator + Trainer (issue 26): OneCycle to 1e-2, no
+    gradient clipping, its Fourier time features (4 for business days), its step-encoding frequencies, and the whole
+    train part as training windows (no validation hold-out; the reference has none)."""
+    import yaml
+
+    path = Path(__file__).resolve().parents[2] / "experiments/forecasting/exchange/timegrad.yaml"
+    cfg = yaml.safe_load(path.read_text())
+    model, data = cfg["model"]["init_args"], cfg["data"]["init_args"]
+    assert (model["lr_schedule"], model["max_lr"], model["num_time_features"]) == ("onecycle", 0.01, 4)
+    assert cfg["trainer"]["gradient_clip_val"] is None
+    assert model["denoiser"]["init_args"]["step_frequencies"] == "timegrad"
+    assert (data["scaling"], data["time_features"], data["num_val_windows"]) == ("mean", "fourier", 0)

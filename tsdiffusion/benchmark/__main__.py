@@ -4,5 +4,6 @@ the command-line layer (:mod:`tsdiffusion.cli.benchmark`) though it sits in this
 import sys
 
 from tsdiffusion.cli.benchmark import main
+from tsdiffusion.errors import run_cli
 
-sys.exit(main())
+sys.exit(run_cli(main))

@@ -30,10 +30,7 @@ from tsdiffusion.benchmark.run_folder import (
     write_status,
 )
 from tsdiffusion.benchmark.spec import Run, SweepSpec, expand
-
-
-class SweepLockedError(RuntimeError):
-    """Another sweep process works on the same folder."""
+from tsdiffusion.errors import SweepLockedError
 
 
 @contextmanager
@@ -90,6 +87,8 @@ def write_plan(spec: SweepSpec, sweep_dir: Path, runs: list[Run]) -> None:
             "grid": spec.grid,
             "overrides": spec.overrides,
             "notes": list(spec.notes),
+            "variants": spec.variants,
+            "ablation": spec.ablation,
             "runs": [{"id": r.id, "config": r.config, "seed": r.seed, "setting": r.setting()} for r in runs],
         },
     )

@@ -13,11 +13,18 @@ A spec::
     overrides:                       # applied to every run (e.g. a small budget)
       trainer.max_epochs: 2
     reference: reference.yaml        # optional: published numbers (default: reference.yaml next to the spec)
+    variants:                        # optional: named override sets, one more grid axis called ``variant``
+      base: {}                       #   (one-factor-at-a-time ablations: each variant changes one thing)
+      wide: {model.init_args.denoiser.init_args.cond_hidden: 64}
+    ablation:                        # optional: the reference level of each factor (a grid key or ``variant``);
+      variant: base                  #   ``tsdiffusion benchmark report DIR --ablation`` then compares every
+                                     #   level with it, paired by seed (tsdiffusion.benchmark.ablation)
 
-expands into ``len(configs) x prod(len(grid values)) x len(seeds)`` runs, plus one run per baseline: a baseline
-is deterministic given its ``sample_seed``, so it runs once, at the first seed, without the grid and overrides
-(which address models). Baselines may also be listed under ``configs``; either way the report recognises them
-from their records (``baseline``) and shows them as rows of the same table, and a config whose
+expands into ``len(configs) x len(variants) x prod(len(grid values)) x len(seeds)`` runs, plus one run per
+baseline: a baseline is deterministic given its ``sample_seed``, so it runs once, at the first seed, without the
+grid, variants and overrides (which address models). Baselines may also be listed under ``configs``; either way
+the report recognises them from their records (``baseline``) and shows them as rows of the same table, and a config
+whose
 ``model.init_args.baseline`` is set runs with :data:`NO_TRAINING` (one empty training step, then the test).
 A run's id is a readable prefix (config folder and name, seed) plus a hash of the config path as written, all
 overrides and the seed, so the same spec always gives the same ids, and changing a budget gives new ones.
@@ -35,11 +42,18 @@ from typing import Any
 
 import yaml
 
-SPEC_KEYS = {"name", "configs", "baselines", "seeds", "grid", "overrides", "reference", "description", "notes"}
+from tsdiffusion.errors import ConfigError
+
+SPEC_KEYS = {
+    "name", "configs", "baselines", "seeds", "grid", "overrides", "reference", "description", "notes", "variants",
+    "ablation",
+}  # fmt: skip
+#: The grid axis of a spec's ``variants`` (named override sets).
+VARIANT = "variant"
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
-class SpecError(ValueError):
+class SpecError(ConfigError):
     """A sweep spec that cannot be expanded (unknown key, missing config, bad value)."""
 
 
@@ -56,6 +70,8 @@ class SweepSpec:
     path: Path | None = None
     baselines: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
+    variants: dict[str, dict[str, Any]] = field(default_factory=dict)
+    ablation: dict[str, Any] = field(default_factory=dict)
 
     def resolve(self, config: str) -> Path:
         """A config path as written -> an existing file: the working directory first, then the spec's folder
@@ -98,7 +114,12 @@ class Run:
 def load_spec(path: str | Path) -> SweepSpec:
     """Read and check a sweep spec yaml."""
     path = Path(path)
-    raw = yaml.safe_load(path.read_text())
+    if not path.is_file():
+        raise SpecError(f"{path}: no such sweep spec file")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise SpecError(f"{path}: not a readable YAML file ({' '.join(str(err).split())})") from None
     if not isinstance(raw, dict):
         raise SpecError(f"{path}: a sweep spec is a mapping with keys {sorted(SPEC_KEYS)}")
     return parse_spec(raw, path=path)
@@ -124,6 +145,19 @@ def parse_spec(raw: dict[str, Any], path: Path | None = None) -> SweepSpec:
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
             raise SpecError(f"{where}: grid values of {key!r} must be a non-empty list, got {values!r}")
+    variants = raw.get("variants") or {}
+    if not isinstance(variants, dict) or not all(isinstance(v, dict | type(None)) for v in variants.values()):
+        raise SpecError(f"{where}: 'variants' must map names to override mappings, got {variants!r}")
+    variants = {str(k): dict(v or {}) for k, v in variants.items()}
+    if VARIANT in grid:
+        raise SpecError(f"{where}: {VARIANT!r} is the axis of 'variants', not a grid key")
+    ablation = raw.get("ablation") or {}
+    if not isinstance(ablation, dict):
+        raise SpecError(f"{where}: 'ablation' must map factors (grid keys or {VARIANT!r}) to their reference level")
+    for factor, level in ablation.items():
+        levels = list(variants) if factor == VARIANT else grid.get(factor)
+        if levels is None or level not in levels:
+            raise SpecError(f"{where}: ablation reference {factor}={level!r} is not a level of the spec ({levels})")
     return SweepSpec(
         name=name,
         configs=tuple(str(c) for c in configs),
@@ -134,6 +168,8 @@ def parse_spec(raw: dict[str, Any], path: Path | None = None) -> SweepSpec:
         reference=raw.get("reference"),
         path=path.resolve() if path else None,
         notes=_notes(raw.get("notes"), where),
+        variants=variants,
+        ablation=dict(ablation),
     )
 
 
@@ -164,17 +200,22 @@ def is_baseline_config(spec: SweepSpec, config: str) -> bool:
 
 
 def expand(spec: SweepSpec) -> list[Run]:
-    """All runs of a spec, in the order configs x grid combinations x seeds; ids are unique and stable."""
+    """All runs of a spec, in the order configs x variants x grid combinations x seeds; ids are unique and stable.
+
+    A variant's overrides come after the common ones and before the grid's; its name is the run's ``variant``
+    grid value (the overrides themselves, not the name, enter the run id)."""
     keys = list(spec.grid)
     combos = list(itertools.product(*(spec.grid[k] for k in keys)))
+    variants = spec.variants.items() if spec.variants else [(None, {})]
     runs = []
     for config in spec.configs:
         extra = NO_TRAINING if is_baseline_config(spec, config) else {}
-        for combo in combos:
-            grid = dict(zip(keys, combo))
-            for seed in spec.seeds:
-                overrides = {**spec.overrides, **grid, **extra}
-                runs.append(Run(run_id(config, overrides, seed), config, seed, overrides, grid))
+        for name, changes in variants:
+            for combo in combos:
+                grid = ({VARIANT: name} if name is not None else {}) | dict(zip(keys, combo))
+                for seed in spec.seeds:
+                    overrides = {**spec.overrides, **changes, **dict(zip(keys, combo)), **extra}
+                    runs.append(Run(run_id(config, overrides, seed), config, seed, overrides, grid))
     for config in spec.baselines:
         runs.append(Run(run_id(config, NO_TRAINING, spec.seeds[0]), config, spec.seeds[0], dict(NO_TRAINING), {}))
     ids = [r.id for r in runs]

@@ -15,7 +15,10 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from tsdiffusion.errors import cli_errors
 
+
+@cli_errors  # project errors: one line and exit code 2 or 1; `--debug` / TSDIFFUSION_DEBUG=1: the traceback
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: ``tsdiffusion benchmark ...`` goes to the runner, the rest to LightningCLI."""
     args = sys.argv[1:] if argv is None else argv

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from tsdiffusion.benchmark.ablation import has_ablation, parse_references, write_ablation
 from tsdiffusion.benchmark.collect import sweep_notes
 from tsdiffusion.benchmark.executors import (
     LocalExecutor,
@@ -42,6 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--executor", choices=("local", "slurm"), default="local")
     p.add_argument("--gpus", help="GPU ids '0,1,2,3' or 'auto' (one run per GPU group); default: auto")
     p.add_argument("--workers", type=int, default=1, help="concurrent runs on CPU when no GPU is used")
+    p.add_argument("--threads", type=int, help="torch threads per CPU run (default: the cores / workers)")
     p.add_argument(
         "--devices-per-run",
         type=int,
@@ -88,11 +90,19 @@ def _report_parser() -> argparse.ArgumentParser:
         help="print the summary as Markdown (mean ± std over seeds, best in bold, machine and dates), ready to "
         "paste into a README; default: the plain-text summary (120 columns)",
     )
+    p.add_argument(
+        "--ablation",
+        nargs="?",
+        const="",
+        metavar="FACTOR=LEVEL,...",
+        help="also print the ablation table (tsdiffusion.benchmark.ablation, also in ablation.md/.csv/.png and "
+        "results.md); reference levels: these, else the spec's 'ablation:', else each factor's first level",
+    )
     return p
 
 
 def print_summary(sweep_dir: Path, reference: Path | None = None, metrics: list[str] | None = None,
-                  as_markdown: bool = False) -> int:  # fmt: skip
+                  as_markdown: bool = False, ablation: str | None = None) -> int:  # fmt: skip
     """Write the report files and print the summary table (text, or Markdown for a README); returns the
     number of flagged runs (left out of the means)."""
     report(sweep_dir, reference, metrics)
@@ -101,6 +111,8 @@ def print_summary(sweep_dir: Path, reference: Path | None = None, metrics: list[
         print(summary_markdown(groups, entries, records, flagged, sweep_notes(sweep_dir)), end="")
     else:
         print((sweep_dir / "results.txt").read_text(), end="")
+    if ablation is not None or has_ablation(sweep_dir):  # the spec's `ablation:` or --ablation
+        print("\n" + write_ablation(sweep_dir, parse_references(ablation), metrics), end="")
     if flagged:
         print(f"warning: {len(flagged)} run(s) flagged (exploded samples or non-finite metrics), left out of the "
               "table's means; see 'Flagged' above", file=sys.stderr)  # fmt: skip
@@ -127,7 +139,8 @@ def _executor(args: argparse.Namespace, sweep_dir: Path) -> tuple[LocalExecutor 
     gpus = parse_gpus(args.gpus or ("auto" if args.workers <= 1 else None)) if args.devices_per_run != 0 else []
     if gpus:
         return LocalExecutor(gpu_slots(gpus, args.devices_per_run or 1)), args.devices_per_run or 1
-    return LocalExecutor(cpu_slots(args.workers)), None
+    cores = args.threads * args.workers if args.threads else None
+    return LocalExecutor(cpu_slots(args.workers, cores)), None
 
 
 def _interrupt(signum, frame) -> None:
@@ -140,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] == "report":
         args = _report_parser().parse_args(argv[1:])
         metrics = args.metrics.split(",") if args.metrics else None
-        print_summary(args.sweep_dir, args.reference, metrics, args.markdown)
+        print_summary(args.sweep_dir, args.reference, metrics, args.markdown, args.ablation)
         return 0
     args = _parser().parse_args(argv)
     spec = load_spec(args.spec)

@@ -54,6 +54,7 @@ from tsdiffusion.data.windows import (
     series_stats,
     window_starts,
 )
+from tsdiffusion.errors import ConfigError
 
 Normalise = Literal["zscore", "minmax", "none"]
 
@@ -100,9 +101,9 @@ class AnomalyDataModule(TSDataModule):
     ):
         super().__init__(batch_size, eval_batch_size, num_workers)
         if window_length < 2 or stride < 1 or (test_stride is not None and test_stride < 1):
-            raise ValueError(f"need window_length >= 2 and strides >= 1, got {window_length}, {stride}, {test_stride}")
+            raise ConfigError(f"need window_length >= 2 and strides >= 1, got {window_length}, {stride}, {test_stride}")
         if not 0 < val_fraction < 1:
-            raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+            raise ConfigError(f"val_fraction must be in (0, 1), got {val_fraction}")
         self.window_length, self.stride = window_length, stride
         self.test_stride = test_stride or max(1, window_length // 2)
         self.val_fraction, self.normalise = val_fraction, normalise
@@ -285,7 +286,7 @@ class NABDataModule(AnomalyDataModule):
             num_workers,
         )
         if not 0 < train_fraction < 1:
-            raise ValueError(f"train_fraction must be in (0, 1), got {train_fraction}")
+            raise ConfigError(f"train_fraction must be in (0, 1), got {train_fraction}")
         self.series_keys, self.train_fraction = series, train_fraction
         self.path, self.cache_dir = path, cache_dir
 

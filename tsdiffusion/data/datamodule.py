@@ -17,6 +17,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from tsdiffusion.batch import check_batch
+from tsdiffusion.errors import ConfigError
 
 SPLITS = ("train", "val", "test")
 
@@ -63,7 +64,7 @@ class TSDataModule(L.LightningDataModule):
     def __init__(self, batch_size: int = 16, eval_batch_size: int | None = None, num_workers: int = 0):
         super().__init__()
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers

@@ -10,11 +10,11 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
+from tsdiffusion.errors import DataSourceError
+
+__all__ = ["DEFAULT_CACHE", "DataSourceError", "fetch", "resolve", "safe_extract", "sha256sum", "verify"]
+
 DEFAULT_CACHE = Path(os.environ.get("TSDIFFUSION_CACHE", Path.home() / ".cache" / "tsdiffusion"))
-
-
-class DataSourceError(RuntimeError):
-    """A data file is missing, unreadable or fails its checksum."""
 
 
 def sha256sum(path: str | Path, chunk: int = 1 << 20) -> str:

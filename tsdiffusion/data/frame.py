@@ -74,6 +74,7 @@ from tsdiffusion.data.windows import (
     time_regions,
     window_ends,
 )
+from tsdiffusion.errors import ConfigError
 
 __all__ = ["FrameDataError", "FrameDataModule", "Panel", "Windows", "make_window_fields", "panel_time_features",
            "time_regions"]  # fmt: skip
@@ -185,12 +186,12 @@ class FrameDataModule(TSDataModule):
         _check_options(layout, split, protocol, scaling, missing_pattern)
         _check_sizes(window_length, stride, val_fraction, test_fraction, missing_ratio, prediction_length, protocol)
         if eval_stride is not None and eval_stride < 1:
-            raise ValueError(f"eval_stride must be >= 1, got {eval_stride}")
+            raise ConfigError(f"eval_stride must be >= 1, got {eval_stride}")
         if max_series is not None and max_series < 1:
-            raise ValueError(f"max_series must be >= 1, got {max_series}")
+            raise ConfigError(f"max_series must be >= 1, got {max_series}")
         block_length = tuple(block_length)
         if len(block_length) != 2 or not 1 <= block_length[0] <= block_length[1]:
-            raise ValueError(f"block_length must be (min, max) with 1 <= min <= max, got {block_length}")
+            raise ConfigError(f"block_length must be (min, max) with 1 <= min <= max, got {block_length}")
         self.path, self.label_path = path, label_path
         self.spec = FrameSpec(layout, timestamp_column, item_column, value_column,
                               tuple(series) if series else None, label_column, freq)  # fmt: skip
@@ -419,7 +420,7 @@ def _check_options(layout: str, split: str, protocol: str, scaling: str, missing
     )
     for arg, value, allowed in options:
         if value not in allowed:
-            raise ValueError(f"{arg} must be one of {allowed}, got {value!r}")
+            raise ConfigError(f"{arg} must be one of {allowed}, got {value!r}")
 
 
 def _check_sizes(
@@ -427,12 +428,12 @@ def _check_sizes(
     prediction_length: int, protocol: str,
 ) -> None:  # fmt: skip
     if window_length < 1 or (stride is not None and stride < 1):
-        raise ValueError(f"window_length and stride must be >= 1, got {window_length} and {stride}")
+        raise ConfigError(f"window_length and stride must be >= 1, got {window_length} and {stride}")
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
-        raise ValueError(
+        raise ConfigError(
             f"val_fraction and test_fraction must be >= 0 and sum to < 1, got {val_fraction}, {test_fraction}"
         )
     if not 0 < missing_ratio < 1:
-        raise ValueError(f"missing_ratio must be in (0, 1), got {missing_ratio}")
+        raise ConfigError(f"missing_ratio must be in (0, 1), got {missing_ratio}")
     if protocol == "forecast" and not 1 <= prediction_length < window_length:
-        raise ValueError(f"prediction_length must be in [1, window_length={window_length}), got {prediction_length}")
+        raise ConfigError(f"prediction_length must be in [1, window_length={window_length}), got {prediction_length}")

@@ -31,18 +31,20 @@ from tsdiffusion.data.sources.gluonts import (  # noqa: F401  (the reader's name
     source_path,
     to_dataframe,
 )
-from tsdiffusion.data.time_features import time_features
+from tsdiffusion.data.time_features import TimeFeatureKind
+from tsdiffusion.data.time_features import time_features as calendar_features
 from tsdiffusion.data.windows import (
     context_loc_scale,
     cut_window,
     mean_abs_scale,
     series_stats,
 )
+from tsdiffusion.errors import ConfigError
 
 Scaling = Literal["standard", "mean", "context", "none"]
 
 
-class ContextTooLongError(ValueError):
+class ContextTooLongError(ConfigError):
     """The window (lag history + context + horizon) does not fit in the series."""
 
 
@@ -157,6 +159,9 @@ class GluonTSDataModule(TSDataModule):
             each series over the window's context (instance normalisation, as RevIN, Kim et al. 2022; not
             a setting of either paper: it puts the horizon's changes, not the level, on the unit scale the
             noise schedule is built for); ``"none"``.
+        time_features: ``"gluonts"`` (default): GluonTS's calendar features in [-0.5, 0.5] (business-daily: 3,
+            hourly: 4); ``"fourier"``: pytorch-ts TimeGrad's defaults, cos/sin of the calendar fields
+            (business-daily: day of week and day of year, 4 values; hourly: hour and day of week, 4 values).
         seed: seeds the train window sampler on its own; ``None`` follows torch's global seed.
         cache_dir: where downloads are kept (default ``$TSDIFFUSION_CACHE`` or ``~/.cache/tsdiffusion``).
         batch_size, eval_batch_size, num_workers: as :class:`TSDataModule`.
@@ -172,6 +177,7 @@ class GluonTSDataModule(TSDataModule):
         num_train_windows: int | None = 6400,
         num_val_windows: int = 5,
         scaling: Scaling = "standard",
+        time_features: TimeFeatureKind = "gluonts",
         seed: int | None = None,
         cache_dir: str | None = None,
         batch_size: int = 16,
@@ -181,10 +187,13 @@ class GluonTSDataModule(TSDataModule):
         super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers)
         _check_args(name, path, context_length, prediction_length, max_lag, num_train_windows, num_val_windows)
         if scaling not in ("standard", "mean", "context", "none"):
-            raise ValueError(f"scaling must be 'standard', 'mean', 'context' or 'none', got {scaling!r}")
+            raise ConfigError(f"scaling must be 'standard', 'mean', 'context' or 'none', got {scaling!r}")
         self.name, self.path, self.cache_dir = name, path, cache_dir
         self._context_length, self._prediction_length = context_length, prediction_length
+        if time_features not in ("gluonts", "fourier"):
+            raise ValueError(f"time_features must be 'gluonts' or 'fourier', got {time_features!r}")
         self.max_lag, self.scaling, self.seed = max_lag, scaling, seed
+        self.time_feature_kind = time_features
         self.num_train_windows, self.num_val_windows = num_train_windows, num_val_windows
         self.data: GluonTSData | None = None
         self._tf: np.ndarray | None = None
@@ -235,7 +244,7 @@ class GluonTSDataModule(TSDataModule):
     def _time_features(self) -> np.ndarray:
         if self._tf is None:
             data = self._load()
-            self._tf = time_features(data.index(), data.freq)
+            self._tf = calendar_features(data.index(), data.freq, self.time_feature_kind)
         return self._tf
 
     def window_spec(self) -> WindowSpec:
@@ -289,7 +298,7 @@ def _check_args(
     num_val_windows: int,
 ) -> None:
     if path is None and name not in KNOWN_DATASETS:
-        raise ValueError(f"unknown data set {name!r}: use one of {sorted(KNOWN_DATASETS)} or pass `path`")
+        raise ConfigError(f"unknown data set {name!r}: use one of {sorted(KNOWN_DATASETS)} or pass `path`")
     limits = (
         ("context_length", context_length, 1),
         ("prediction_length", prediction_length, 1),
@@ -299,7 +308,7 @@ def _check_args(
     )
     for arg, value, low in limits:
         if value is not None and value < low:
-            raise ValueError(f"{arg} must be >= {low}, got {value}")
+            raise ConfigError(f"{arg} must be >= {low}, got {value}")
 
 
 def _check_fits(data: GluonTSData, spec: WindowSpec, num_val_windows: int) -> None:

@@ -65,6 +65,7 @@ from tsdiffusion.data.windows import (
     observed_stats,
     split_indices,
 )
+from tsdiffusion.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -115,13 +116,13 @@ class PhysioNetDataModule(TSDataModule):
     ):
         super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers)
         if not 0.0 < missing_ratio < 1.0:
-            raise ValueError(f"missing_ratio must be in (0, 1) (the paper uses 0.1, 0.5, 0.9), got {missing_ratio}")
+            raise ConfigError(f"missing_ratio must be in (0, 1) (the paper uses 0.1, 0.5, 0.9), got {missing_ratio}")
         if not 0 <= fold < NUM_FOLDS:
-            raise ValueError(f"fold must be in 0..{NUM_FOLDS - 1}, got {fold}")
+            raise ConfigError(f"fold must be in 0..{NUM_FOLDS - 1}, got {fold}")
         if protocol not in ("csdi", "train"):
-            raise ValueError(f"protocol must be 'csdi' or 'train', got {protocol!r}")
+            raise ConfigError(f"protocol must be 'csdi' or 'train', got {protocol!r}")
         if max_records is not None and max_records < 1:
-            raise ValueError(f"max_records must be >= 1 or None, got {max_records}")
+            raise ConfigError(f"max_records must be >= 1 or None, got {max_records}")
         self.save_hyperparameters()
         self.path, self.outcomes = path, outcomes
         self.missing_ratio, self.fold, self.seed, self.protocol = missing_ratio, fold, seed, protocol
@@ -147,7 +148,7 @@ class PhysioNetDataModule(TSDataModule):
         splits = split_indices(len(ids), self.fold, self.seed)
         for split, idx in splits.items():
             if len(idx) == 0:
-                raise ValueError(f"{len(ids)} records leave the {split} split empty; use at least 5 records")
+                raise ConfigError(f"{len(ids)} records leave the {split} split empty; use at least 5 records")
         ref = splits["train"] if self.protocol == "train" else slice(None)
         mean, std = observed_stats(values[ref], mask[ref])
         self.loc, self.scale = mean.astype(np.float32), std.astype(np.float32)

@@ -38,6 +38,7 @@ from torch.utils.data import DataLoader, RandomSampler
 from tsdiffusion.data.datamodule import TSDataModule, WindowDataset
 from tsdiffusion.data.time_features import time_features
 from tsdiffusion.data.windows import fixed_block_holdout_mask, holdout_mask
+from tsdiffusion.errors import ConfigError
 from tsdiffusion.oracle import LinearGaussianSSM, Posterior, optimal_scores, posterior, sampled_scores
 
 Protocol = Literal["forecast", "impute"]
@@ -166,9 +167,9 @@ class SyntheticDataModule(TSDataModule):
     ):
         super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers)
         if protocol not in ("forecast", "impute"):
-            raise ValueError(f"SyntheticDataModule: protocol must be 'forecast' or 'impute', got {protocol!r}")
+            raise ConfigError(f"SyntheticDataModule: protocol must be 'forecast' or 'impute', got {protocol!r}")
         if not 0 <= natural_missing < 1 or not 0 < holdout_ratio < 1:
-            raise ValueError(
+            raise ConfigError(
                 f"SyntheticDataModule: natural_missing must be in [0, 1) and holdout_ratio in (0, 1), got "
                 f"{natural_missing} and {holdout_ratio}"
             )
@@ -187,7 +188,7 @@ class SyntheticDataModule(TSDataModule):
         self._posteriors: dict[tuple[str, str], list[Posterior]] = {}
         needed = self.seq_len + num_val_windows * prediction_length
         if protocol == "forecast" and train_length < needed:
-            raise ValueError(f"SyntheticDataModule: train_length={train_length} < one window + validation = {needed}")
+            raise ConfigError(f"SyntheticDataModule: train_length={train_length} < one window + validation = {needed}")
 
     # -- sizes --------------------------------------------------------------------------------
     @property

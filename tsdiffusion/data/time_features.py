@@ -13,18 +13,22 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 from pandas.tseries import offsets
 from pandas.tseries.frequencies import to_offset
 
+from tsdiffusion.errors import ConfigError
 
-class FrequencyError(ValueError):
+
+class FrequencyError(ConfigError):
     """A frequency string that pandas cannot parse or that has no calendar features."""
 
 
 TimeFeature = Callable[[pd.DatetimeIndex], np.ndarray]
+TimeFeatureKind = Literal["gluonts", "fourier"]
 
 
 def second_of_minute(index: pd.DatetimeIndex) -> np.ndarray:
@@ -124,14 +128,66 @@ def time_features_for(freq: str | pd.DateOffset) -> tuple[TimeFeature, ...]:
     )
 
 
-def time_features(index: pd.DatetimeIndex, freq: str | pd.DateOffset) -> np.ndarray:
-    """Calendar features of ``index`` for ``freq``: (L, F) float32 in [-0.5, 0.5]."""
+def time_features(index: pd.DatetimeIndex, freq: str | pd.DateOffset, kind: TimeFeatureKind = "gluonts") -> np.ndarray:
+    """Calendar features of ``index`` for ``freq``: (L, F) float32.
+
+    ``kind="gluonts"``: GluonTS's features in [-0.5, 0.5] (this module's table); ``"fourier"``: pytorch-ts's
+    TimeGrad covariates, :func:`fourier_time_features`.
+    """
+    if kind == "fourier":
+        return fourier_time_features(index, freq)
+    if kind != "gluonts":
+        raise ValueError(f"time feature kind must be 'gluonts' or 'fourier', got {kind!r}")
     features = time_features_for(freq)
     if not features:
         return np.zeros((len(index), 0), dtype=np.float32)
     return np.stack([f(index) for f in features], axis=-1).astype(np.float32)
 
 
-def num_time_features(freq: str | pd.DateOffset) -> int:
-    """F, the number of calendar features for ``freq``."""
+def num_time_features(freq: str | pd.DateOffset, kind: TimeFeatureKind = "gluonts") -> int:
+    """F, the number of calendar features for ``freq`` (``kind``: see :func:`time_features`)."""
+    if kind == "fourier":
+        return 2 * len(_fourier_fields(freq))
     return len(time_features_for(freq))
+
+
+# pytorch-ts 0.6 ``pts.feature.fourier_time_features_from_frequency``: the TimeGrad estimator's default covariates.
+_FOURIER_FIELDS = (
+    (offsets.MonthEnd, ("weekofyear",)),
+    (offsets.MonthBegin, ("weekofyear",)),
+    (offsets.Week, ("daysinmonth", "weekofyear")),
+    (offsets.Day, ("dayofweek",)),
+    (offsets.BusinessDay, ("dayofweek", "dayofyear")),
+    (offsets.Hour, ("hour", "dayofweek")),
+    (offsets.Minute, ("minute", "hour", "dayofweek")),
+)
+
+
+def _fourier_fields(freq: str | pd.DateOffset) -> tuple[str, ...]:
+    offset = freq if isinstance(freq, pd.DateOffset) else parse_freq(freq)
+    for offset_type, fields in _FOURIER_FIELDS:
+        if isinstance(offset, offset_type):
+            return fields
+    raise FrequencyError(
+        f"no Fourier (pytorch-ts) calendar features for frequency {offset.freqstr!r}; supported: monthly, "
+        "weekly, daily, business-daily, hourly, minutely"
+    )
+
+
+def fourier_time_features(index: pd.DatetimeIndex, freq: str | pd.DateOffset) -> np.ndarray:
+    """pytorch-ts 0.6's TimeGrad covariates (``FourierDateFeatures``): (L, 2 F) float32.
+
+    For each calendar field of ``freq`` (business-daily: day of week and day of year; hourly: hour and day of
+    week), ``cos`` and ``sin`` of ``2 pi v / (max(v) + 1)`` where ``v`` is the pandas field (``dayofyear``
+    counts from 1) and the maximum is taken over ``index`` itself, as the original does over each series'
+    index; columns ``[cos f1, sin f1, cos f2, sin f2, ...]`` (``AddTimeFeatures`` + ``VstackFeatures``).
+    """
+    columns = []
+    for field in _fourier_fields(freq):
+        if field == "weekofyear":
+            values = index.isocalendar().week.to_numpy().astype(np.float64)
+        else:
+            values = getattr(index, field).to_numpy().astype(np.float64)
+        steps = values * 2.0 * np.pi / (values.max() + 1)
+        columns += [np.cos(steps), np.sin(steps)]
+    return np.stack(columns, axis=-1).astype(np.float32)

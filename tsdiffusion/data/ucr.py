@@ -25,6 +25,7 @@ from tsdiffusion.data.sources.ucr import (  # noqa: F401  (the reader's names, r
     read_ucr_split,
 )
 from tsdiffusion.data.windows import Windows, make_window_fields, pad_to, series_stats, stratified_split
+from tsdiffusion.errors import ConfigError
 
 
 class UCRDataModule(TSDataModule):
@@ -62,9 +63,9 @@ class UCRDataModule(TSDataModule):
     ):
         super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers)
         if not 0.0 <= val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+            raise ConfigError(f"val_fraction must be in [0, 1), got {val_fraction}")
         if normalization not in ("standard", "none"):
-            raise ValueError(f"normalization must be 'standard' or 'none', got {normalization!r}")
+            raise ConfigError(f"normalization must be 'standard' or 'none', got {normalization!r}")
         self.name, self.path, self.cache_dir = name, path, cache_dir
         self.normalization, self.val_fraction, self.seed = normalization, val_fraction, seed
         self.class_names: tuple[str, ...] = ()

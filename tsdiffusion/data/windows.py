@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tsdiffusion.errors import ConfigError
+
 # -- splits -------------------------------------------------------------------------------------------
 
 
@@ -96,7 +98,7 @@ def block_holdout_mask(
     values are; only observed values become targets. One ``rng`` stream, as :func:`holdout_mask`.
     """
     if not 1 <= min_length <= max_length:
-        raise ValueError(f"block lengths must satisfy 1 <= min_length <= max_length, got {min_length}, {max_length}")
+        raise ConfigError(f"block lengths must satisfy 1 <= min_length <= max_length, got {min_length}, {max_length}")
     N, T, K = observed.shape
     target = np.zeros(observed.shape, dtype=bool)
     for n in range(N):

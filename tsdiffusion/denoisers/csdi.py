@@ -18,7 +18,8 @@ the computation is rearranged for speed and memory, with the same parameters and
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -199,6 +200,19 @@ def _dropout(x: Tensor, p: float) -> Tensor:
     return torch.where(keep, x, 0.0).mul_(65536 / (65536 - drop))
 
 
+@dataclass
+class ChainSide:
+    """One residual layer's side-information term for a whole sampling chain (:meth:`CSDIResidualLayer.chain_side`):
+    ``full`` (B, L, K, 2C) with the mid-projection's bias, or the parts ``time`` (B, L, 1, 2C), ``feature``
+    (B, 1, K, 2C), ``mask`` (B, L, K, 1) or None and its weight ``w_mask`` (2C,)."""
+
+    full: Tensor | None
+    time: Tensor | None
+    feature: Tensor | None
+    mask: Tensor | None
+    w_mask: Tensor | None
+
+
 class CSDIResidualLayer(nn.Module):
     """One residual layer of CSDI (Fig. 6): step embedding, time and feature transformers, side
     information, gated activation; returns ``((x + residual) / sqrt(2), skip)``.
@@ -231,21 +245,48 @@ class CSDIResidualLayer(nn.Module):
             for axis in ("L", "K")
         )
 
-    def forward(self, x: Tensor, step: Tensor, side: tuple[Tensor, Tensor, Tensor | None]) -> tuple[Tensor, Tensor]:
-        """x: (B, L, K, C); step: (B, E); side: time (B, L, T), feature (B, K, F), mask (B, L, K) or None.
+    def forward(
+        self, x: Tensor, step: Tensor, side: tuple[Tensor, Tensor, Tensor | None] | ChainSide
+    ) -> tuple[Tensor, Tensor]:
+        """x: (B, L, K, C); step: (B, E) or (1, E); side: time (B, L, T), feature (B, K, F), mask (B, L, K) or
+        None, or their projection computed once per chain (:meth:`chain_side`).
 
         Returns the residual output and the skip output, both (B, L, K, C).
         """
-        _, L, K, _ = x.shape
+        B, L, K, C = x.shape
         y = x + self.diffusion_projection(step)[:, None, None, :]
         if L > 1:
             y = self.time_layer(y)
         if K > 1:
             y = self.feature_layer(y)
-        y = self._add_side(self.mid_projection(y), side)  # (B, L, K, 2C)
+        if isinstance(side, ChainSide) and side.full is not None:  # side + y W^T in the GEMM's own accumulator
+            w = self.mid_projection.weight
+            y = torch.addmm(side.full.view(-1, 2 * C), y.reshape(-1, C), w.t()).view(B, L, K, 2 * C)
+        elif isinstance(side, ChainSide):
+            y = self.mid_projection(y).add_(side.time).add_(side.feature)
+            if side.mask is not None:
+                y.addcmul_(side.mask, side.w_mask)
+        else:
+            y = self._add_side(self.mid_projection(y), side)  # (B, L, K, 2C)
         gate, filt = y.chunk(2, dim=-1)
         residual, skip = self.output_projection(torch.sigmoid(gate) * torch.tanh(filt)).chunk(2, dim=-1)
         return (x + residual) / math.sqrt(2.0), skip
+
+    def chain_side(self, side: tuple[Tensor, Tensor, Tensor | None], full_budget: int) -> ChainSide:
+        """What this layer adds to ``mid_projection(y)``, computed once per sampling chain: the conditional
+        projection of the side information plus both biases, as one (B, L, K, 2C) tensor if it takes at most
+        ``full_budget`` bytes (then the GEMM adds it for free), else as its broadcastable parts."""
+        time_emb, feature_emb, mask = side
+        w_time, w_feature, w_mask = self.cond_projection.weight.split(self.side_dims, dim=1)
+        t = F.linear(time_emb, w_time, self.cond_projection.bias).unsqueeze(2)  # (B, L, 1, 2C)
+        f = F.linear(feature_emb, w_feature).unsqueeze(1)  # (B, 1, K, 2C)
+        m = None if mask is None else mask.unsqueeze(-1)
+        w = w_mask.squeeze(-1).to(t.dtype)
+        B, L, _, D = t.shape
+        if B * L * f.shape[2] * D * t.element_size() > full_budget:
+            return ChainSide(None, t, f, m, w)
+        full = (t + self.mid_projection.bias.to(t.dtype)) + f
+        return ChainSide(full if m is None else full.addcmul_(m, w), None, None, None, None)
 
     def _add_side(self, y: Tensor, side: tuple[Tensor, Tensor, Tensor | None]) -> Tensor:
         """``y + cond_projection(concatenated side information)``, in place, one part at a time.
@@ -382,6 +423,55 @@ class CSDIDenoiser(nn.Module):
                 h, s = checkpoint(layer, h, step, side, use_reentrant=False)
             else:
                 h, s = layer(h, step, side)
+            skip = s + skip
+        h = F.relu(self.output_projection1(skip / math.sqrt(len(self.residual_layers))))
+        return self.output_projection2(h).squeeze(-1)
+
+    # everything a chain's denoiser calls share is computed once if it takes at most this many bytes per layer
+    chain_cache_bytes: int = 256 * 2**20
+
+    def bind(self, cond: Cond) -> Callable[[Tensor, Tensor], Tensor]:
+        """``(x_t, t) -> self(x_t, t, cond)`` for a sampling chain (no grad), with everything that depends only
+        on ``cond`` computed on the first call and reused by every later one: the input projection of the
+        conditioning channels, the mask, the time and feature embeddings and each layer's conditional
+        projection of them (one (B, L, K, 2C) tensor per layer when it fits ``chain_cache_bytes``, added by
+        the mid-projection GEMM). A step shared by all rows is embedded once. Same output as ``forward`` to
+        float rounding (tests/denoisers/test_denoiser_csdi.py). A denoiser whose ``forward`` was replaced on the
+        instance (``tsdiffusion.compile.compile_denoiser``) is called through it instead, without the caches."""
+        if "forward" in vars(self):
+            return lambda x_t, t: self(x_t, t, cond)
+        cache: dict = {}
+
+        def denoise(x_t: Tensor, t: Tensor) -> Tensor:
+            key = (x_t.shape, x_t.dtype, x_t.device, torch.is_autocast_enabled(x_t.device.type))
+            if cache.get("key") != key or torch.is_grad_enabled():
+                cache.clear()
+                cache.update(self._chain_cache(x_t, cond), key=key)
+            return self._chain_forward(x_t, t, cache)
+
+        return denoise
+
+    def _chain_cache(self, x_t: Tensor, cond: Cond) -> dict:
+        mask = None if self.unconditional else _require(cond, "cond_mask").to(x_t.dtype)
+        w, b = self.input_projection.weight, self.input_projection.bias
+        if mask is None:  # the input is x_t alone
+            base, w_x, free = b, w[:, 0], None
+        else:  # every input channel but x_t's (channel 1) is fixed by the conditioning
+            static = self._input(torch.zeros_like(x_t), cond, mask)
+            keep = [i for i in range(static.shape[-1]) if i != 1]
+            base, w_x, free = F.linear(static[..., keep], w[:, keep], b), w[:, 1], 1 - mask
+        side = (*self._embeddings(x_t, cond), mask)
+        layers = [layer.chain_side(side, self.chain_cache_bytes) for layer in self.residual_layers]
+        return {"base": base, "w_x": w_x, "free": free, "layers": layers}
+
+    def _chain_forward(self, x_t: Tensor, t: Tensor, cache: dict) -> Tensor:
+        x = x_t if cache["free"] is None else cache["free"] * x_t
+        h = F.relu(torch.addcmul(cache["base"], x.unsqueeze(-1), cache["w_x"].to(cache["base"].dtype)))
+        same_step = t.numel() > 0 and bool((t == t[0]).all())
+        step = self.diffusion_embedding(t[:1] if same_step else t)  # (1 or B, E)
+        skip: Tensor | float = 0.0
+        for layer, side in zip(self.residual_layers, cache["layers"]):
+            h, s = layer(h, step, side)
             skip = s + skip
         h = F.relu(self.output_projection1(skip / math.sqrt(len(self.residual_layers))))
         return self.output_projection2(h).squeeze(-1)

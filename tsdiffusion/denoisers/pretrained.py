@@ -23,11 +23,13 @@ import torch
 from torch import Tensor
 
 from tsdiffusion.denoisers.csdi import CSDIDenoiser, convert_original_state_dict
+from tsdiffusion.errors import CheckpointError
 
 OFFICIAL_COMMIT = "7f24a436f08d98853a6b43d4f7f04e5a65ecdf27"
 OFFICIAL_CSDI_PHYSIONET_URL = (
     f"https://raw.githubusercontent.com/ermongroup/CSDI/{OFFICIAL_COMMIT}/save/pretrained/model.pth"
 )
+
 OFFICIAL_CSDI_PHYSIONET_SHA256 = "9acb4ee828a0c271466814c703d00c666caecb826fc5e9c2438ae39bd8d72771"
 OFFICIAL_FILENAME = "csdi_physionet_official_7f24a43.pth"
 
@@ -51,7 +53,7 @@ def original_architecture(state: Mapping[str, Tensor]) -> dict:
         step_dim = state["diffmodel.diffusion_embedding.projection1.weight"].shape[1]
         side_dim = state["diffmodel.residual_layers.0.cond_projection.weight"].shape[1]
     except KeyError as err:
-        raise ValueError(f"not a state dict of the original CSDI code (CSDI_base): no {err}") from err
+        raise CheckpointError(f"not a state dict of the original CSDI code (CSDI_base): no {err}") from err
     layers = len({k.split(".")[2] for k in state if k.startswith("diffmodel.residual_layers.")})
     unconditional = in_dim == 1
     linear = any(".layers.layers.0." in k for k in state)
@@ -71,7 +73,7 @@ def read_original_state(path: str | Path) -> dict[str, Tensor]:
     """The state dict in a file saved by the original code (``torch.save(model.state_dict())``)."""
     state = torch.load(Path(path), map_location="cpu", weights_only=True)
     if not isinstance(state, Mapping):
-        raise ValueError(f"{path}: expected a state dict (a mapping of tensors), got {type(state).__name__}")
+        raise CheckpointError(f"{path}: expected a state dict (a mapping of tensors), got {type(state).__name__}")
     return dict(state)
 
 
@@ -97,7 +99,9 @@ class PretrainedCSDIDenoiser(CSDIDenoiser):
         state = read_original_state(path)
         arch = original_architecture(state)
         if arch["num_features"] != num_features:
-            raise ValueError(f"{path}: the checkpoint has {arch['num_features']} features, the data {num_features}")
+            raise CheckpointError(
+                f"{path}: the checkpoint has {arch['num_features']} features, the data {num_features}"
+            )
         super().__init__(heads=heads, **arch)
         self.load_state_dict(convert_original_state_dict(state))
         self.checkpoint = str(path)

@@ -272,6 +272,9 @@ class TimeGradDenoiser(nn.Module):
         step_hidden: width of the step embedding after its projections (TimeGrad: 64).
         step_frequencies: ``"timegrad"`` spaces the step encoding's frequencies as pytorch-ts (``10^(4 i / 16)``);
             ``"csdi"`` (default, this class's behaviour so far) as CSDI (``10^(4 i / 15)``).
+        cond_hidden: width of the conditioning upsampler's middle layer; ``None`` = ``K // 2`` (TimeGrad). Every
+            bit of h_t the eps-network sees passes through these units: with few series (K = 8: 4 units) they
+            are a bottleneck narrower than the one-step conditional mean's dimension (issue 29).
     """
 
     # conditioned on the past through cond["hidden"] (the encoder's state), no labels, no features
@@ -287,10 +290,11 @@ class TimeGradDenoiser(nn.Module):
         step_embedding_dim: int = 32,
         step_hidden: int = 64,
         step_frequencies: StepFrequencies = "csdi",
+        cond_hidden: int | None = None,
     ) -> None:
         super().__init__()
         self.num_features, self.cond_dim = num_features, cond_dim
-        mid = max(num_features // 2, 1)
+        mid = cond_hidden or max(num_features // 2, 1)
         self.cond_upsampler = nn.Sequential(
             nn.Linear(cond_dim, mid), nn.LeakyReLU(0.4), nn.Linear(mid, num_features), nn.LeakyReLU(0.4)
         )

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from tsdiffusion.diffusion.schedules import Schedule, make_betas
+from tsdiffusion.errors import ConfigError
 from tsdiffusion.streams import Source, randint, randn
 
 Prediction = Literal["eps", "x0", "v"]
@@ -44,7 +45,7 @@ class GaussianDiffusion(nn.Module):
     ):
         super().__init__()
         if prediction not in ("eps", "x0", "v"):
-            raise ValueError(f"prediction must be 'eps', 'x0' or 'v', got {prediction!r}")
+            raise ConfigError(f"prediction must be 'eps', 'x0' or 'v', got {prediction!r}")
         self.num_steps = num_steps
         self.schedule = schedule
         self.prediction = prediction

@@ -20,6 +20,7 @@ from einops import rearrange
 from torch import Tensor
 
 from tsdiffusion.diffusion.process import DenoiseFn, GaussianDiffusion
+from tsdiffusion.errors import ConfigError
 from tsdiffusion.hardware import keep_freed_memory
 from tsdiffusion.streams import Source, catch_up, randn, rows_of
 
@@ -34,7 +35,7 @@ def timesteps(num_steps: int, steps: int | None = None) -> list[int]:
     """
     steps = num_steps if steps is None else steps
     if not 1 <= steps <= num_steps:
-        raise ValueError(f"steps must be in [1, {num_steps}] (the training steps), got {steps}")
+        raise ConfigError(f"steps must be in [1, {num_steps}] (the training steps), got {steps}")
     if steps == 1:
         return [num_steps - 1]
     grid = torch.linspace(0, num_steps - 1, steps, dtype=torch.float64).round().long()
@@ -49,7 +50,7 @@ def _grid(process: GaussianDiffusion, steps: int | None, t_start: int | None) ->
     if t_start is None:
         return timesteps(process.num_steps, steps)
     if not 0 <= t_start < process.num_steps:
-        raise ValueError(f"t_start must be a step in [0, {process.num_steps}) (the training steps), got {t_start}")
+        raise ConfigError(f"t_start must be a step in [0, {process.num_steps}) (the training steps), got {t_start}")
     n = t_start + 1
     return timesteps(n, n if steps is None else min(steps, n))
 
@@ -200,7 +201,7 @@ def sample(
         return sample_ddim(process, denoise_fn, x_T, steps=n, eta=eta, **kw)
     if sampler in ("dpmpp", "dpmpp_sde"):
         return sample_dpmpp(process, denoise_fn, x_T, steps=n, stochastic=sampler == "dpmpp_sde", **kw)
-    raise ValueError(f"unknown sampler {sampler!r}: expected one of {SAMPLERS}")
+    raise ConfigError(f"unknown sampler {sampler!r}: expected one of {SAMPLERS}")
 
 
 @torch.no_grad()
@@ -243,7 +244,9 @@ def draw_samples(
             x_T = randn((len(idx), *shape[1:]), gen, device=device)
             if t_start is not None:
                 x_T = process.q_sample(x0[idx], _t(x_T, t_start), x_T)
-            fn = lambda x, t, c=c: denoiser(x, t, c).to(x.dtype)  # the chain stays in x's dtype under autocast
+            bind = getattr(denoiser, "bind", None)  # a denoiser with per-chain caches (CSDIDenoiser.bind)
+            call = bind(c) if callable(bind) else lambda x, t, c=c: denoiser(x, t, c)
+            fn = lambda x, t, call=call: call(x, t).to(x.dtype)  # the chain stays in x's dtype under autocast
             out.append(sample(process, fn, x_T, sampler, steps=steps, eta=eta, t_start=t_start,
                               generator=gen, progress=progress))  # fmt: skip
     catch_up(generator, gen)

@@ -8,6 +8,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from tsdiffusion.errors import ConfigError
+
 Schedule = Literal["linear", "quad", "cosine"]
 
 
@@ -23,7 +25,7 @@ def make_betas(
       clipped at 0.999 (Nichol & Dhariwal 2021, eq. 17); ``beta_start``/``beta_end`` are unused.
     """
     if num_steps < 1:
-        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+        raise ConfigError(f"num_steps must be >= 1, got {num_steps}")
     if schedule == "linear":
         return torch.linspace(beta_start, beta_end, num_steps, dtype=torch.float64)
     if schedule == "quad":
@@ -32,4 +34,4 @@ def make_betas(
         steps = torch.arange(num_steps + 1, dtype=torch.float64) / num_steps
         alpha_bar = torch.cos((steps + cosine_s) / (1 + cosine_s) * math.pi / 2) ** 2
         return (1 - alpha_bar[1:] / alpha_bar[:-1]).clamp(max=0.999)
-    raise ValueError(f"unknown schedule {schedule!r}: expected one of 'linear', 'quad', 'cosine'")
+    raise ConfigError(f"unknown schedule {schedule!r}: expected one of 'linear', 'quad', 'cosine'")

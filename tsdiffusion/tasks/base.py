@@ -20,6 +20,7 @@ from tsdiffusion.baselines.base import Baseline, SamplingBaseline
 from tsdiffusion.batch import Cond, TSBatch
 from tsdiffusion.diffusion import GaussianDiffusion, conditioned, draw_samples, timesteps
 from tsdiffusion.diffusion.samplers import SamplerName
+from tsdiffusion.errors import ConfigError, TrainingDivergedError
 from tsdiffusion.metrics import DEFAULT_METRICS, MetricName, ProbabilisticMetrics
 from tsdiffusion.streams import RowStreams, Source
 
@@ -27,10 +28,6 @@ if TYPE_CHECKING:
     from lightning.fabric.utilities.data import AttributeDict
 
 _COND_FIELDS = ("timepoints", "feature_ids", "time_features", "label")
-
-
-class TrainingDivergedError(RuntimeError):
-    """The training loss became non-finite or exploded (see ``DiffusionTask(divergence_factor=...)``)."""
 
 
 def make_cond(batch: TSBatch, cond_mask: Tensor) -> Cond:
@@ -68,6 +65,12 @@ class DiffusionTask(L.LightningModule):
         lr, weight_decay: Adam settings (CSDI: 1e-3, 1e-6).
         lr_milestones: fractions of ``trainer.max_epochs`` at which the learning rate is multiplied by
             ``lr_gamma`` (CSDI: 0.75 and 0.9, x0.1).
+        lr_schedule: ``"multistep"`` (default): the milestones above; ``"onecycle"``: ``OneCycleLR`` over all
+            training steps, stepped every batch, peaking at ``max_lr`` (torch's defaults otherwise: start at
+            ``max_lr / 25``, peak at 30%, cosine down to ``max_lr / 25e4``, momentum cycled 0.85..0.95). This is
+            what pytorch-ts's ``Trainer`` does for TimeGrad, whose ``maximum_learning_rate`` defaults to 1e-2: its
+            ``learning_rate`` (1e-3) is overwritten by the schedule. ``lr_milestones`` is then ignored.
+        max_lr: the peak of the ``"onecycle"`` schedule (default 1e-2, pytorch-ts's).
         num_samples: S, samples per test window (CSDI: 100).
         sampler, sample_steps, eta: ``ddpm`` (ancestral, optionally strided), ``ddim``, ``dpmpp``
             (DPM-Solver++(2M)) or ``dpmpp_sde`` (its SDE variant) with ``sample_steps`` denoiser calls
@@ -118,6 +121,8 @@ class DiffusionTask(L.LightningModule):
         weight_decay: float = 1e-6,
         lr_milestones: Sequence[float] = (0.75, 0.9),
         lr_gamma: float = 0.1,
+        lr_schedule: Literal["multistep", "onecycle"] = "multistep",
+        max_lr: float = 1e-2,
         num_samples: int = 100,
         sampler: SamplerName = "ddpm",
         sample_steps: int | None = None,
@@ -136,12 +141,16 @@ class DiffusionTask(L.LightningModule):
         super().__init__()
         self.save_hyperparameters(ignore=["denoiser", "process", "baseline", "prior"])
         if (denoiser is None) == (baseline is None):
-            raise ValueError(f"{type(self).__name__}: give exactly one of denoiser= and baseline=")
+            raise ConfigError(f"{type(self).__name__}: give exactly one of denoiser= and baseline=")
         if prior is not None and baseline is not None:
-            raise ValueError(f"{type(self).__name__}: prior= is the mean a denoiser's diffusion runs around; a "
+            raise ConfigError(f"{type(self).__name__}: prior= is the mean a denoiser's diffusion runs around; a "
                              "baseline has no diffusion (give denoiser= with prior=)")  # fmt: skip
+        if lr_schedule not in ("multistep", "onecycle"):
+            raise ValueError(
+                f"{type(self).__name__}: lr_schedule must be 'multistep' or 'onecycle', got {lr_schedule!r}"
+            )
         if not prior_scale > 0:
-            raise ValueError(f"{type(self).__name__}: prior_scale must be > 0, got {prior_scale}")
+            raise ConfigError(f"{type(self).__name__}: prior_scale must be > 0, got {prior_scale}")
         self.denoiser, self.baseline, self.prior = denoiser, baseline, prior
         self.process = process if process is not None else GaussianDiffusion()
         self.test_metrics = ProbabilisticMetrics(metrics, prefix="test/")
@@ -191,8 +200,9 @@ class DiffusionTask(L.LightningModule):
         raise TrainingDivergedError(
             f"{type(self).__name__}: training loss {what} at optimisation step {self.global_step} (epoch "
             f"{self.current_epoch}, batch {batch_idx}); stopped before this epoch's checkpoint, last good "
-            f"checkpoint: {ckpt}. Lower the learning rate (model.init_args.lr={self.hparams.lr:g}) or clip "
-            "gradients (trainer.gradient_clip_val)."
+            f"checkpoint: {ckpt}",
+            hint=f"lower the learning rate (model.init_args.lr={self.hparams.lr:g}) or clip gradients "
+            "(trainer.gradient_clip_val)",
         )
 
     def training_step(self, batch: TSBatch, batch_idx: int) -> Tensor | None:
@@ -332,6 +342,10 @@ class DiffusionTask(L.LightningModule):
             return None
         hp = self.hparams
         opt = torch.optim.Adam(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        if hp.get("lr_schedule", "multistep") == "onecycle":
+            total = max(int(self.trainer.estimated_stepping_batches), 1)
+            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=hp.max_lr, total_steps=total)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
         epochs = max(self.trainer.max_epochs or 1, 1)
         milestones = sorted({max(1, int(f * epochs)) for f in hp.lr_milestones})
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=hp.lr_gamma)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from tsdiffusion.benchmark.spec import Run
+from tsdiffusion.errors import failure_line
 
 
 @dataclass(frozen=True)
@@ -52,5 +53,5 @@ class Progress:
             self.show(f"done    {item.run.id} ({status.get('wall_time_s', 0):.0f}s)")
         else:
             self.failed += 1
-            last = (status.get("error_tail") or status.get("error") or "").strip().splitlines()[-1:]
-            self.show(f"FAILED  {item.run.id}: {' '.join(last) or status.get('error')} (log: {item.folder}/log.txt)")
+            why = failure_line(status.get("error_tail") or status.get("error") or "")  # a run's `error: ...` line
+            self.show(f"FAILED  {item.run.id}: {why or status.get('error')} (log: {item.folder}/log.txt)")

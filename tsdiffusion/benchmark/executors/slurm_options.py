@@ -10,8 +10,10 @@ from typing import Any
 
 import yaml
 
+from tsdiffusion.errors import SchedulerError
 
-class SlurmError(RuntimeError):
+
+class SlurmError(SchedulerError):
     """SLURM refused a command or could not be asked; the message is one line with SLURM's own words."""
 
 

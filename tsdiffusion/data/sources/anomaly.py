@@ -23,7 +23,9 @@ import pandas as pd
 
 from tsdiffusion.data.download import DataSourceError
 from tsdiffusion.data.sources.archive import iter_members
-from tsdiffusion.data.sources.panel import Panel
+from tsdiffusion.data.sources.frame import _numeric, _timestamps, decode_text, parse_csv
+from tsdiffusion.data.sources.panel import VALUE_LIMIT, Panel, too_large
+from tsdiffusion.errors import DataError
 
 #: telemanom's data (Hundman et al. 2018): arrays in a zip (checksum unknown offline), labels in the repo.
 SMAP_MSL_URL = "https://s3-us-west-2.amazonaws.com/telemanom/data.zip"
@@ -78,6 +80,13 @@ def parse_smap_msl_labels(text: str, where: str) -> list[tuple[str, str, list[tu
     return rows
 
 
+def _text(data: bytes, where: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise DataSourceError(f"{where}: not UTF-8 text ({err}); a binary file, or another encoding") from None
+
+
 def ranges_to_labels(length: int, ranges: Sequence[tuple[int, int]]) -> np.ndarray:
     """(length,) 0/1 with ones on every inclusive ``[start, end]`` range (clipped to the series)."""
     labels = np.zeros(length, dtype=np.float32)
@@ -102,7 +111,7 @@ def read_smap_msl(
     found = list(iter_members(label_src, _LABELS))
     if not found:
         raise DataSourceError(f"{label_src}: no labeled_anomalies.csv")
-    rows = [r for r in parse_smap_msl_labels(found[0][1].decode(), found[0][0]) if r[1] == spacecraft]
+    rows = [r for r in parse_smap_msl_labels(_text(found[0][1], found[0][0]), found[0][0]) if r[1] == spacecraft]
     by_chan = {r[0]: r for r in rows}
     wanted = list(channels) if channels is not None else [r[0] for r in rows]
     unknown = [c for c in wanted if c not in by_chan]
@@ -118,7 +127,10 @@ def _read_arrays(path: str | Path, channels: set[str]) -> dict[tuple[str, str], 
     for name, data in iter_members(path, pattern):
         m = pattern.search(name)
         if m[3] in channels:
-            out[(m[2], m[3])] = np.load(io.BytesIO(data), allow_pickle=False)
+            try:
+                out[(m[2], m[3])] = np.load(io.BytesIO(data), allow_pickle=False)
+            except (ValueError, OSError, EOFError) as err:
+                raise DataSourceError(f"{path}:{name}: not a readable .npy array ({err})") from None
     return out
 
 
@@ -129,6 +141,11 @@ def _smap_series(chan: str, arrays: dict, row: tuple, where: str | Path) -> Anom
     train, test = arrays[("train", chan)], arrays[("test", chan)]
     if train.ndim != 2 or test.ndim != 2 or train.shape[1] != test.shape[1]:
         raise DataSourceError(f"{where}: {chan}: expected (T, D) arrays, got {train.shape} and {test.shape}")
+    for part, values in (("train", train), ("test", test)):
+        huge = np.argwhere(~(np.abs(np.nan_to_num(values.astype(np.float64), nan=0.0)) <= VALUE_LIMIT))
+        if len(huge):
+            t, d = (int(i) for i in huge[0])
+            raise DataError(f"{where}: {part}/{chan}.npy, step {t}, column {d}: {too_large(values[t, d], len(huge))}")
     if len(test) != n:
         raise DataSourceError(f"{where}: {chan}: test has {len(test)} steps, labeled_anomalies.csv says {n}")
     return AnomalySeries(chan, train.astype(np.float64), test.astype(np.float64), ranges_to_labels(n, seqs))
@@ -166,12 +183,13 @@ def read_nab(path: str | Path, series: Sequence[str] | None = None) -> dict[str,
 
 
 def _parse_nab_csv(data: bytes, where: str) -> pd.DataFrame:
-    frame = pd.read_csv(io.BytesIO(data))
+    """A NAB csv (``timestamp,value``); what the CSV reader of own data refuses is refused here too (empty,
+    binary, ragged, duplicate columns), and so are unparseable time stamps and non-numeric or huge values."""
+    frame = parse_csv(decode_text(data, where), where)
     if list(frame.columns) != ["timestamp", "value"]:
         raise DataSourceError(f"{where}: expected the header 'timestamp,value', got {list(frame.columns)}")
-    frame["timestamp"] = pd.to_datetime(frame["timestamp"])
-    frame["value"] = pd.to_numeric(frame["value"], errors="coerce")
-    return frame
+    stamps = _timestamps(frame["timestamp"], "timestamp", where)
+    return pd.DataFrame({"timestamp": stamps, "value": _numeric(frame["value"], "value", where)})
 
 
 def nab_labels(timestamps: pd.Series, windows: list) -> np.ndarray:

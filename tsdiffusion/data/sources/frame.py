@@ -14,6 +14,11 @@ Errors name the file, column and row at fault (:class:`FrameDataError`).
 
 from __future__ import annotations
 
+import csv
+import gzip
+import io
+import re
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,15 +29,16 @@ import pandas as pd
 from einops import rearrange
 from pandas.tseries.frequencies import to_offset
 
-from tsdiffusion.data.sources.panel import Panel
+from tsdiffusion.data.sources.panel import VALUE_LIMIT, Panel, too_large
 from tsdiffusion.data.time_features import freq_str, parse_freq
+from tsdiffusion.errors import DataError, DataFileNotFoundError
 
 Layout = Literal["auto", "wide", "long"]
 
 TABLE_SUFFIXES = (".csv", ".tsv", ".txt", ".parquet", ".pq")
 
 
-class FrameDataError(ValueError):
+class FrameDataError(DataError):
     """User data that cannot be used as given; the message names the file, column and row at fault."""
 
 
@@ -41,10 +47,12 @@ class FrameDataError(ValueError):
 
 def read_table(path: str | Path) -> pd.DataFrame:
     """A CSV (``.csv``, ``.tsv``, ``.txt``, each optionally gzipped: ``.csv.gz``) or Parquet (``.parquet``,
-    ``.pq``) file as a DataFrame."""
+    ``.pq``) file as a DataFrame. A file that cannot be read as such (empty, binary, not UTF-8, compressed
+    other than its name says, ragged rows, another separator, two columns of one name) is a
+    :class:`FrameDataError` naming the file and, where known, the line."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: file not found")
+        raise DataFileNotFoundError(f"{path}: file not found")
     suffixes = [x.lower() for x in path.suffixes]
     suffix = suffixes[-2] if len(suffixes) > 1 and suffixes[-1] == ".gz" else path.suffix.lower()
     if suffix in (".parquet", ".pq"):
@@ -52,9 +60,113 @@ def read_table(path: str | Path) -> pd.DataFrame:
             return pd.read_parquet(path)
         except ImportError as err:
             raise FrameDataError(f"{path}: reading Parquet needs pyarrow or fastparquet ({err})") from None
+        except Exception as err:  # the engines raise their own types (pyarrow.ArrowInvalid, OSError, ...)
+            raise FrameDataError(f"{path}: not a readable Parquet file ({_one_line(err)})") from err
     if suffix in (".csv", ".tsv", ".txt"):
-        return pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",")
+        return parse_csv(read_text(path), str(path), sep="\t" if suffix == ".tsv" else ",")
     raise FrameDataError(f"{path}: unsupported file type {suffix!r}; expected one of {(*TABLE_SUFFIXES, '.npy')}")
+
+
+#: how files that are not plain text start, and what they are
+_MAGIC = {b"\x1f\x8b": "gzip", b"PK\x03\x04": "zip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"(\xb5/\xfd": "zstd",
+          b"PAR1": "Parquet"}  # fmt: skip
+
+
+def _file_kind(head: bytes) -> str | None:
+    return next((kind for magic, kind in _MAGIC.items() if head.startswith(magic)), None)
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def read_text(path: Path) -> str:
+    """The text of a (``.gz``: gzipped) text file; its compression must match its name (see :func:`decode_text`
+    for the text itself)."""
+    raw = path.read_bytes()
+    kind = _file_kind(raw[:8])
+    if path.name.lower().endswith(".gz"):
+        if kind != "gzip":
+            what = f"a {kind} file" if kind else f"not gzip-compressed (it starts with {raw[:12]!r})"
+            raise FrameDataError(f"{path}: named .gz but {what}; give it the suffix of what it holds")
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as err:
+            raise FrameDataError(f"{path}: a damaged or truncated gzip file ({_one_line(err)})") from None
+    elif kind is not None:
+        fix = {"gzip": f"name it {path.name}.gz", "Parquet": f"name it {path.stem}.parquet"}.get(kind, "unpack it")
+        raise FrameDataError(f"{path}: a {kind} file, not {path.suffix} text; {fix}")
+    return decode_text(raw, str(path))
+
+
+def decode_text(raw: bytes, source: str) -> str:
+    """UTF-8 text (a byte-order mark is dropped); an empty, binary, UTF-16 or otherwise non-UTF-8 file is an
+    error naming ``source`` and the line of the first bad byte."""
+    if not raw.strip():
+        raise FrameDataError(f"{source}: empty file (expected a header line)")
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise FrameDataError(f"{source}: UTF-16 text; save it as UTF-8")
+    nul = raw.find(b"\x00")
+    if nul >= 0:
+        line = raw.count(b"\n", 0, nul) + 1
+        raise FrameDataError(f"{source}, line {line}: a NUL byte: a binary file, not text")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        raise FrameDataError(
+            f"{source}, line {line}: not UTF-8 text (byte 0x{raw[err.start]:02x}); a binary file, or text in another "
+            "encoding (save it as UTF-8, e.g. iconv -f latin1 -t utf-8)"
+        ) from None
+
+
+_SEPARATORS = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}
+
+
+def parse_csv(text: str, source: str, sep: str = ",") -> pd.DataFrame:
+    """``sep``-separated text with a header line as a DataFrame, refusing what pandas would silently change:
+    two columns of one name (pandas renames the second ``a.1``), a header that reads as one column but holds
+    another separator, rows with an extra field (pandas would make the first column the index)."""
+    lines = text.splitlines()
+    header_line = next(i for i, line in enumerate(lines) if line.strip())
+    names = next(csv.reader([lines[header_line]], delimiter=sep))
+    first: dict[str, int] = {}
+    for i, name in enumerate(names):
+        if name in first:
+            raise FrameDataError(
+                f"{source}, line {header_line + 1}: columns {first[name] + 1} and {i + 1} are both named {name!r} "
+                f"(pandas would rename the second to '{name}.1'); give every column its own name"
+            )
+        first[name] = i
+    try:
+        df = pd.read_csv(io.StringIO(text), sep=sep)
+    except pd.errors.EmptyDataError:
+        raise FrameDataError(f"{source}: empty file (expected a header line)") from None
+    except pd.errors.ParserError as err:
+        m = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", str(err))
+        if m:
+            raise FrameDataError(
+                f"{source}, line {m[2]}: {m[3]} fields but the header has {m[1]} (a ragged row, or a "
+                f"{_SEPARATORS.get(sep, repr(sep))} inside an unquoted value)"
+            ) from None
+        raise FrameDataError(f"{source}: cannot be read as {_SEPARATORS.get(sep, repr(sep))}-separated text "
+                             f"({_one_line(err)})") from None  # fmt: skip
+    if not isinstance(df.index, pd.RangeIndex):
+        raise FrameDataError(
+            f"{source}, line {header_line + 2}: {len(names) + 1} fields but the header has {len(names)} "
+            "(every row has an extra field; pandas would silently use the first column as the index)"
+        )
+    others = [s for s in _SEPARATORS if s != sep and s in names[0]] if len(df.columns) == 1 else []
+    if others:
+        read_as = "tab" if sep == "\t" else "comma"
+        raise FrameDataError(
+            f"{source}, line {header_line + 1}: the header {names[0][:60]!r} reads as one column: the file seems "
+            f"{_SEPARATORS[others[0]]}-separated, but this file type is read {read_as}-separated (.csv: comma, "
+            ".tsv: tab); convert it"
+        )
+    if df.empty:
+        raise FrameDataError(f"{source}: a header line but no data rows")
+    return df
 
 
 def _where(source: str, row: int) -> str:
@@ -72,7 +184,8 @@ def _require_columns(df: pd.DataFrame, names: dict[str, str | None], source: str
 
 
 def _numeric(column: pd.Series, name: str, source: str) -> np.ndarray:
-    """A column as float64 (NaN where empty); a non-numeric or infinite entry is an error naming its row."""
+    """A column as float64 (NaN where empty); a non-numeric or infinite entry, or one beyond
+    :data:`VALUE_LIMIT`, is an error naming its row."""
     values = pd.to_numeric(column, errors="coerce").to_numpy(dtype=np.float64)
     bad = (~np.isfinite(values) & column.notna().to_numpy()).nonzero()[0]
     if len(bad):
@@ -81,6 +194,10 @@ def _numeric(column: pd.Series, name: str, source: str) -> np.ndarray:
             f"{_where(source, row)}: column {name!r}: non-numeric or infinite value {column.iloc[row]!r} "
             f"({len(bad)} such values in the column)"
         )
+    huge = np.flatnonzero(np.abs(np.nan_to_num(values)) > VALUE_LIMIT)
+    if len(huge):
+        row = int(huge[0])
+        raise FrameDataError(f"{_where(source, row)}: column {name!r}: {too_large(values[row], len(huge))}")
     return values
 
 
@@ -265,6 +382,10 @@ def array_to_panel(
         raise FrameDataError(
             f"{source}: infinite value at index {tuple(int(i) for i in np.argwhere(np.isinf(arr))[0])}"
         )
+    huge = np.argwhere(np.abs(np.nan_to_num(arr)) > VALUE_LIMIT)
+    if len(huge):
+        at = tuple(int(i) for i in huge[0])
+        raise FrameDataError(f"{source}: index {at}: {too_large(arr[at], len(huge))}")
     if start is not None:
         index: pd.Index = pd.date_range(start, periods=T, freq=parse_freq(freq or "D"))
         freq = freq_str(parse_freq(freq or "D"))
@@ -302,8 +423,12 @@ def read_file_panel(path: str | Path, spec: FrameSpec) -> Panel:
     if str(path).lower().endswith(".npy"):
         file = Path(path).expanduser()
         if not file.is_file():
-            raise FileNotFoundError(f"{file}: file not found")
-        return array_to_panel(np.load(file, allow_pickle=False), freq=spec.freq, source=str(file))
+            raise DataFileNotFoundError(f"{file}: file not found")
+        try:
+            values = np.load(file, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as err:
+            raise FrameDataError(f"{file}: not a readable .npy array ({_one_line(err)})") from None
+        return array_to_panel(values, freq=spec.freq, source=str(file))
     return frame_to_panel(read_table(path), spec, str(path))
 
 

@@ -25,9 +25,9 @@ The windows cut from them are :class:`tsdiffusion.data.GluonTSDataModule`'s.
 from __future__ import annotations
 
 import gzip
-import io
 import json
 import tarfile
+import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -39,11 +39,13 @@ import numpy as np
 import pandas as pd
 
 from tsdiffusion.data.download import DataSourceError, fetch, resolve, verify
-from tsdiffusion.data.sources.panel import Panel
+from tsdiffusion.data.sources.archive import archive_problem
+from tsdiffusion.data.sources.panel import VALUE_LIMIT, Panel, too_large
 from tsdiffusion.data.time_features import FrequencyError, freq_str, parse_freq
+from tsdiffusion.errors import DataError
 
 
-class GluonTSFormatError(ValueError):
+class GluonTSFormatError(DataError):
     """A GluonTS data set that does not follow the layout: names the file, line and field."""
 
 
@@ -103,7 +105,8 @@ class _Tree:
         try:
             self.tar = tarfile.open(path)
         except (tarfile.TarError, OSError) as err:
-            raise DataSourceError(f"{path}: not a folder or a readable tar archive ({err})") from err
+            reason = archive_problem(path, err)
+            raise DataSourceError(f"{path}: not a folder or a readable tar archive ({reason})") from err
         self._members = {_clean(m.name): m for m in self.tar.getmembers() if m.isfile()}
         self.files = sorted(self._members)
 
@@ -111,12 +114,11 @@ class _Tree:
         return f"{self.path}:{name}" if self.tar else str(self.path / name)
 
     @contextmanager
-    def open(self, name: str) -> Iterator[IO[str]]:
+    def open(self, name: str) -> Iterator[IO[bytes]]:
+        """The member's bytes, gunzipped when its name ends in ``.gz``."""
         raw = self.tar.extractfile(self._members[name]) if self.tar else open(self.path / name, "rb")
         with raw:
-            stream = gzip.open(raw) if name.endswith(".gz") else raw
-            with io.TextIOWrapper(stream, encoding="utf-8") as text:
-                yield text
+            yield gzip.open(raw) if name.endswith(".gz") else raw
 
     def close(self) -> None:
         if self.tar:
@@ -174,11 +176,28 @@ class _Series(NamedTuple):
 def _read_lines(tree: _Tree, names: Sequence[str]) -> list[_Series]:
     out = []
     for name in names:
-        with tree.open(name) as f:
-            for lineno, line in enumerate(f, start=1):
-                if line.strip():
-                    out.append(_parse_line(line, f"{tree.where(name)}, line {lineno}"))
+        for lineno, line in enumerate(_read_text(tree, name).split("\n"), start=1):
+            if line.strip():
+                out.append(_parse_line(line, f"{tree.where(name)}, line {lineno}"))
     return out
+
+
+def _read_text(tree: _Tree, name: str) -> str:
+    """A member's UTF-8 text (gunzipped for ``.gz``); what is not, is an error naming the member and line."""
+    where = tree.where(name)
+    try:
+        with tree.open(name) as f:
+            data = f.read()
+    except (OSError, EOFError, zlib.error, tarfile.TarError) as err:
+        what = "not gzip-compressed, or damaged" if name.endswith(".gz") else "unreadable"
+        raise GluonTSFormatError(f"{where}: {what} ({' '.join(str(err).split())})") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise GluonTSFormatError(
+            f"{where}, line {line}: not UTF-8 text (byte 0x{data[err.start]:02x}); a binary file, or another encoding"
+        ) from None
 
 
 def _parse_line(line: str, where: str) -> _Series:
@@ -192,9 +211,14 @@ def _parse_line(line: str, where: str) -> _Series:
         if field not in entry:
             raise GluonTSFormatError(f"{where}: missing field {field!r} (have {sorted(entry)})")
     try:
-        target = np.asarray(entry["target"], dtype=np.float32)
+        target = np.asarray(entry["target"], dtype=np.float64)
     except (TypeError, ValueError) as err:
         raise GluonTSFormatError(f"{where}: field 'target': expected a list of numbers ({err})") from None
+    huge = np.flatnonzero(np.abs(np.nan_to_num(target, nan=0.0)) > VALUE_LIMIT) if target.ndim == 1 else []
+    if len(huge):
+        step = int(huge[0])
+        raise GluonTSFormatError(f"{where}: field 'target', step {step}: {too_large(target[step], len(huge))}")
+    target = target.astype(np.float32)
     if target.ndim != 1:
         raise GluonTSFormatError(
             f"{where}: field 'target': expected one series per line (a flat list), got shape {target.shape}"
@@ -207,11 +231,10 @@ def _parse_line(line: str, where: str) -> _Series:
 def _read_metadata(tree: _Tree, layout: _Layout) -> tuple[str, int | None]:
     """``(freq, prediction_length or None)`` from either layout's metadata file."""
     where = tree.where(layout.metadata)
-    with tree.open(layout.metadata) as f:
-        try:
-            meta = json.load(f)
-        except json.JSONDecodeError as err:
-            raise GluonTSFormatError(f"{where}: not valid JSON ({err})") from None
+    try:
+        meta = json.loads(_read_text(tree, layout.metadata))
+    except json.JSONDecodeError as err:
+        raise GluonTSFormatError(f"{where}: not valid JSON ({err})") from None
     key = "freq" if layout.kind == "gluonts" else "time_granularity"
     if not isinstance(meta, dict) or key not in meta:
         have = sorted(meta) if isinstance(meta, dict) else type(meta).__name__

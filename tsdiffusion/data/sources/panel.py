@@ -9,6 +9,17 @@ import pandas as pd
 
 from tsdiffusion.data.time_features import FrequencyError, time_features
 
+#: the largest magnitude a value may have: float32's range (batches are float32; beyond it a value, its scaling
+#: statistics or their squares overflow to inf)
+VALUE_LIMIT = float(np.finfo(np.float32).max)
+
+
+def too_large(value: float, count: int = 1) -> str:
+    """What is wrong with a value beyond :data:`VALUE_LIMIT`, for a message after the file, line and column."""
+    more = f" ({count} such values)" if count > 1 else ""
+    return (f"value {value:.6g} is beyond the float32 range (|x| <= {VALUE_LIMIT:.4g}) that batches use, so its "
+            f"scaling would overflow{more}; rescale the data (e.g. divide by a power of 10)")  # fmt: skip
+
 
 @dataclass(frozen=True)
 class Panel:

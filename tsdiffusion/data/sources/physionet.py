@@ -29,7 +29,8 @@ import numpy as np
 from tqdm import tqdm
 
 from tsdiffusion.data.download import DataSourceError, fetch, resolve, sha256sum, verify
-from tsdiffusion.data.sources.panel import Panel
+from tsdiffusion.data.sources.archive import archive_problem
+from tsdiffusion.data.sources.panel import VALUE_LIMIT, Panel, too_large
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +118,7 @@ def _read_tar(archive: Path) -> list[RecordFile]:
                     files.append(RecordFile(int(match[1]), f"{archive}:{member.name}", data))
                     folders.add(str(path.parent))
     except (tarfile.TarError, OSError, EOFError, zlib.error) as err:
-        raise DataSourceError(f"{archive}: not a readable tar archive ({err})") from err
+        raise DataSourceError(f"{archive}: not a readable tar archive ({archive_problem(archive, err)})") from err
     if len(folders) > 1:
         raise DataSourceError(f"{archive}: records in several folders {sorted(folders)}; pass one set")
     return files
@@ -186,6 +187,8 @@ def _parse_line(line: str, name: str, lineno: int) -> tuple[int, str, float]:
         raise RecordParseError(
             f"{name}, line {lineno}: expected 'HH:MM,Parameter,Value' with a finite number, got {line!r}"
         ) from None
+    if abs(value) > VALUE_LIMIT:
+        raise RecordParseError(f"{name}, line {lineno}: {param}: {too_large(value)}")
     return hour, param, value
 
 
@@ -198,7 +201,8 @@ def parse_records(files: list[RecordFile], max_records: int | None = None) -> Pa
         try:
             text = f.data.decode("utf-8")
         except UnicodeDecodeError as err:
-            raise RecordParseError(f"{f.name}: not UTF-8 text ({err})") from None
+            line = f.data.count(b"\n", 0, err.start) + 1
+            raise RecordParseError(f"{f.name}, line {line}: not UTF-8 text ({err})") from None
         values[i] = parse_record(text, f.name, f.record_id)
     ids = np.array([f.record_id for f in chosen], dtype=np.int64)
     return ParsedRecords(ids, values, records_digest(files))
@@ -206,7 +210,10 @@ def parse_records(files: list[RecordFile], max_records: int | None = None) -> Pa
 
 def read_outcomes(path: str | Path) -> dict[int, int]:
     """RecordID -> In-hospital_death (0/1) from an ``Outcomes-*.txt`` file."""
-    lines = Path(path).read_text().splitlines()
+    try:
+        lines = Path(path).read_bytes().decode("utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        raise RecordParseError(f"{path}: not UTF-8 text ({err}); a binary file, or another encoding") from None
     header = lines[0].split(",") if lines else []
     if "RecordID" not in header or "In-hospital_death" not in header:
         raise RecordParseError(f"{path}, line 1: expected a header with RecordID and In-hospital_death")

@@ -23,12 +23,13 @@ import numpy as np
 
 from tsdiffusion.data.download import DataSourceError
 from tsdiffusion.data.sources.archive import iter_members
-from tsdiffusion.data.sources.panel import Panel
+from tsdiffusion.data.sources.panel import VALUE_LIMIT, Panel, too_large
+from tsdiffusion.errors import DataError
 
 URL_TEMPLATE = "https://www.timeseriesclassification.com/aeon-toolkit/{name}.zip"
 
 
-class TSFormatError(ValueError):
+class TSFormatError(DataError):
     """A ``.ts`` file breaks the format; the message names the file, line and what was expected."""
 
 
@@ -59,9 +60,13 @@ def _header(line: str, tags: dict[str, str], where: str) -> None:
 
 def _parse_values(text: str, where: str) -> np.ndarray:
     try:
-        return np.array([np.nan if v.strip() in ("?", "NaN", "nan", "") else float(v) for v in text.split(",")])
+        values = np.array([np.nan if v.strip() in ("?", "NaN", "nan", "") else float(v) for v in text.split(",")])
     except ValueError as err:
         raise TSFormatError(f"{where}: expected comma-separated numbers, got {text[:60]!r} ({err})") from None
+    bad = np.flatnonzero(~(np.abs(np.nan_to_num(values, nan=0.0)) <= VALUE_LIMIT))
+    if len(bad):
+        raise TSFormatError(f"{where}: value {int(bad[0]) + 1} of the series: {too_large(values[bad[0]])}")
+    return values
 
 
 def _parse_data_line(line: str, has_labels: bool, where: str) -> tuple[list[np.ndarray], str | None]:
@@ -99,7 +104,7 @@ def parse_ts(text: str, source: str = "<string>") -> TSFile:
         rows.append(dims)
         labels.append(label)
     if not in_data:
-        raise TSFormatError(f"{source}: no @data line")
+        raise TSFormatError(f"{source}: {'empty file' if not text.strip() else 'no @data line'}")
     if not rows:
         raise TSFormatError(f"{source}: no series after @data")
     return _assemble(tags, rows, labels, source)
@@ -129,7 +134,7 @@ def read_ts(path: str | Path) -> TSFile:
     path = Path(path)
     if not path.is_file():
         raise DataSourceError(f"{path}: no such .ts file")
-    return parse_ts(path.read_text(encoding="utf-8", errors="replace"), str(path))
+    return parse_ts(_decode(path.read_bytes(), str(path)), str(path))
 
 
 def read_ucr_split(source: str | Path, name: str, split: Literal["TRAIN", "TEST"]) -> TSFile:
@@ -148,5 +153,17 @@ def read_ucr_split(source: str | Path, name: str, split: Literal["TRAIN", "TEST"
 def _read_member(archive: Path, target: str) -> str:
     """The text of the first member of ``archive`` (a tar or zip) named ``target``, in any folder."""
     for _, data in iter_members(archive, re.compile(rf"(^|/){re.escape(target)}$")):
-        return data.decode("utf-8", errors="replace")
+        return _decode(data, f"{archive}:{target}")
     raise DataSourceError(f"{archive}: no member named {target}")
+
+
+def _decode(data: bytes, source: str) -> str:
+    """UTF-8 text of a ``.ts`` file; a binary or non-UTF-8 file is a :class:`TSFormatError` naming the line."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise TSFormatError(
+            f"{source}, line {line}: not UTF-8 text (byte 0x{data[err.start]:02x}); a binary file, or text in "
+            "another encoding (save it as UTF-8)"
+        ) from None
