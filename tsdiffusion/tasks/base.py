@@ -344,8 +344,8 @@ class DiffusionTask(L.LightningModule):
         opt = torch.optim.Adam(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
         if hp.get("lr_schedule", "multistep") == "onecycle":
             total = max(int(self.trainer.estimated_stepping_batches), 1)
-            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=hp.max_lr, total_steps=total)
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+            cycle = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=hp.max_lr, total_steps=total)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": cycle, "interval": "step"}}
         epochs = max(self.trainer.max_epochs or 1, 1)
         milestones = sorted({max(1, int(f * epochs)) for f in hp.lr_milestones})
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=hp.lr_gamma)
