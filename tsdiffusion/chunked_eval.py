@@ -163,7 +163,8 @@ class ChunkedRun:
         done = self.rows()
         todo = [i for i in indices if i not in done]
         total, already = len(indices), len(indices) - len(todo)
-        written, spent, started_at = [], 0.0, time.perf_counter()
+        written: list = []
+        spent, started_at = 0.0, time.perf_counter()
         meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": machine_type(),
                 "python": platform.python_version(), "commit": git_commit(Path(__file__).parent),
                 **dict(metadata or {})}  # fmt: skip

@@ -125,7 +125,7 @@ def keep_freed_memory(enabled: bool = True) -> Iterator[bool]:
     Yields whether the allocator was tuned (False off glibc, or with ``enabled=False``). Nests."""
     libc = _glibc() if enabled else None
     outer = libc is not None and _state.depth == 0
-    if outer:
+    if outer and libc is not None:
         libc.mallopt(_M_MMAP_MAX, 0)
         libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30)
     _state.depth += libc is not None
@@ -133,7 +133,7 @@ def keep_freed_memory(enabled: bool = True) -> Iterator[bool]:
         yield libc is not None
     finally:
         _state.depth -= libc is not None
-        if outer:
+        if outer and libc is not None:
             libc.mallopt(_M_MMAP_MAX, _GLIBC_MMAP_MAX_DEFAULT)
             libc.mallopt(_M_MMAP_THRESHOLD, _GLIBC_MMAP_THRESHOLD_MAX)
             libc.mallopt(_M_TRIM_THRESHOLD, _GLIBC_TRIM_DEFAULT)

@@ -146,7 +146,7 @@ def write_json_atomic(path: str | Path, obj: Any) -> Path:
 
 def read_records(paths: list[str | Path]) -> list[dict[str, Any]]:
     """Load every ``metrics.json`` under the given files or folders."""
-    out = []
+    out: list[dict[str, Any]] = []
     for p in map(Path, paths):
         files = sorted(p.rglob(RECORD_NAME)) if p.is_dir() else [p]
         out.extend(json.loads(f.read_text()) for f in files)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import lightning as L
 import numpy as np
@@ -24,7 +24,7 @@ from tsdiffusion.runs import complete_config, instantiate
 from tsdiffusion.tasks.base import DiffusionTask
 
 CONFIG_FILE, WEIGHTS_FILE, FITTED_FILE = "config.yaml", "model.pt", "fitted.yaml"
-Data = pd.DataFrame | np.ndarray | str | Path
+Data: TypeAlias = pd.DataFrame | np.ndarray | str | Path
 
 
 class Model:

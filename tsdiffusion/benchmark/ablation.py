@@ -127,7 +127,7 @@ def references(sweep: dict[str, Any], given: dict[str, str] | None = None) -> di
     """Each factor's reference level: ``given`` (CLI), else the spec's ``ablation``, else its first level."""
     levels = factor_levels(sweep)
     spec = {k: _level(v) if k != VARIANT else str(v) for k, v in (sweep.get("ablation") or {}).items()}
-    out = {}
+    out: dict[str, Any] = {}
     for factor, values in levels.items():
         out[factor] = (given or {}).get(factor) or (given or {}).get(short_key(factor, levels)) or spec.get(factor)
         out[factor] = out[factor] or values[0]

@@ -55,7 +55,7 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
     """Hold out ``round(fraction * n_c)`` items of each class c (``default_rng(seed)``, classes in sorted
     order) -> (kept indices, held-out indices), both sorted."""
     rng = np.random.default_rng(seed)
-    held = []
+    held: list[int] = []
     for c in np.unique(labels):
         idx = np.flatnonzero(labels == c)
         held.extend(rng.permutation(idx)[: round(fraction * len(idx))])

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import torch
 from einops import rearrange
@@ -193,7 +193,7 @@ def sample(
     """Run the named sampler: ``ddpm`` (ancestral, ``steps=None``: every step), ``ddim`` (``eta``),
     ``dpmpp`` (DPM-Solver++(2M)) or ``dpmpp_sde`` (its SDE variant); ``steps=None`` means every step.
     ``t_start``: start from x at that step (``x_T``) instead of N - 1."""
-    kw = {"t_start": t_start, "generator": generator, "progress": progress}
+    kw: dict[str, Any] = {"t_start": t_start, "generator": generator, "progress": progress}
     if sampler == "ddpm":
         return sample_ddpm(process, denoise_fn, x_T, steps=steps, **kw)
     n = steps or process.num_steps

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -92,7 +92,7 @@ class _PointwiseMetric(_SampleMetric):
         """samples (B, S, L, K), target, mask (B, L, K); ``summary``: ``summarize`` of the same inputs."""
         m = _check_inputs(samples, target, mask)
         if summary is None:
-            kw = {"interpolation": self.interpolation, "chunk_elements": self.chunk_elements}
+            kw: dict[str, Any] = {"interpolation": self.interpolation, "chunk_elements": self.chunk_elements}
             summary = summarize(samples, target, self.levels, **kw)
         elif self.levels and summary.interpolation != self.interpolation:
             raise ValueError(f"summary interpolation {summary.interpolation!r} != {self.interpolation!r}")

@@ -70,6 +70,10 @@ class EnergyScore(_SampleMetric):
     compute() -> () float64, the mean ES over the vectors with at least one scored coordinate.
     """
 
+    # metric states (add_state in _sum_states)
+    score: Tensor
+    n_vectors: Tensor
+
     def __init__(
         self,
         over: Literal["window", "step"] = "window",

@@ -27,7 +27,7 @@ Rules shared by every metric:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from einops import rearrange, reduce
@@ -77,6 +77,10 @@ class QuantileCRPS(_PointwiseMetric):
     (2021), CSDI, whose ``utils.py`` computes it on the concatenated test set. compute() -> () float64.
     """
 
+    # metric states (add_state in _sum_states)
+    qloss: Tensor
+    abs_target: Tensor
+
     def __init__(
         self,
         quantiles: Sequence[float] = DEFAULT_QUANTILES,
@@ -122,6 +126,10 @@ class QuantileCRPSSum(_SampleMetric):
     in all of K or in none (the forecasting benchmarks). compute() -> () float64.
     """
 
+    # metric states (add_state in _sum_states)
+    qloss: Tensor
+    abs_target: Tensor
+
     def __init__(
         self,
         quantiles: Sequence[float] = DEFAULT_QUANTILES,
@@ -142,7 +150,7 @@ class QuantileCRPSSum(_SampleMetric):
         else:
             z, zs = torch.where(m, target, 0).sum(-1), _masked_feature_sum(samples, m, self.chunk_elements)
         w = m.to(samples.dtype).mean(-1)
-        kw = {"interpolation": self.interpolation, "chunk_elements": self.chunk_elements}
+        kw: dict[str, Any] = {"interpolation": self.interpolation, "chunk_elements": self.chunk_elements}
         qs = sample_quantiles(rearrange(zs, "b s l -> b s l 1"), self.levels, **kw)
         qs = rearrange(qs, "q b l 1 -> q b l")
         self.qloss += _quantile_loss_sums(qs, z, w, self.levels)
@@ -167,6 +175,11 @@ class SampleCRPS(_PointwiseMetric):
     ``"target"``: Σ_i m_i CRPS_i / Σ_i m_i |y_i|, on the scale of :class:`QuantileCRPS`.
     compute() -> () float64.
     """
+
+    # metric states (add_state in _sum_states)
+    score: Tensor
+    n_points: Tensor
+    abs_target: Tensor
 
     def __init__(
         self,
@@ -195,6 +208,10 @@ class Coverage(_PointwiseMetric):
     compute() -> () float64 in [0, 1].
     """
 
+    # metric states (add_state in _sum_states)
+    inside: Tensor
+    n_points: Tensor
+
     def __init__(
         self, level: float = 0.9, interpolation: Interpolation = "linear", chunk_elements: int = DEFAULT_CHUNK
     ) -> None:
@@ -222,6 +239,12 @@ class PointError(_PointwiseMetric):
     middle sample when S is even, as CSDI's MAE/RMSE (GluonTS's ND interpolates the two middle samples:
     equal for odd S). compute() -> () float64.
     """
+
+    # metric states (add_state in _sum_states)
+    sq_err: Tensor
+    abs_err: Tensor
+    n_points: Tensor
+    abs_target: Tensor
 
     def __init__(
         self,
@@ -264,7 +287,7 @@ def build_metric(
     """The metric behind a collection name: ``crps``, ``crps_sum`` (quantile forms), ``crps_<est>`` /
     ``ncrps_<est>`` (sample CRPS per point / normalised by Σ|y|), ``energy_score`` (per window, nrg),
     ``coverage_<pct>``, ``<error>_<point>`` (:class:`PointError`)."""
-    kw = {"interpolation": interpolation, "chunk_elements": chunk_elements}
+    kw: dict[str, Any] = {"interpolation": interpolation, "chunk_elements": chunk_elements}
     if name in ("crps", "crps_sum"):
         return (QuantileCRPS if name == "crps" else QuantileCRPSSum)(quantiles, **kw)
     if name.startswith("coverage_"):
@@ -293,7 +316,7 @@ class ProbabilisticMetrics(MetricCollection):
         chunk_elements: int = DEFAULT_CHUNK,
         prefix: str | None = None,
     ) -> None:
-        kw = {"quantiles": quantiles, "interpolation": interpolation, "chunk_elements": chunk_elements}
+        kw: dict[str, Any] = {"quantiles": quantiles, "interpolation": interpolation, "chunk_elements": chunk_elements}
         members = {name: build_metric(name, **kw) for name in metrics}
         super().__init__(members, prefix=prefix, compute_groups=False)
         self.interpolation, self.chunk_elements = interpolation, chunk_elements
@@ -304,6 +327,6 @@ class ProbabilisticMetrics(MetricCollection):
         summary = None
         if users:
             levels = tuple(sorted({q for m in users for q in m.levels}))
-            kw = {"interpolation": self.interpolation, "chunk_elements": self.chunk_elements}
+            kw: dict[str, Any] = {"interpolation": self.interpolation, "chunk_elements": self.chunk_elements}
             summary = summarize(samples, target, levels, **kw)
         super().update(samples, target, mask, summary=summary)

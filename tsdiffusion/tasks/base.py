@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import lightning as L
 import torch
@@ -23,6 +23,9 @@ from tsdiffusion.diffusion.samplers import SamplerName
 from tsdiffusion.errors import ConfigError, TrainingDivergedError
 from tsdiffusion.metrics import DEFAULT_METRICS, MetricName, ProbabilisticMetrics
 from tsdiffusion.streams import RowStreams, Source
+
+if TYPE_CHECKING:
+    from lightning.fabric.utilities.data import AttributeDict
 
 _COND_FIELDS = ("timepoints", "feature_ids", "time_features", "label")
 
@@ -101,6 +104,12 @@ class DiffusionTask(L.LightningModule):
             Karras et al. 2022): measure it on training data, e.g. the standard deviation of the prior's errors
             at positions hidden as in training. Samples are ``prior + prior_scale x residual``.
     """
+
+    if TYPE_CHECKING:
+        # save_hyperparameters() makes hparams an AttributeDict (attribute access); Lightning annotates the
+        # property with the wider Union[AttributeDict, MutableMapping].
+        @property
+        def hparams(self) -> AttributeDict: ...
 
     metric_units: Literal["normalised", "original"] = "normalised"
 
@@ -335,8 +344,8 @@ class DiffusionTask(L.LightningModule):
         opt = torch.optim.Adam(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
         if hp.get("lr_schedule", "multistep") == "onecycle":
             total = max(int(self.trainer.estimated_stepping_batches), 1)
-            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=hp.max_lr, total_steps=total)
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+            cycle = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=hp.max_lr, total_steps=total)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": cycle, "interval": "step"}}
         epochs = max(self.trainer.max_epochs or 1, 1)
         milestones = sorted({max(1, int(f * epochs)) for f in hp.lr_milestones})
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=hp.lr_gamma)

@@ -12,7 +12,7 @@ The denoiser must not condition on ``cond`` itself: ``UNet1DDenoiser(use_cond_ch
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from einops import rearrange, repeat
@@ -24,12 +24,17 @@ from tsdiffusion.denoisers.protocol import capabilities_of
 from tsdiffusion.diffusion.guidance import GuidanceKind, draw_guided_samples, quantile_levels, refine
 from tsdiffusion.diffusion.samplers import SamplerName
 from tsdiffusion.streams import Source, catch_up, rows_of
-from tsdiffusion.tasks.base import make_cond
+from tsdiffusion.tasks.base import DiffusionTask, make_cond
 from tsdiffusion.tasks.forecasting import ForecastingTask
 from tsdiffusion.tasks.imputation import ImputationTask
 
+if TYPE_CHECKING:  # the mixin's methods use the task's attributes (denoiser, process, hparams, ...)
+    _MixinBase = DiffusionTask
+else:
+    _MixinBase = object
 
-class _Guided:
+
+class _Guided(_MixinBase):
     """Unconditional training and guided (or refining) sampling; mixed into a task before its base class. The
     arguments are those of :class:`GuidedForecastingTask`; the rest go to the task's base class."""
 

@@ -56,7 +56,8 @@ class LocalExecutor:
         self.slots, self.poll_s = list(slots), poll_s
 
     def run(self, items: Sequence[Item], progress: Progress) -> None:
-        queue, running = list(items), {}  # slot index -> (item, process)
+        queue = list(items)
+        running: dict[int, tuple[Item, subprocess.Popen]] = {}  # slot index -> (item, process)
         try:
             while queue or running:
                 for slot in [s for s in range(len(self.slots)) if s not in running]:

@@ -87,7 +87,7 @@ def run_resources(command: Sequence[str]) -> Resources:
             "run, pass --devices-per-run N"
         )
     nodes = int(get("num_nodes") or 1)
-    return Resources(nodes=nodes, tasks_per_node=count or 1, gpus_per_node=count if gpu else 0)
+    return Resources(nodes=nodes, tasks_per_node=count or 1, gpus_per_node=(count or 0) if gpu else 0)
 
 
 @dataclass

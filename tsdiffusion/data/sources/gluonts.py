@@ -214,7 +214,9 @@ def _parse_line(line: str, where: str) -> _Series:
         target = np.asarray(entry["target"], dtype=np.float64)
     except (TypeError, ValueError) as err:
         raise GluonTSFormatError(f"{where}: field 'target': expected a list of numbers ({err})") from None
-    huge = np.flatnonzero(np.abs(np.nan_to_num(target, nan=0.0)) > VALUE_LIMIT) if target.ndim == 1 else []
+    huge: np.ndarray | list = (
+        np.flatnonzero(np.abs(np.nan_to_num(target, nan=0.0)) > VALUE_LIMIT) if target.ndim == 1 else []
+    )
     if len(huge):
         step = int(huge[0])
         raise GluonTSFormatError(f"{where}: field 'target', step {step}: {too_large(target[step], len(huge))}")
