@@ -182,4 +182,6 @@ def test_reconstruction_scores_equal_the_replaced_loop(unconditional, sampler, r
     torch.manual_seed(11)
     old = old_reconstruction_score(task, batch, torch.Generator().manual_seed(5))
     assert new.shape == (3, 12, 3) and new.abs().sum() > 0
-    torch.testing.assert_close(new, old, rtol=0, atol=0)
+    # same draws, same steps; to float rounding only, since the chain runs through CSDIDenoiser.bind (the
+    # conditioning's projections computed once per chain, summed in another order)
+    torch.testing.assert_close(new, old, rtol=1e-5, atol=1e-6)

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from tsdiffusion.batch import TSBatch
+from tsdiffusion.streams import Source
 
 
 class Baseline:
@@ -29,10 +30,10 @@ class Baseline:
 class SamplingBaseline(Baseline):
     """Draws samples of the hidden values of a window: forecasting and imputation baselines."""
 
-    def sample(
-        self, batch: TSBatch, cond_mask: Tensor, num_samples: int, generator: torch.Generator | None = None
-    ) -> Tensor:
-        """(B, S, L, K) samples in normalised units; ``observed * cond_mask`` kept where ``cond_mask`` is 1."""
+    def sample(self, batch: TSBatch, cond_mask: Tensor, num_samples: int, generator: Source = None) -> Tensor:
+        """(B, S, L, K) samples in normalised units; ``observed * cond_mask`` kept where ``cond_mask`` is 1.
+        ``generator``: a ``torch.Generator``, or the per-window streams of the ``(b s)`` rows
+        (:mod:`tsdiffusion.streams`), which make a window's draws independent of the batch."""
         raise NotImplementedError
 
     def point(self, batch: TSBatch, cond_mask: Tensor) -> Tensor:
