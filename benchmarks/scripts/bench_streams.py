@@ -6,7 +6,7 @@ medians of ``--repeats``.
 
 Cases: the quick job's CSDI imputation model (32 clients x 48 h, 16 windows a batch, 20 samples, DDIM-10; and DDPM
 over all 50 steps, which draws noise at every step) and its TimeGrad (8 series, 30-step horizon, 5 windows,
-20 samples DDIM-10; and the paper's 100 samples DDPM-100, 3000 chains of draws). Random weights: the cost of the
+20 samples DDIM-10; and DDPM over all 100 steps, 3000 draws per forecast). Random weights: the cost of the
 draws does not depend on them.
 """
 
@@ -64,7 +64,7 @@ CASES = {
     "CSDI quick, DDIM-10 x 20": (lambda: csdi("ddim", 10), (16, 48, 32, None)),
     "CSDI quick, DDPM-50 x 20": (lambda: csdi("ddpm", None), (16, 48, 32, None)),
     "TimeGrad quick, DDIM-10 x 20": (lambda: timegrad("ddim", 10, 20), (5, 62, 8, 30, 3)),
-    "TimeGrad paper, DDPM-100 x 100": (lambda: timegrad("ddpm", None, 100), (5, 62, 8, 30, 3)),
+    "TimeGrad quick, DDPM-100 x 20": (lambda: timegrad("ddpm", None, 20), (5, 62, 8, 30, 3)),
 }
 
 
