@@ -33,9 +33,10 @@ from tsdiffusion.records import write_json_atomic
 
 def _folder(trainer: L.Trainer) -> str | None:
     """The run's log folder, or None when no figure should be drawn."""
-    if trainer.fast_dev_run or not trainer.is_global_zero:
+    if trainer.fast_dev_run:
         return None
-    return trainer.log_dir
+    folder = trainer.log_dir  # a broadcast from rank 0 under DDP: every rank must ask, or the others wait forever
+    return folder if trainer.is_global_zero else None
 
 
 def _cpu(x):
