@@ -101,11 +101,15 @@ def main() -> None:
         rows.append({"case": name, **{f"{k}_s": v for k, v in med.items()}, "ratio": med["streams"] / med["generator"],
                      "all_s": times})  # fmt: skip
         print(f"{name:34} {med['generator']:12.3f} {med['streams']:10.3f} {rows[-1]['ratio']:7.3f}", flush=True)
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        info = {"cpu": cpu_model(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-                "date": time.strftime("%Y-%m-%d"), "repeats": args.repeats, "rows": rows}  # fmt: skip
-        (args.out / "streams_overhead.json").write_text(json.dumps(info, indent=2) + "\n")
+        if args.out:  # after every case, so a stopped run keeps what it measured
+            write(args.out, rows, args.repeats)
+
+
+def write(out: Path, rows: list[dict], repeats: int) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    info = {"cpu": cpu_model(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "date": time.strftime("%Y-%m-%d"), "repeats": repeats, "rows": rows}  # fmt: skip
+    (out / "streams_overhead.json").write_text(json.dumps(info, indent=2) + "\n")
 
 
 if __name__ == "__main__":

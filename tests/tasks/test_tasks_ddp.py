@@ -72,18 +72,7 @@ def test_anomaly_scores_are_those_of_the_whole_test_set(tmp_path):
     _assert_equal(_test(task, data, tmp_path, ddp=True), single)
 
 
-# -- generation and representation: one window per batch, generators that do not depend on the rank ------
-
-
-class _FixedGenerator:
-    """Every batch (and rank) draws from the same seed, so a window's samples do not depend on where it runs."""
-
-    def _generator(self, batch_idx: int) -> torch.Generator:
-        return torch.Generator(device=self.device).manual_seed(self.hparams.sample_seed)
-
-
-class FixedGenerationTask(_FixedGenerator, GenerationTask):
-    pass
+# -- generation and representation: one window per batch, draws that do not depend on the rank ------------
 
 
 class LabelledWindows(L.LightningDataModule):
@@ -102,8 +91,9 @@ class LabelledWindows(L.LightningDataModule):
         t = torch.arange(length, dtype=torch.float32)
         x = torch.sin(0.4 * (1 + label[:, None]) * t + phase) + 0.3 * torch.randn(n, length, generator=g)
         ones = torch.ones(length, 1)
-        return [{"observed": x[i, :, None], "observed_mask": ones, "target_mask": ones, "label": label[i]}
-                for i in range(n)]  # fmt: skip
+        # ``index``: each window's random streams (tsdiffusion.streams), so its samples do not depend on the rank
+        return [{"observed": x[i, :, None], "observed_mask": ones, "target_mask": ones, "label": label[i],
+                 "index": torch.tensor(i)} for i in range(n)]  # fmt: skip
 
     def test_dataloader(self) -> DataLoader:
         return DataLoader(self.datasets["test"], batch_size=1, shuffle=False)
@@ -115,7 +105,7 @@ def _denoiser(**kw) -> UNet1DDenoiser:
 
 
 def test_generation_scores_are_those_of_the_whole_test_set(tmp_path):
-    task = FixedGenerationTask(_denoiser(), GaussianDiffusion(num_steps=4), num_samples=2, sample_steps=2,
+    task = GenerationTask(_denoiser(), GaussianDiffusion(num_steps=4), num_samples=2, sample_steps=2,
                                score_iterations=3, score_batch_size=8, plot=False)  # fmt: skip
     data = LabelledWindows()
     single = _test(task, data, tmp_path, ddp=False)

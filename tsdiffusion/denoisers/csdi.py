@@ -437,8 +437,9 @@ class CSDIDenoiser(nn.Module):
         projection of them (one (B, L, K, 2C) tensor per layer when it fits ``chain_cache_bytes``, added by
         the mid-projection GEMM). A step shared by all rows is embedded once. Same output as ``forward`` to
         float rounding (tests/denoisers/test_denoiser_csdi.py). A denoiser whose ``forward`` was replaced on the
-        instance (``tsdiffusion.compile.compile_denoiser``) is called through it instead, without the caches."""
-        if "forward" in vars(self):
+        instance (``tsdiffusion.compile.compile_denoiser``), or one with forward hooks (a call counter, a profiler),
+        is called through ``__call__`` instead, without the caches, so the hooks see every call."""
+        if "forward" in vars(self) or self._forward_hooks or self._forward_pre_hooks:
             return lambda x_t, t: self(x_t, t, cond)
         cache: dict = {}
 
