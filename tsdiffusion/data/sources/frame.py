@@ -29,7 +29,7 @@ import pandas as pd
 from einops import rearrange
 from pandas.tseries.frequencies import to_offset
 
-from tsdiffusion.data.sources.panel import VALUE_LIMIT, Panel, too_large
+from tsdiffusion.data.sources.panel import VALUE_LIMIT, Panel, too_large, utf8_text
 from tsdiffusion.data.time_features import freq_str, parse_freq
 from tsdiffusion.errors import DataError, DataFileNotFoundError
 
@@ -110,14 +110,7 @@ def decode_text(raw: bytes, source: str) -> str:
     if nul >= 0:
         line = raw.count(b"\n", 0, nul) + 1
         raise FrameDataError(f"{source}, line {line}: a NUL byte: a binary file, not text")
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        line = raw.count(b"\n", 0, err.start) + 1
-        raise FrameDataError(
-            f"{source}, line {line}: not UTF-8 text (byte 0x{raw[err.start]:02x}); a binary file, or text in another "
-            "encoding (save it as UTF-8, e.g. iconv -f latin1 -t utf-8)"
-        ) from None
+    return utf8_text(raw, source, FrameDataError, "save it as UTF-8, e.g. iconv -f latin1 -t utf-8")
 
 
 _SEPARATORS = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}

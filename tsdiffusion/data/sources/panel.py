@@ -72,3 +72,15 @@ def panel_time_features(panel: Panel) -> np.ndarray | None:
         return time_features(panel.index, panel.freq)
     except FrequencyError:
         return np.zeros((len(panel.index), 0), dtype=np.float32)
+
+
+def utf8_text(raw: bytes, source: str, error: type[Exception], advice: str = "save it as UTF-8") -> str:
+    """``raw`` decoded as UTF-8 (a BOM dropped); a binary or non-UTF-8 file raises ``error`` naming the line."""
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        raise error(
+            f"{source}, line {line}: not UTF-8 text (byte 0x{raw[err.start]:02x}); a binary file, or text in another "
+            f"encoding ({advice})"
+        ) from None

@@ -23,7 +23,7 @@ import numpy as np
 
 from tsdiffusion.data.download import DataSourceError
 from tsdiffusion.data.sources.archive import iter_members
-from tsdiffusion.data.sources.panel import VALUE_LIMIT, Panel, too_large
+from tsdiffusion.data.sources.panel import VALUE_LIMIT, Panel, too_large, utf8_text
 from tsdiffusion.errors import DataError
 
 URL_TEMPLATE = "https://www.timeseriesclassification.com/aeon-toolkit/{name}.zip"
@@ -159,11 +159,4 @@ def _read_member(archive: Path, target: str) -> str:
 
 def _decode(data: bytes, source: str) -> str:
     """UTF-8 text of a ``.ts`` file; a binary or non-UTF-8 file is a :class:`TSFormatError` naming the line."""
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        line = data.count(b"\n", 0, err.start) + 1
-        raise TSFormatError(
-            f"{source}, line {line}: not UTF-8 text (byte 0x{data[err.start]:02x}); a binary file, or text in "
-            "another encoding (save it as UTF-8)"
-        ) from None
+    return utf8_text(data, source, TSFormatError)
