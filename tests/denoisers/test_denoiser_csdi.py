@@ -650,3 +650,30 @@ def test_bind_calls_an_instance_forward_such_as_a_compiled_one() -> None:
     x_t, t, cond = make_inputs(2, 6, 4, num_features=6)
     model.forward = lambda x, t, c: torch.zeros_like(x)  # what compile_denoiser does: an instance-level forward
     assert torch.equal(model.bind(cond)(x_t, t), torch.zeros_like(x_t))
+
+
+def test_bind_under_bf16_autocast_runs_a_bf16_copy_of_the_weights() -> None:
+    """Sampling under bf16 autocast on the CPU: the chain runs on a bf16 copy of the weights (made once, remade
+    after the weights change, never in the state dict), returns float32, and agrees with autocast's forward to
+    bf16 rounding; timepoints stay float32 (a bf16 timepoint 1000.5 would round to 1000)."""
+    model = small_model(lags=(2,)).eval()
+    x_t, t, cond = make_inputs(3, 8, 5, num_features=6, seed=1)
+    cond["timepoints"] = cond["timepoints"] + 1000
+    with torch.no_grad():
+        exact = model(x_t, t, cond)
+        fn = model.bind(cond)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = fn(x_t, t)
+            twin = model.__dict__["_twin"][1]
+            assert fn(x_t, t).dtype == torch.float32 and model.__dict__["_twin"][1] is twin
+        assert all(p.dtype == torch.bfloat16 for p in twin.parameters())
+        assert all(p.dtype == torch.float32 for p in model.parameters())
+        assert not any(k.startswith("_twin") for k in model.state_dict())
+        torch.testing.assert_close(out, exact, atol=0.05, rtol=0.05)
+        assert not torch.equal(out, exact)  # it did run in bf16
+        assert torch.equal(fn(x_t, t), exact) or torch.allclose(fn(x_t, t), exact, atol=1e-5)  # autocast off: fp32
+        model.output_projection2.weight.mul_(2)  # a training step in place: the copy is remade
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            doubled = model.bind(cond)(x_t, t)
+        assert model.__dict__["_twin"][1] is not twin
+        torch.testing.assert_close(doubled, model(x_t, t, cond), atol=0.1, rtol=0.05)
