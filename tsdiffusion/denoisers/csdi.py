@@ -29,6 +29,7 @@ from einops import rearrange
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from tsdiffusion import kernels
 from tsdiffusion.batch import Cond
 from tsdiffusion.denoisers.layers import DiffusionStepEmbedding, time_sinusoids
 from tsdiffusion.denoisers.protocol import Capabilities
@@ -104,9 +105,22 @@ class CSDITransformerLayer(nn.Module):
             out = _attention_with_dropout(q, k, v, p)
         elif q.device.type == "cpu" and q.dtype != torch.float32 and torch.is_grad_enabled():
             out = _float32_attention(q, k, v)
+        elif (y := self._short_attention(q, k, v, x)) is not None:
+            return self.out_proj(y)
         else:
             out = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
         return self.out_proj(rearrange(out, _FROM_HEADS[self.axis], b=x.shape[0], h=self.heads))
+
+    def _short_attention(self, q: Tensor, k: Tensor, v: Tensor, x: Tensor) -> Tensor | None:
+        """Without autograd on the CPU: :func:`tsdiffusion.kernels.short_attention` writing the heads straight into
+        a (B, L, K, C) tensor (the out-projection's layout), or None where that kernel does not apply."""
+        if not kernels.supports(q, k, v):
+            return None
+        y = torch.empty((*x.shape[:-1], self.heads * q.shape[-1]), dtype=q.dtype)
+        view = rearrange(y, "b l k (h d) -> " + _TO_HEADS[self.axis].split("-> ")[1], h=self.heads)
+        if view.data_ptr() != y.data_ptr() or view.shape != q.shape:  # pragma: no cover - rearrange copied
+            return None
+        return y if kernels.short_attention(q, k, v, out=view) is not None else None
 
 
 class CSDILinearTransformerLayer(nn.Module):

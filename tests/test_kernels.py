@@ -1,0 +1,96 @@
+"""tsdiffusion.kernels.short_attention against float64 softmax attention, on the strided layouts CSDI passes."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+
+from tsdiffusion import kernels
+
+pytestmark = pytest.mark.skipif(kernels._compiler() is None, reason="no C compiler on this machine")
+
+
+@pytest.fixture(autouse=True)
+def _kernel_cache(tmp_path_factory, monkeypatch):
+    """Build into a folder of this session (the build itself is part of what is tested)."""
+    monkeypatch.setenv("TSDIFFUSION_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+    yield
+
+
+def _reference(q, k, v):
+    return F.scaled_dot_product_attention(q.double(), k.double(), v.double())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("S", "D"), [(1, 8), (7, 8), (8, 8), (9, 8), (35, 8), (48, 8), (100, 8), (13, 4),
+                                      (35, 16), (20, 24), (9, 64)])  # fmt: skip
+def test_equals_softmax_attention(S: int, D: int, dtype: torch.dtype) -> None:
+    """Every sequence length around the 8-key blocks of the AVX2 path, head widths with their own copy and not;
+    float32 to float rounding, bf16 within one bf16 rounding of the exact result of the same bf16 inputs."""
+    g = torch.Generator().manual_seed(S * 100 + D)
+    q, k, v = (torch.randn(6, 3, S, D, generator=g).to(dtype) for _ in range(3))
+    q = q * 3  # peaked softmax: the max subtraction matters
+    with torch.no_grad():
+        out = kernels.short_attention(q, k, v)
+    assert out is not None and out.dtype == dtype and out.shape == q.shape
+    ref = _reference(q, k, v)
+    if dtype == torch.float32:
+        torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+    else:
+        assert ((out.double() - ref).abs() <= ref.abs() * 2**-8 + 1e-6).all()
+
+
+@pytest.mark.parametrize("axis", ["L", "K"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_csdi_layouts_written_into_the_out_projections_layout(axis: str, dtype: torch.dtype) -> None:
+    """q, k, v as strided views of one qkv GEMM output, the result written through a view into (B, L, K, C)."""
+    B, L, K, H, D = 3, 11, 5, 4, 8
+    qkv = torch.randn(B, L, K, H * 3 * D, generator=torch.Generator().manual_seed(1)).to(dtype)
+    to_heads = {"L": "b l k h d -> b (k h) l d", "K": "b l k h d -> (b l) h k d"}[axis]
+    parts = rearrange(qkv, "b l k (h n d) -> n b l k h d", n=3, h=H).unbind(0)
+    q, k, v = (rearrange(y, to_heads) for y in parts)
+    assert not q.is_contiguous()
+    y = torch.full((B, L, K, H * D), float("nan"), dtype=dtype)
+    view = rearrange(y, "b l k (h d) -> " + to_heads.split("-> ")[1], h=H)
+    assert view.data_ptr() == y.data_ptr()
+    with torch.no_grad():
+        assert kernels.short_attention(q, k, v, out=view) is view
+    expected = rearrange(_reference(q, k, v), to_heads.split("-> ")[1] + " -> b l k (h d)", b=B, h=H)
+    torch.testing.assert_close(y.double(), expected, rtol=1e-2 if dtype == torch.bfloat16 else 1e-5, atol=1e-5)
+
+
+def test_declines_what_it_does_not_do() -> None:
+    q = torch.randn(2, 2, 5, 8)
+    assert kernels.supports(q, q, q)
+    assert not kernels.supports(q.half(), q.half(), q.half())
+    assert not kernels.supports(q, q, q.double())
+    assert not kernels.supports(q.transpose(-1, -2), q.transpose(-1, -2), q.transpose(-1, -2))
+    assert not kernels.supports(*(torch.randn(2, 2, 5, 65),) * 3)
+    r = q.clone().requires_grad_()
+    assert not kernels.supports(r, r, r)  # autograd: torch's kernel
+    with torch.no_grad():
+        assert kernels.supports(r, r, r)
+    assert kernels.short_attention(q.half(), q.half(), q.half()) is None
+
+
+def test_switched_off_or_unbuildable_falls_back_with_one_warning(monkeypatch) -> None:
+    q = torch.randn(2, 2, 5, 8)
+    try:
+        kernels.load.cache_clear()
+        monkeypatch.setenv("TSDIFFUSION_KERNELS", "0")
+        assert kernels.short_attention(q, q, q) is None
+        kernels.load.cache_clear()
+        monkeypatch.delenv("TSDIFFUSION_KERNELS")
+        monkeypatch.setenv("CC", "false")  # a "compiler" that fails
+        monkeypatch.setattr(kernels, "FLAGS", [*kernels.FLAGS, "-DFORCE_REBUILD"])  # not the cached build
+        with pytest.warns(UserWarning, match="could not build short_attention.c"):
+            assert kernels.short_attention(q, q, q) is None
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert kernels.short_attention(q, q, q) is None  # said once per process
+    finally:
+        kernels.load.cache_clear()

@@ -1,0 +1,136 @@
+"""Hand-written CPU kernels, compiled on first use with the machine's C compiler and loaded with ``ctypes``.
+
+:func:`short_attention` is softmax attention for many short sequences with narrow heads, without autograd: at
+CSDI's sampling shapes (thousands of sequences of 35-48 positions, heads 8 wide) torch's fused CPU kernel
+(``scaled_dot_product_attention``) spends its time in per-block overhead; ``short_attention.c`` does one
+(sequence, head) pair per unit of work, all of it in L1 and in float32, with an AVX2 + FMA path for heads 8 wide
+(``benchmarks/scripts/bench_csdi_sampling.py`` prints the two side by side).
+
+The library is built once per machine type and source text (``cc -O3 -march=native -fopenmp``; the file name
+holds a hash of the source, the flags, the compiler's version and the CPU's flags) into
+``$TSDIFFUSION_CACHE/kernels`` (default ``~/.cache/tsdiffusion/kernels``), written atomically so that parallel
+processes can race. Where no compiler runs, the build fails, or ``TSDIFFUSION_KERNELS=0`` is set,
+:func:`short_attention` returns None (once with a warning) and callers keep torch's kernel: the numbers are the
+same to float rounding, only slower.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+SOURCE = Path(__file__).with_name("short_attention.c")
+FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC", "-shared"]
+MAX_HEAD_DIM = 64
+_I64x4 = ctypes.c_int64 * 4
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("TSDIFFUSION_CACHE", str(Path.home() / ".cache" / "tsdiffusion"))
+    return Path(root) / "kernels"
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return line
+    except OSError:
+        pass
+    return ""
+
+
+def _compiler() -> str | None:
+    for cc in (os.environ.get("CC"), "cc", "gcc", "clang"):
+        if cc and shutil.which(cc):
+            return cc
+    return None
+
+
+@functools.cache
+def load() -> ctypes.CDLL | None:
+    """The compiled library (built on the first call of a process if not in the cache), or None, with the
+    reason given once as a warning, if it cannot be built or is switched off (``TSDIFFUSION_KERNELS=0``)."""
+    if os.environ.get("TSDIFFUSION_KERNELS", "1") == "0":
+        return None
+    cc = _compiler()
+    if cc is None:
+        warnings.warn(
+            "tsdiffusion.kernels: no C compiler (cc, gcc, clang or $CC); using torch's attention kernel", stacklevel=2
+        )
+        return None
+    try:
+        version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
+        source = SOURCE.read_bytes()
+        digest = hashlib.sha256(source + " ".join(FLAGS).encode() + version.encode() + _cpu_flags().encode())
+        target = cache_dir() / f"short_attention-{digest.hexdigest()[:16]}.so"
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+                built = Path(tmp) / target.name
+                proc = subprocess.run([cc, *FLAGS, "-o", str(built), str(SOURCE), "-lm"], capture_output=True,
+                                      text=True, timeout=300)  # fmt: skip
+                if proc.returncode != 0:
+                    raise RuntimeError(f"{cc} exited with {proc.returncode}: {proc.stderr.strip()[-2000:]}")
+                os.replace(built, target)  # atomic: a racing process sees the whole library or none
+        lib = ctypes.CDLL(str(target))
+    except Exception as err:  # any build or load failure: torch's kernel instead, said once
+        warnings.warn(
+            f"tsdiffusion.kernels: could not build {SOURCE.name} ({err}); using torch's attention kernel", stacklevel=2
+        )
+        return None
+    fn = lib.short_attention
+    fn.restype = ctypes.c_int
+    fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 4 + [ctypes.POINTER(ctypes.c_int64)] * 4
+    fn.argtypes += [ctypes.c_float, ctypes.c_int, ctypes.c_int]
+    return lib
+
+
+def supports(q: Tensor, k: Tensor, v: Tensor) -> bool:
+    """Whether :func:`short_attention` takes these inputs: CPU, no autograd, not under ``torch.compile``, one
+    dtype (float32 or bfloat16), (N, H, S, D) with D <= 64 contiguous, the same shapes."""
+    return (
+        q.device.type == "cpu"
+        and q.dtype in (torch.float32, torch.bfloat16)
+        and q.dtype == k.dtype == v.dtype
+        and q.dim() == 4
+        and q.shape == k.shape == v.shape
+        and 0 < q.shape[-1] <= MAX_HEAD_DIM
+        and q.shape[-2] > 0
+        and q.stride(-1) == k.stride(-1) == v.stride(-1) == 1
+        and not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad))
+        and not torch.compiler.is_compiling()
+    )
+
+
+def short_attention(q: Tensor, k: Tensor, v: Tensor, out: Tensor | None = None) -> Tensor | None:
+    """``softmax(q k^T / sqrt(D)) v`` for q, k, v of shape (N, H, S, D), any strides but a contiguous last dim,
+    written into ``out`` (any strided (N, H, S, D) view, e.g. one whose base is the layout the next matmul wants)
+    or a new tensor; None where the kernel is unavailable or the inputs are not :func:`supports`'s (then use
+    ``F.scaled_dot_product_attention``). Scores, softmax and the weighted sum in float32, rounded once."""
+    if not supports(q, k, v):
+        return None
+    lib = load()
+    if lib is None:
+        return None
+    if out is None:
+        out = torch.empty(q.shape, dtype=q.dtype)
+    if out.shape != q.shape or out.dtype != q.dtype or out.stride(-1) != 1:
+        raise ValueError(f"short_attention: out must be {tuple(q.shape)} {q.dtype} with a contiguous last dim")
+    N, H, S, D = q.shape
+    strides = [_I64x4(*t.stride()) for t in (q, k, v, out)]
+    rc = lib.short_attention(q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), N, H, S, D, *strides,
+                             D**-0.5, int(q.dtype == torch.bfloat16), torch.get_num_threads())  # fmt: skip
+    if rc != 0:
+        raise RuntimeError(f"short_attention failed with code {rc} (N={N}, H={H}, S={S}, D={D})")
+    return out

@@ -1,0 +1,258 @@
+/* Softmax attention for many short sequences with narrow heads, on the CPU, without autograd.
+ *
+ *     out[n, h, i, :] = sum_j softmax_j(scale * q[n, h, i, :] . k[n, h, j, :]) v[n, h, j, :]
+ *
+ * CSDI's transformers attend over thousands of sequences of 35-48 positions with heads 8 channels wide; there
+ * torch's fused CPU kernel spends its time in per-block overhead, not in arithmetic. Here one (n, h) pair is one
+ * unit of work: its keys are transposed into a (D x S) float32 block and its values copied into an (S x D) one,
+ * both in L1; each query row is scored against all keys, and the scores, their maximum, the exponentials, their
+ * sum and the output are kept in float32; the output is rounded once (bf16: to nearest even).
+ *
+ * Tensors come as a base pointer and element strides (n, h, s, d); d must be contiguous (stride 1). The loops
+ * are written for the compiler to vectorise over keys (gcc -O3 -march=native -ffast-math; exp from glibc's
+ * libmvec); head widths 8, 16, 32 and 64 get their own copy with the width a constant. Built and loaded by
+ * tsdiffusion/kernels/__init__.py with ctypes.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef uint16_t bf16_t;
+
+static inline float load_f32(const float *p) { return *p; }
+static inline float load_bf16(const bf16_t *p) {
+    uint32_t u = (uint32_t)*p << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+static inline void store_f32(float *p, float f) { *p = f; }
+static inline void store_bf16(bf16_t *p, float f) { /* round to nearest even; NaN stays NaN */
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) {
+        *p = (bf16_t)((u >> 16) | 0x40u);
+        return;
+    }
+    u += 0x7fffu + ((u >> 16) & 1u);
+    *p = (bf16_t)(u >> 16);
+}
+
+
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define HAVE_AVX2_D8 1
+
+/* exp(x) for x <= 0 (scores minus their maximum), 8 lanes: x = n ln2 + r, |r| <= ln2 / 2, exp(r) by a degree-6
+ * polynomial (relative error ~2e-7), 2^n by the exponent bits; below -87 the result is 0. */
+static inline __m256 exp_nonpos(__m256 x) {
+    const __m256 lo = _mm256_set1_ps(-87.0f);
+    const __m256 under = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
+    x = _mm256_max_ps(x, lo);
+    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.3981999507e-3f));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(8.3334519073e-3f));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(4.1665795894e-2f));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.6666665459e-1f));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(5.0000001201e-1f));
+    y = _mm256_fmadd_ps(y, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_andnot_ps(under, _mm256_mul_ps(y, _mm256_castsi256_ps(e)));
+}
+
+static inline float hmax8(__m256 v) {
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_movehdup_ps(m));
+    return _mm_cvtss_f32(m);
+}
+
+static inline float hsum8(__m256 v) {
+    __m128 m = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_add_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_add_ss(m, _mm_movehdup_ps(m));
+    return _mm_cvtss_f32(m);
+}
+
+static inline __m256 load8_f32(const float *p) { return _mm256_loadu_ps(p); }
+static inline __m256 load8_bf16(const bf16_t *p) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16));
+}
+static inline void store8_f32(float *p, __m256 v) { _mm256_storeu_ps(p, v); }
+static inline void store8_bf16(bf16_t *p, __m256 v) {
+    float t[8];
+    _mm256_storeu_ps(t, v);
+    for (int c = 0; c < 8; c++) store_bf16(p + c, t[c]);
+}
+
+/* Head width 8 on AVX2 + FMA: a key or value row is one vector. Keys transposed into kt (8 x SP), values kept as
+ * rows (S x 8); per query the scores of 8 keys at a time, max, exp, sum and the output row in registers. */
+#define UNIT8(NAME, T, LOAD8, STORE8)                                                                           \
+    static void NAME(const T *qb, const T *kb, const T *vb, T *ob, int64_t S, int64_t qs, int64_t ks,          \
+                     int64_t vs, int64_t os, float scale, float *restrict kt, float *restrict vv,              \
+                     float *restrict sc) {                                                                     \
+        const int64_t SP = (S + 7) & ~(int64_t)7;                                                              \
+        for (int64_t j = 0; j < S; j++) {                                                                      \
+            float row[8];                                                                                      \
+            _mm256_storeu_ps(row, LOAD8(kb + j * ks));                                                         \
+            for (int c = 0; c < 8; c++) kt[c * SP + j] = row[c];                                               \
+            _mm256_storeu_ps(vv + j * 8, LOAD8(vb + j * vs));                                                  \
+        }                                                                                                      \
+        for (int c = 0; c < 8; c++)                                                                            \
+            for (int64_t j = S; j < SP; j++) kt[c * SP + j] = 0.0f;                                            \
+        const __m256 ninf = _mm256_set1_ps(-1e30f); /* masked keys: exp gives 0 */                                                         \
+        const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);                                        \
+        const __m256 tail = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32((int)(S - (SP - 8))), lane)); \
+        for (int64_t i = 0; i < S; i++) {                                                                      \
+            const __m256 q = _mm256_mul_ps(LOAD8(qb + i * qs), _mm256_set1_ps(scale));                         \
+            float qv[8];                                                                                       \
+            _mm256_storeu_ps(qv, q);                                                                           \
+            __m256 mx = ninf;                                                                                  \
+            for (int64_t j = 0; j < SP; j += 8) {                                                              \
+                __m256 s = _mm256_mul_ps(_mm256_set1_ps(qv[0]), _mm256_loadu_ps(kt + j));                      \
+                for (int c = 1; c < 8; c++)                                                                    \
+                    s = _mm256_fmadd_ps(_mm256_set1_ps(qv[c]), _mm256_loadu_ps(kt + c * SP + j), s);           \
+                if (j + 8 == SP) s = _mm256_blendv_ps(ninf, s, tail);                                          \
+                _mm256_storeu_ps(sc + j, s);                                                                   \
+                mx = _mm256_max_ps(mx, s);                                                                     \
+            }                                                                                                  \
+            const __m256 m = _mm256_set1_ps(hmax8(mx));                                                        \
+            __m256 sum = _mm256_setzero_ps();                                                                  \
+            for (int64_t j = 0; j < SP; j += 8) {                                                              \
+                const __m256 e = exp_nonpos(_mm256_sub_ps(_mm256_loadu_ps(sc + j), m));                        \
+                _mm256_storeu_ps(sc + j, e);                                                                   \
+                sum = _mm256_add_ps(sum, e);                                                                   \
+            }                                                                                                  \
+            __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;                                        \
+            int64_t j = 0;                                                                                     \
+            for (; j + 4 <= S; j += 4) {                                                                       \
+                a0 = _mm256_fmadd_ps(_mm256_set1_ps(sc[j]), _mm256_loadu_ps(vv + j * 8), a0);                  \
+                a1 = _mm256_fmadd_ps(_mm256_set1_ps(sc[j + 1]), _mm256_loadu_ps(vv + (j + 1) * 8), a1);        \
+                a2 = _mm256_fmadd_ps(_mm256_set1_ps(sc[j + 2]), _mm256_loadu_ps(vv + (j + 2) * 8), a2);        \
+                a3 = _mm256_fmadd_ps(_mm256_set1_ps(sc[j + 3]), _mm256_loadu_ps(vv + (j + 3) * 8), a3);        \
+            }                                                                                                  \
+            for (; j < S; j++) a0 = _mm256_fmadd_ps(_mm256_set1_ps(sc[j]), _mm256_loadu_ps(vv + j * 8), a0);   \
+            const __m256 acc = _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3));                   \
+            STORE8(ob + i * os, _mm256_mul_ps(acc, _mm256_set1_ps(1.0f / hsum8(sum))));                        \
+        }                                                                                                      \
+    }
+
+UNIT8(unit8_f32, float, load8_f32, store8_f32)
+UNIT8(unit8_bf16, bf16_t, load8_bf16, store8_bf16)
+#endif
+
+/* UNIT(name, T, D): one (n, h) unit for element type T and head width D (0: the runtime width d).
+ * kt: D x SP scratch (SP = S rounded up to 8), vv: S x D, sc: SP, acc: D. */
+#define UNIT(NAME, T, LOAD, STORE, DW)                                                                          \
+    static void NAME(const T *qb, const T *kb, const T *vb, T *ob, int64_t S, int64_t d, int64_t qs, int64_t ks, \
+                     int64_t vs, int64_t os, float scale, float *restrict kt, float *restrict vv,               \
+                     float *restrict sc, float *restrict acc) {                                                 \
+        const int64_t D = DW ? DW : d;                                                                          \
+        const int64_t SP = (S + 7) & ~(int64_t)7;                                                               \
+        for (int64_t j = 0; j < S; j++)                                                                         \
+            for (int64_t c = 0; c < D; c++) {                                                                   \
+                kt[c * SP + j] = LOAD(kb + j * ks + c);                                                         \
+                vv[j * D + c] = LOAD(vb + j * vs + c);                                                          \
+            }                                                                                                   \
+        for (int64_t c = 0; c < D; c++)                                                                         \
+            for (int64_t j = S; j < SP; j++) kt[c * SP + j] = 0.0f;                                             \
+        for (int64_t i = 0; i < S; i++) {                                                                       \
+            float qr[DW ? DW : 64];                                                                             \
+            for (int64_t c = 0; c < D; c++) qr[c] = LOAD(qb + i * qs + c) * scale;                              \
+            for (int64_t j = 0; j < SP; j++) sc[j] = qr[0] * kt[j];                                             \
+            for (int64_t c = 1; c < D; c++) {                                                                   \
+                const float qc = qr[c];                                                                         \
+                const float *restrict kc = kt + c * SP;                                                         \
+                for (int64_t j = 0; j < SP; j++) sc[j] += qc * kc[j];                                           \
+            }                                                                                                   \
+            float m = sc[0];                                                                                    \
+            for (int64_t j = 1; j < S; j++) m = sc[j] > m ? sc[j] : m;                                          \
+            float sum = 0.0f;                                                                                   \
+            for (int64_t j = 0; j < S; j++) {                                                                   \
+                const float e = expf(sc[j] - m);                                                                \
+                sc[j] = e;                                                                                      \
+                sum += e;                                                                                       \
+            }                                                                                                   \
+            for (int64_t c = 0; c < D; c++) acc[c] = 0.0f;                                                      \
+            for (int64_t j = 0; j < S; j++) {                                                                   \
+                const float p = sc[j];                                                                          \
+                const float *restrict vr = vv + j * D;                                                          \
+                for (int64_t c = 0; c < D; c++) acc[c] += p * vr[c];                                            \
+            }                                                                                                   \
+            const float inv = 1.0f / sum;                                                                       \
+            for (int64_t c = 0; c < D; c++) STORE(ob + i * os + c, acc[c] * inv);                               \
+        }                                                                                                       \
+    }
+
+UNIT(unit_f32_8, float, load_f32, store_f32, 8)
+UNIT(unit_f32_16, float, load_f32, store_f32, 16)
+UNIT(unit_f32_32, float, load_f32, store_f32, 32)
+UNIT(unit_f32_64, float, load_f32, store_f32, 64)
+UNIT(unit_f32_any, float, load_f32, store_f32, 0)
+UNIT(unit_bf16_8, bf16_t, load_bf16, store_bf16, 8)
+UNIT(unit_bf16_16, bf16_t, load_bf16, store_bf16, 16)
+UNIT(unit_bf16_32, bf16_t, load_bf16, store_bf16, 32)
+UNIT(unit_bf16_64, bf16_t, load_bf16, store_bf16, 64)
+UNIT(unit_bf16_any, bf16_t, load_bf16, store_bf16, 0)
+
+#ifdef HAVE_AVX2_D8
+#define FAST8 1
+#define UNIT8_CALL(SUFFIX) unit8_##SUFFIX(qb, kb, vb, ob, S, qs[2], ks[2], vs[2], os[2], scale, kt, vv, sc)
+#else
+#define FAST8 0
+#define UNIT8_CALL(SUFFIX) (void)0
+#endif
+
+#define DISPATCH(T, SUFFIX)                                                                                     \
+    {                                                                                                           \
+        const T *qq = (const T *)q, *kk = (const T *)k, *vp = (const T *)v;                                     \
+        T *oo = (T *)o;                                                                                         \
+        _Pragma("omp for schedule(static)") for (int64_t u = 0; u < N * H; u++) {                               \
+            const int64_t n = u / H, h = u % H;                                                                 \
+            const T *qb = qq + n * qs[0] + h * qs[1], *kb = kk + n * ks[0] + h * ks[1];                         \
+            const T *vb = vp + n * vs[0] + h * vs[1];                                                           \
+            T *ob = oo + n * os[0] + h * os[1];                                                                 \
+            if (D == 8 && FAST8) {                                                                              \
+                UNIT8_CALL(SUFFIX);                                                                             \
+                continue;                                                                                       \
+            }                                                                                                   \
+            switch (D) {                                                                                        \
+            case 8: unit_##SUFFIX##_8(qb, kb, vb, ob, S, D, qs[2], ks[2], vs[2], os[2], scale, kt, vv, sc, acc); break;   \
+            case 16: unit_##SUFFIX##_16(qb, kb, vb, ob, S, D, qs[2], ks[2], vs[2], os[2], scale, kt, vv, sc, acc); break; \
+            case 32: unit_##SUFFIX##_32(qb, kb, vb, ob, S, D, qs[2], ks[2], vs[2], os[2], scale, kt, vv, sc, acc); break; \
+            case 64: unit_##SUFFIX##_64(qb, kb, vb, ob, S, D, qs[2], ks[2], vs[2], os[2], scale, kt, vv, sc, acc); break; \
+            default: unit_##SUFFIX##_any(qb, kb, vb, ob, S, D, qs[2], ks[2], vs[2], os[2], scale, kt, vv, sc, acc);     \
+            }                                                                                                   \
+        }                                                                                                       \
+    }
+
+/* q, k, v, o: (N, H, S, D) with element strides qs, ks, vs, os (4 each; the last must be 1); D <= 64;
+ * bf16: 1 for bfloat16, 0 for float32; threads: OpenMP threads. Returns 0, -1 if scratch memory could not be
+ * allocated, -2 for unsupported arguments. */
+int short_attention(const void *q, const void *k, const void *v, void *o, int64_t N, int64_t H, int64_t S,
+                    int64_t D, const int64_t *qs, const int64_t *ks, const int64_t *vs, const int64_t *os,
+                    float scale, int bf16, int threads) {
+    if (D < 1 || D > 64 || S < 1 || qs[3] != 1 || ks[3] != 1 || vs[3] != 1 || os[3] != 1) return -2;
+    const int64_t SP = (S + 7) & ~(int64_t)7;
+    int failed = 0;
+#pragma omp parallel num_threads(threads) reduction(| : failed)
+    {
+        float *buf = (float *)aligned_alloc(64, sizeof(float) * (size_t)(((D * SP + S * D + SP + D) / 16 + 4) * 16));
+        float *kt = buf, *vv = buf + D * SP, *sc = vv + S * D, *acc = sc + SP;
+        if (!buf) {
+            failed = 1;
+        } else {
+            if (bf16)
+                DISPATCH(bf16_t, bf16)
+            else
+                DISPATCH(float, f32)
+            free(buf);
+        }
+    }
+    return failed ? -1 : 0;
+}
