@@ -1,28 +1,31 @@
-"""The CSDI sampling call at the PhysioNet size, op by op, against this machine's float32 peak and the original code.
+"""The CSDI sampling call at the PhysioNet size, op by op, against this machine's matmul peaks and the original code.
 
     python benchmarks/scripts/bench_csdi_sampling.py --threads 1 --out benchmarks/results/speed/amd-epyc-avx2
-    python benchmarks/scripts/bench_csdi_sampling.py --threads 2 --compile --repeats 7
+    python benchmarks/scripts/bench_csdi_sampling.py --threads 2 --repeats 7 --out benchmarks/results/speed/intel-amx
 
 One run of one script, in one process (issue 27, item 2). The official CSDI PhysioNet checkpoint, one denoiser
 call on ``--rows`` rows (default 100: one record's 100 samples, as the full-fold run calls it; L=48, K=35,
-10% of the observed values held out), no grad, float32 (the precision policy of machines without bf16 units),
-inside ``keep_freed_memory`` as ``draw_samples`` runs it. Variants, timed in turn (a, b, c, a, b, c, ...) so that
-the load of other processes hits all alike, medians of ``--repeats``:
+10% of the observed values held out), no grad, inside ``keep_freed_memory`` as ``draw_samples`` runs it.
+Variants, timed in turn (a, b, c, a, b, c, ...) so that the load of other processes hits all alike, medians of
+``--repeats``:
 
-    original       the original code (``--original``, ermongroup/CSDI): ``CSDI_Physio.diffmodel`` on the input
-                   ``impute`` builds per step, side information computed once per chain as ``impute`` does
-    forward        ``CSDIDenoiser(x_t, t, cond)``: everything recomputed per call
-    chain          ``CSDIDenoiser.bind(cond)``: the per-chain caches ``draw_samples`` uses
-    chain+compile  ``--compile``: the chain's forward under ``torch.compile`` (inductor C++, freezing), if it
-                   compiles; its compile time is reported separately
+    original         the original code (``--original``, ermongroup/CSDI): ``CSDI_Physio.diffmodel`` on the input
+                     ``impute`` builds per step, side information computed once per chain as ``impute`` does
+    forward          ``CSDIDenoiser(x_t, t, cond)``: everything recomputed per call, torch's attention kernel
+    chain sdpa       ``CSDIDenoiser.bind(cond)``: the per-chain caches ``draw_samples`` uses, torch's attention
+    chain            the same with ``tsdiffusion.kernels.short_attention`` (what sampling runs)
+    bf16 chain sdpa  under bf16 autocast (``--bf16``; default where the precision policy is bf16): the chain on
+    bf16 chain       a bf16 copy of the weights, with torch's attention kernel or ours
+    chain+compile    ``--compile``: the chain's forward under ``torch.compile`` (inductor C++, freezing), if it
+                     compiles; its compile time is reported separately
 
-Printed: the float32 matmul peak (2048^3, measured in this process before and after), each variant's wall and
-CPU seconds per call (``time.process_time``: with one thread, the cost without the time spent waiting for a core
-that other processes hold), GFLOP (``FlopCounterMode``) and GFLOP/s on both clocks with the share of the peak,
-the ratio to the original, a per-operation table (``torch.profiler``) of the chain variant and the original with
-each op's FLOPs, GFLOP/s and share of peak, and the projected full-fold time (799 records x 100 samples x the
-sampler's steps) from the chain's cost. The machine's load average is recorded: on a shared machine wall times
-are not idle-machine figures, ratios measured in one run are.
+Printed: the float32 (and bf16) matmul peak (2048^3, measured in this process before and after), each variant's
+wall and CPU seconds per call (``time.process_time``: with one thread, the cost without the time spent waiting for
+a core that other processes hold), GFLOP (``FlopCounterMode``) and GFLOP/s on both clocks with the share of the
+peak of the variant's dtype, the ratio to the original, a per-operation table (``torch.profiler``) of the chains
+and the original with each op's FLOPs, GFLOP/s and share of peak, and the projected full-fold time (799 records x
+100 samples x the sampler's steps) from the fastest variant's cost. The machine's load average is recorded: on a
+shared machine wall times are not idle-machine figures, ratios measured in one run are.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from torch.utils.flop_counter import FlopCounterMode
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from tsdiffusion import kernels  # noqa: E402
 from tsdiffusion.chunked_eval import machine_type  # noqa: E402
 from tsdiffusion.hardware import keep_freed_memory, precision_policy  # noqa: E402
 
@@ -51,9 +55,9 @@ FOLD_RECORDS, SAMPLES = 799, 100
 LOADED = " (LOADED MACHINE: wall times are not idle-machine figures; ratios in this run are)"
 
 
-def matmul_peak(n: int = 2048, repeats: int = 5) -> tuple[float, float]:
-    """Median float32 GFLOP/s of an n^3 product on wall and CPU clocks."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_peak(n: int = 2048, repeats: int = 5, dtype: torch.dtype = torch.float32) -> tuple[float, float]:
+    """Median GFLOP/s of an n^3 product in ``dtype`` on wall and CPU clocks."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
     a @ b
     walls, cpus = [], []
     for _ in range(repeats):
@@ -132,11 +136,13 @@ def op_table(fn, flops_per_op: dict[str, float], cpu_s: float, peak: float, thre
         fn()
     rows, total = [], 0.0
     for ev in prof.key_averages():
-        if not ev.key.startswith("aten::") or ev.self_cpu_time_total <= 0:
+        if not ev.key.startswith(("aten::", "tsdiffusion::")) or ev.self_cpu_time_total <= 0:
             continue
         ms = ev.self_cpu_time_total / 1e3
         total += ms
         name = ev.key.removeprefix("aten::")
+        if name == "tsdiffusion::short_attention":
+            flops_per_op = {**flops_per_op, name: flops_per_op.get(SDPA, 0.0)}
         flop = flops_per_op.get(name, 0.0)
         rows.append({"op": name, "calls": ev.count, "self_ms": ms, "gflop": flop / 1e9,
                      "gflops": flop / 1e6 / ms if flop else None})  # fmt: skip
@@ -205,6 +211,30 @@ def compile_chain(den, x_t, cond):
     return (lambda x, t: fn(x, t, cache)), time.perf_counter() - start
 
 
+def without_kernel(fn):
+    """``fn`` with torch's attention kernel instead of tsdiffusion.kernels.short_attention."""
+
+    def call():
+        real = kernels.supports
+        kernels.supports = lambda *a: False
+        try:
+            return fn()
+        finally:
+            kernels.supports = real
+
+    return call
+
+
+def under_bf16(fn):
+    """``fn`` under bf16 autocast: the chain on a bf16 copy of the weights (CSDIDenoiser.bind)."""
+
+    def call():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return fn()
+
+    return call
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--threads", type=int, default=1)
@@ -213,6 +243,12 @@ def main() -> None:
     p.add_argument("--checkpoint", default="/work/ref/CSDI/save/pretrained/model.pth")
     p.add_argument("--original", default="/work/ref/CSDI", help="ermongroup/CSDI checkout ('' to skip)")
     p.add_argument("--compile", action="store_true")
+    p.add_argument(
+        "--bf16",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the bf16 variants too (default: where the precision policy picks bf16)",
+    )
     p.add_argument("--out", type=Path, default=None, help="write bench_csdi_sampling.txt / .json here")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -230,6 +266,8 @@ def main() -> None:
         f"{args.threads} thread(s); precision policy {precision_policy('auto')}; load average at start "
         f"{load0[0]:.1f} on {os.cpu_count()} CPUs{LOADED if load0[0] > 1.5 else ''}")  # fmt: skip
     peak_w0, peak_c0 = matmul_peak()
+    bf16 = args.bf16 if args.bf16 is not None else precision_policy("auto").startswith("bf16")
+    bpeak_w0, bpeak_c0 = matmul_peak(dtype=torch.bfloat16) if bf16 else (float("nan"), float("nan"))
     den = load_official_csdi_physionet(args.checkpoint)
     x_t, t, cond = inputs(args.rows)
     chain = den.bind(cond)
@@ -237,8 +275,14 @@ def main() -> None:
     with torch.no_grad(), keep_freed_memory():
         if args.original:
             variants["original"] = original_call(args.original, args.checkpoint, x_t, t, cond)
-        variants["forward"] = lambda: den(x_t, t, cond)
-        variants["chain"] = lambda: chain(x_t, t)
+        variants["forward"] = without_kernel(lambda: den(x_t, t, cond))
+        variants["chain sdpa"] = without_kernel(lambda: chain(x_t, t))
+        if kernels.load() is not None:
+            variants["chain"] = lambda: chain(x_t, t)
+        if bf16:
+            variants["bf16 chain sdpa"] = without_kernel(under_bf16(lambda: chain(x_t, t)))
+            if kernels.load() is not None:
+                variants["bf16 chain"] = under_bf16(lambda: chain(x_t, t))
         compile_s = 0.0
         if args.compile:
             compiled, compile_s = compile_chain(den, x_t, cond)
@@ -257,23 +301,34 @@ def main() -> None:
                 w, c = time.perf_counter(), time.process_time()
                 fn()
                 walls[k].append(time.perf_counter() - w), cpus[k].append(time.process_time() - c)
-        tables = {k: op_table(variants[k], flops[k][1], statistics.median(cpus[k]), peak_c0, args.threads)
-                  for k in ("original", "chain") if k in variants}  # fmt: skip
+        profiled = [k for k in ("original", "chain", "bf16 chain") if k in variants]
+        tables = {k: op_table(variants[k], flops[k][1], statistics.median(cpus[k]),
+                              bpeak_c0 if k.startswith("bf16") else peak_c0, args.threads)
+                  for k in profiled}  # fmt: skip
     peak_w1, peak_c1 = matmul_peak()
+    bpeak_w1, bpeak_c1 = matmul_peak(dtype=torch.bfloat16) if bf16 else (float("nan"), float("nan"))
     peak_w, peak_c = statistics.median([peak_w0, peak_w1]), statistics.median([peak_c0, peak_c1])
+    bpeak_w, bpeak_c = statistics.median([bpeak_w0, bpeak_w1]), statistics.median([bpeak_c0, bpeak_c1])
     load1 = os.getloadavg()
     say(f"# float32 matmul peak (2048^3, {args.threads} thread(s)): {peak_w0:.1f} / {peak_w1:.1f} GFLOP/s wall "
         f"(before / after), {peak_c0:.1f} / {peak_c1:.1f} GFLOP/s per CPU-second x threads; load average at end "
         f"{load1[0]:.1f}")  # fmt: skip
+    if bf16:
+        say(f"# bf16 matmul peak (2048^3): {bpeak_w0:.1f} / {bpeak_w1:.1f} GFLOP/s wall, {bpeak_c0:.1f} / "
+            f"{bpeak_c1:.1f} per CPU-second x threads; the bf16 variants' %peak is of this peak")  # fmt: skip
     if compile_s:
         say(f"# chain+compile: compiled in {compile_s:.0f} s (once per process and batch shape)")
     say(
         f"# one denoiser call on {args.rows} rows (B={args.rows}, L=48, K=35, 64 channels, 4 layers, 8 heads), "
-        f"no grad, float32; medians of {args.repeats} interleaved repeats; GFLOP: FlopCounterMode's matrix "
+        f"no grad; medians of {args.repeats} interleaved repeats; GFLOP: FlopCounterMode's matrix "
         f"products plus the attention kernel's ({attention_flops(args.rows) / 1e9:.1f} GFLOP, by formula)"
     )
     say()
-    head = (f"{'variant':<14}{'GFLOP':>8}{'wall s':>9}{'cpu s':>8}{'GF/s wall':>11}{'%peak':>7}{'GF/s cpu':>10}"
+    say(
+        "variants: 'sdpa' = torch's attention kernel, else tsdiffusion.kernels.short_attention; 'bf16' = under "
+        "bf16 autocast, the chain on a bf16 copy of the weights; forward and the chains are ours"
+    )
+    head = (f"{'variant':<16}{'GFLOP':>8}{'wall s':>9}{'cpu s':>8}{'GF/s wall':>11}{'%peak':>7}{'GF/s cpu':>10}"
             f"{'%peak':>7}{'vs orig (cpu)':>15}{'vs fwd (cpu)':>14}{'max |diff|':>12}")  # fmt: skip
     say(head)
     res = {}
@@ -281,20 +336,22 @@ def main() -> None:
     for k in variants:
         w, c = statistics.median(walls[k]), statistics.median(cpus[k])
         gf = flops[k][0] / 1e9
+        pw, pc = (bpeak_w, bpeak_c) if k.startswith("bf16") else (peak_w, peak_c)
         res[k] = {"gflop": gf, "wall_s": w, "cpu_s": c, "gflops_wall": gf / w, "gflops_cpu": gf / c * args.threads,
-                  "peak_share_wall": gf / w / peak_w, "peak_share_cpu": gf / c * args.threads / peak_c,
+                  "peak_share_wall": gf / w / pw, "peak_share_cpu": gf / c * args.threads / pc,
+                  "dtype": "bfloat16" if k.startswith("bf16") else "float32",
                   "vs_original_cpu": orig_c / c if orig_c else None,
                   "vs_forward_cpu": statistics.median(cpus["forward"]) / c, "max_abs_diff_vs_forward": diffs[k],
                   "walls": walls[k], "cpus": cpus[k]}  # fmt: skip
         r = res[k]
         vs = f"{r['vs_original_cpu']:.2f}x" if r["vs_original_cpu"] else "-"
-        say(f"{k:<14}{gf:>8.1f}{w:>9.2f}{c:>8.2f}{r['gflops_wall']:>11.1f}{100 * r['peak_share_wall']:>6.1f}%"
+        say(f"{k:<16}{gf:>8.1f}{w:>9.2f}{c:>8.2f}{r['gflops_wall']:>11.1f}{100 * r['peak_share_wall']:>6.1f}%"
             f"{r['gflops_cpu']:>10.1f}{100 * r['peak_share_cpu']:>6.1f}%{vs:>15}{r['vs_forward_cpu']:>13.2f}x"
             f"{diffs[k]:>12.1e}")  # fmt: skip
     for k, rows in tables.items():
         say()
         say(f"per op, one call of {k!r}: share of torch.profiler's self time, that share of the call's CPU seconds "
-            f"(cpu ms), GFLOP/s per CPU-second and share of the float32 peak")  # fmt: skip
+            f"(cpu ms), GFLOP/s per CPU-second and share of the peak of its dtype")  # fmt: skip
         say(f"{'op':<46}{'calls':>6}{'share':>7}{'cpu ms':>9}{'GFLOP':>8}{'GF/s':>8}{'%peak':>7}")
         for r in rows[:14]:
             gfs = f"{r['gflops']:.1f}" if r["gflops"] else "-"
@@ -328,6 +385,7 @@ def main() -> None:
         out = {"args": {k: str(v) for k, v in vars(args).items()}, "machine": machine_type(),
                "torch": torch.__version__, "load_avg": [load0, load1],
                "peak": {"wall": [peak_w0, peak_w1], "cpu": [peak_c0, peak_c1]},
+               "peak_bf16": {"wall": [bpeak_w0, bpeak_w1], "cpu": [bpeak_c0, bpeak_c1]},
                "variants": res, "ops": tables, "attention": attn, "projection": proj,
                "compile_s": compile_s}  # fmt: skip
         (args.out / "bench_csdi_sampling.json").write_text(json.dumps(out, indent=1) + "\n")

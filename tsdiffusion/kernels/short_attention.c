@@ -84,10 +84,15 @@ static inline __m256 load8_bf16(const bf16_t *p) {
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16));
 }
 static inline void store8_f32(float *p, __m256 v) { _mm256_storeu_ps(p, v); }
-static inline void store8_bf16(bf16_t *p, __m256 v) {
-    float t[8];
-    _mm256_storeu_ps(t, v);
-    for (int c = 0; c < 8; c++) store_bf16(p + c, t[c]);
+static inline void store8_bf16(bf16_t *p, __m256 v) { /* round to nearest even, NaN stays NaN, as store_bf16 */
+    const __m256i u = _mm256_castps_si256(v);
+    const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+    __m256i r = _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff))), 16);
+    const __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff)),
+                                           _mm256_set1_epi32(0x7f800000));
+    r = _mm256_blendv_epi8(r, _mm256_or_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(0x40)), nan);
+    const __m128i packed = _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
+    _mm_storeu_si128((__m128i *)p, packed);
 }
 
 /* Head width 8 on AVX2 + FMA: a key or value row is one vector. Keys transposed into kt (8 x SP), values kept as
