@@ -87,10 +87,34 @@ def test_switched_off_or_unbuildable_falls_back_with_one_warning(monkeypatch) ->
         monkeypatch.delenv("TSDIFFUSION_KERNELS")
         monkeypatch.setenv("CC", "false")  # a "compiler" that fails
         monkeypatch.setattr(kernels, "FLAGS", [*kernels.FLAGS, "-DFORCE_REBUILD"])  # not the cached build
-        with pytest.warns(UserWarning, match="could not build short_attention.c"):
+        with pytest.warns(UserWarning, match="could not build cpu_kernels.c"):
             assert kernels.short_attention(q, q, q) is None
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             assert kernels.short_attention(q, q, q) is None  # said once per process
     finally:
         kernels.load.cache_clear()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("C", [64, 12, 1])
+def test_add_layer_norm_equals_torchs(C: int, dtype: torch.dtype) -> None:
+    """LayerNorm(x + r) against float64 torch on the same inputs (bf16: within one bf16 rounding, the sum is not
+    rounded in between); declines grad, other dtypes, mixed dtypes, norms over more than the last dim."""
+    g = torch.Generator().manual_seed(C)
+    norm = torch.nn.LayerNorm(C)
+    with torch.no_grad():
+        norm.weight.normal_(generator=g), norm.bias.normal_(generator=g)
+    norm = norm.to(dtype)
+    x, r = (torch.randn(3, 7, 5, C, generator=g).mul(4).add(2).to(dtype) for _ in range(2))
+    with torch.no_grad():
+        out = kernels.add_layer_norm(x, r, norm)
+        exact = F.layer_norm(x.double() + r.double(), (C,), norm.weight.double(), norm.bias.double(), norm.eps)
+    assert out is not None and out.dtype == dtype
+    tol = 2**-8 if dtype == torch.bfloat16 else 1e-5
+    assert ((out.double() - exact).abs() <= exact.abs() * tol + tol).all()
+    assert norm.weight.requires_grad and kernels.add_layer_norm(x, r, norm) is None  # autograd: torch's ops
+    with torch.no_grad():
+        assert kernels.add_layer_norm(x.half(), r.half(), norm.half()) is None
+        assert kernels.add_layer_norm(x.float(), r.to(torch.bfloat16), norm) is None
+        assert kernels.add_layer_norm(x, r, torch.nn.LayerNorm((5, C)).to(dtype)) is None

@@ -89,8 +89,8 @@ class CSDITransformerLayer(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """x: (B, L, K, C) -> (B, L, K, C)."""
         p = self.dropout if self.training else 0.0
-        x = self.norm1(x + _dropout(self._attend(x), p))
-        return self.norm2(x + _dropout(self.linear2(_dropout(F.gelu(self.linear1(x)), p)), p))
+        x = _add_norm(x, _dropout(self._attend(x), p), self.norm1)
+        return _add_norm(x, _dropout(self.linear2(_dropout(F.gelu(self.linear1(x)), p)), p), self.norm2)
 
     def _attend(self, x: Tensor) -> Tensor:
         """Multi-head self-attention along ``self.axis``. x: (B, L, K, C) -> (B, L, K, C)."""
@@ -174,6 +174,12 @@ class CSDILinearTransformerLayer(nn.Module):
             context = torch.einsum("blkhd,blkhe->blhde", k.softmax(dim=2), v)
             out = torch.einsum("blkhd,blhde->blkhe", q, context)
         return self.to_out(rearrange(out, "b l k h d -> b l k (h d)"))
+
+
+def _add_norm(x: Tensor, r: Tensor, norm: nn.LayerNorm) -> Tensor:
+    """``norm(x + r)``: in one pass by :func:`tsdiffusion.kernels.add_layer_norm` when sampling on the CPU."""
+    out = kernels.add_layer_norm(x, r, norm)
+    return norm(x + r) if out is None else out
 
 
 def _float32_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:

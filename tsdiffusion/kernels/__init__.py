@@ -1,17 +1,20 @@
-"""Hand-written CPU kernels, compiled on first use with the machine's C compiler and loaded with ``ctypes``.
+"""Hand-written CPU kernels for sampling, compiled on first use with the machine's C compiler, loaded with ``ctypes``.
 
-:func:`short_attention` is softmax attention for many short sequences with narrow heads, without autograd: at
-CSDI's sampling shapes (thousands of sequences of 35-48 positions, heads 8 wide) torch's fused CPU kernel
-(``scaled_dot_product_attention``) spends its time in per-block overhead; ``short_attention.c`` does one
-(sequence, head) pair per unit of work, all of it in L1 and in float32, with an AVX2 + FMA path for heads 8 wide
-(``benchmarks/scripts/bench_csdi_sampling.py`` prints the two side by side).
+- :func:`short_attention`: softmax attention for many short sequences with narrow heads, without autograd. At
+  CSDI's sampling shapes (thousands of sequences of 35-48 positions, heads 8 wide) torch's fused CPU kernel
+  (``scaled_dot_product_attention``) spends its time in per-block overhead; ``cpu_kernels.c`` does one
+  (sequence, head) pair per unit of work, all of it in L1 and in float32, with an AVX2 + FMA path for heads 8 wide.
+- :func:`add_layer_norm`: ``LayerNorm(x + r)`` in one pass over memory (torch: two, with the sum rounded to bf16
+  in between under bf16).
+
+``benchmarks/scripts/bench_csdi_sampling.py`` times the sampling call with them and with torch's kernels.
 
 The library is built once per machine type and source text (``cc -O3 -march=native -fopenmp``; the file name
 holds a hash of the source, the flags, the compiler's version and the CPU's flags) into
 ``$TSDIFFUSION_CACHE/kernels`` (default ``~/.cache/tsdiffusion/kernels``), written atomically so that parallel
-processes can race. Where no compiler runs, the build fails, or ``TSDIFFUSION_KERNELS=0`` is set,
-:func:`short_attention` returns None (once with a warning) and callers keep torch's kernel: the numbers are the
-same to float rounding, only slower.
+processes can race. Where no compiler runs, the build fails, or ``TSDIFFUSION_KERNELS=0`` is set, the functions
+return None (the build failure said once as a warning) and callers use torch's ops: the numbers are the same to
+float rounding, only slower.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-SOURCE = Path(__file__).with_name("short_attention.c")
+SOURCE = Path(__file__).with_name("cpu_kernels.c")
 FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC", "-shared"]
 MAX_HEAD_DIM = 64
 _I64x4 = ctypes.c_int64 * 4
@@ -65,15 +68,13 @@ def load() -> ctypes.CDLL | None:
         return None
     cc = _compiler()
     if cc is None:
-        warnings.warn(
-            "tsdiffusion.kernels: no C compiler (cc, gcc, clang or $CC); using torch's attention kernel", stacklevel=2
-        )
+        warnings.warn("tsdiffusion.kernels: no C compiler (cc, gcc, clang or $CC); using torch's kernels", stacklevel=2)
         return None
     try:
         version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
         source = SOURCE.read_bytes()
         digest = hashlib.sha256(source + " ".join(FLAGS).encode() + version.encode() + _cpu_flags().encode())
-        target = cache_dir() / f"short_attention-{digest.hexdigest()[:16]}.so"
+        target = cache_dir() / f"cpu_kernels-{digest.hexdigest()[:16]}.so"
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
@@ -86,13 +87,16 @@ def load() -> ctypes.CDLL | None:
         lib = ctypes.CDLL(str(target))
     except Exception as err:  # any build or load failure: torch's kernel instead, said once
         warnings.warn(
-            f"tsdiffusion.kernels: could not build {SOURCE.name} ({err}); using torch's attention kernel", stacklevel=2
+            f"tsdiffusion.kernels: could not build {SOURCE.name} ({err}); using torch's kernels", stacklevel=2
         )
         return None
     fn = lib.short_attention
     fn.restype = ctypes.c_int
     fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 4 + [ctypes.POINTER(ctypes.c_int64)] * 4
     fn.argtypes += [ctypes.c_float, ctypes.c_int, ctypes.c_int]
+    fn = lib.add_layer_norm
+    fn.restype = ctypes.c_int
+    fn.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 2 + [ctypes.c_float, ctypes.c_int, ctypes.c_int]
     return lib
 
 
@@ -134,4 +138,37 @@ def short_attention(q: Tensor, k: Tensor, v: Tensor, out: Tensor | None = None) 
                                  D**-0.5, int(q.dtype == torch.bfloat16), torch.get_num_threads())  # fmt: skip
     if rc != 0:
         raise RuntimeError(f"short_attention failed with code {rc} (N={N}, H={H}, S={S}, D={D})")
+    return out
+
+
+def add_layer_norm(x: Tensor, r: Tensor, norm: torch.nn.LayerNorm) -> Tensor | None:
+    """``norm(x + r)`` in one pass (float32 sums, rounded once), or None where it does not apply: CPU, no autograd,
+    not under ``torch.compile``, x, r and the norm's weight and bias of one dtype (float32 or bfloat16), contiguous,
+    normalised over the last dim only (then use ``norm(x + r)``). Unlike torch in bf16, the sum is not rounded to
+    bf16 before the norm."""
+    w, b = norm.weight, norm.bias
+    if (
+        x.device.type != "cpu"
+        or x.dtype not in (torch.float32, torch.bfloat16)
+        or w is None
+        or b is None
+        or not (x.dtype == r.dtype == w.dtype == b.dtype)
+        or x.shape != r.shape
+        or tuple(norm.normalized_shape) != (x.shape[-1],)
+        or not (x.is_contiguous() and r.is_contiguous() and w.is_contiguous() and b.is_contiguous())
+        or (torch.is_grad_enabled() and (x.requires_grad or r.requires_grad or w.requires_grad))
+        or torch.compiler.is_compiling()
+    ):
+        return None
+    lib = load()
+    if lib is None:
+        return None
+    out = torch.empty_like(x)
+    C = x.shape[-1]
+    with torch.profiler.record_function("tsdiffusion::add_layer_norm"):
+        rc = lib.add_layer_norm(x.data_ptr(), r.data_ptr(), w.data_ptr(), b.data_ptr(), out.data_ptr(),
+                                x.numel() // C, C, norm.eps, int(x.dtype == torch.bfloat16),
+                                torch.get_num_threads())  # fmt: skip
+    if rc != 0:
+        raise RuntimeError(f"add_layer_norm failed with code {rc} ({tuple(x.shape)})")
     return out

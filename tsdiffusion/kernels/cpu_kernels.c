@@ -1,4 +1,7 @@
-/* Softmax attention for many short sequences with narrow heads, on the CPU, without autograd.
+/* CPU kernels for sampling (no autograd), where torch's spend their time in overhead: built and loaded by
+ * tsdiffusion/kernels/__init__.py with ctypes.
+ *
+ * short_attention: softmax attention for many short sequences with narrow heads,
  *
  *     out[n, h, i, :] = sum_j softmax_j(scale * q[n, h, i, :] . k[n, h, j, :]) v[n, h, j, :]
  *
@@ -6,14 +9,16 @@
  * torch's fused CPU kernel spends its time in per-block overhead, not in arithmetic. Here one (n, h) pair is one
  * unit of work: its keys are transposed into a (D x S) float32 block and its values copied into an (S x D) one,
  * both in L1; each query row is scored against all keys, and the scores, their maximum, the exponentials, their
- * sum and the output are kept in float32; the output is rounded once (bf16: to nearest even).
+ * sum and the output are kept in float32; the output is rounded once (bf16: to nearest even). Tensors come as a
+ * base pointer and element strides (n, h, s, d); d must be contiguous (stride 1). Heads 8 wide have an AVX2 + FMA
+ * path (a key or value row is one vector); other widths loops written for the compiler to vectorise.
  *
- * Tensors come as a base pointer and element strides (n, h, s, d); d must be contiguous (stride 1). The loops
- * are written for the compiler to vectorise over keys (gcc -O3 -march=native -ffast-math; exp from glibc's
- * libmvec); head widths 8, 16, 32 and 64 get their own copy with the width a constant. Built and loaded by
- * tsdiffusion/kernels/__init__.py with ctypes.
+ * add_layer_norm: LayerNorm(x + r), the residual add and layer norm of a post-norm transformer layer in one pass.
+ *
+ * Scratch memory is allocated before each parallel region, so that every thread reaches its omp for.
  */
 #include <math.h>
+#include <omp.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -242,22 +247,84 @@ UNIT(unit_bf16_any, bf16_t, load_bf16, store_bf16, 0)
 int short_attention(const void *q, const void *k, const void *v, void *o, int64_t N, int64_t H, int64_t S,
                     int64_t D, const int64_t *qs, const int64_t *ks, const int64_t *vs, const int64_t *os,
                     float scale, int bf16, int threads) {
-    if (D < 1 || D > 64 || S < 1 || qs[3] != 1 || ks[3] != 1 || vs[3] != 1 || os[3] != 1) return -2;
+    if (D < 1 || D > 64 || S < 1 || threads < 1 || qs[3] != 1 || ks[3] != 1 || vs[3] != 1 || os[3] != 1) return -2;
     const int64_t SP = (S + 7) & ~(int64_t)7;
-    int failed = 0;
-#pragma omp parallel num_threads(threads) reduction(| : failed)
+    const size_t per = (size_t)(((D * SP + S * D + SP + D) / 16 + 4) * 16); /* floats, a multiple of 64 bytes */
+    float *all = (float *)aligned_alloc(64, sizeof(float) * per * (size_t)threads);
+    if (!all) return -1; /* allocated before the parallel region: every thread reaches the omp for */
+#pragma omp parallel num_threads(threads)
     {
-        float *buf = (float *)aligned_alloc(64, sizeof(float) * (size_t)(((D * SP + S * D + SP + D) / 16 + 4) * 16));
-        float *kt = buf, *vv = buf + D * SP, *sc = vv + S * D, *acc = sc + SP;
-        if (!buf) {
-            failed = 1;
-        } else {
-            if (bf16)
-                DISPATCH(bf16_t, bf16)
-            else
-                DISPATCH(float, f32)
-            free(buf);
-        }
+        float *kt = all + per * (size_t)omp_get_thread_num(), *vv = kt + D * SP, *sc = vv + S * D, *acc = sc + SP;
+        if (bf16)
+            DISPATCH(bf16_t, bf16)
+        else
+            DISPATCH(float, f32)
     }
-    return failed ? -1 : 0;
+    free(all);
+    return 0;
+}
+
+/* out[t, :] = LayerNorm(x[t, :] + r[t, :]) * weight + bias over rows of width C, in float32 (two passes over the
+ * row for the mean and the variance), rounded once; x, r, out: (T, C) contiguous, float32 or bf16 (bf16 = 1);
+ * weight, bias: (C,) in the same dtype. The residual add and the layer norm of a post-norm transformer layer in
+ * one pass over memory, where torch runs two (and rounds the sum to bf16 in between). */
+#define ADD_LN(NAME, T, LOAD)                                                                                    \
+    static void NAME(const T *x, const T *r, const T *w, const T *b, T *out, int64_t rows, int64_t C, float eps, \
+                     int threads, float *all) {                                                                  \
+        float *wf = all, *bf = all + C;                                                                          \
+        for (int64_t c = 0; c < C; c++) {                                                                        \
+            wf[c] = LOAD(w + c);                                                                                 \
+            bf[c] = LOAD(b + c);                                                                                 \
+        }                                                                                                        \
+        _Pragma("omp parallel num_threads(threads)") {                                                           \
+            float *y = all + 2 * C + C * (int64_t)omp_get_thread_num();                                          \
+            _Pragma("omp for schedule(static)") for (int64_t t = 0; t < rows; t++) {                             \
+                const T *xr = x + t * C, *rr = r + t * C;                                                        \
+                float sum = 0.0f;                                                                                \
+                for (int64_t c = 0; c < C; c++) {                                                                \
+                    y[c] = LOAD(xr + c) + LOAD(rr + c);                                                          \
+                    sum += y[c];                                                                                 \
+                }                                                                                                \
+                const float mean = sum / (float)C;                                                               \
+                float ss = 0.0f;                                                                                 \
+                for (int64_t c = 0; c < C; c++) {                                                                \
+                    y[c] -= mean;                                                                                \
+                    ss += y[c] * y[c];                                                                           \
+                }                                                                                                \
+                STORE_ROW_##T(out + t * C, y, wf, bf, 1.0f / sqrtf(ss / (float)C + eps), C);                     \
+            }                                                                                                    \
+        }                                                                                                        \
+    }
+
+static inline void STORE_ROW_float(float *o, const float *y, const float *w, const float *b, float rstd, int64_t C) {
+    for (int64_t c = 0; c < C; c++) o[c] = y[c] * rstd * w[c] + b[c];
+}
+static inline void STORE_ROW_bf16_t(bf16_t *o, const float *y, const float *w, const float *b, float rstd,
+                                    int64_t C) {
+    int64_t c = 0;
+#ifdef HAVE_AVX2_D8
+    const __m256 rs = _mm256_set1_ps(rstd);
+    for (; c + 8 <= C; c += 8)
+        store8_bf16(o + c, _mm256_fmadd_ps(_mm256_mul_ps(_mm256_loadu_ps(y + c), rs), _mm256_loadu_ps(w + c),
+                                           _mm256_loadu_ps(b + c)));
+#endif
+    for (; c < C; c++) store_bf16(o + c, y[c] * rstd * w[c] + b[c]);
+}
+
+ADD_LN(add_ln_f32, float, load_f32)
+ADD_LN(add_ln_bf16, bf16_t, load_bf16)
+
+int add_layer_norm(const void *x, const void *r, const void *w, const void *b, void *out, int64_t rows, int64_t C,
+                   float eps, int bf16, int threads) {
+    if (C < 1 || threads < 1) return -2;
+    float *all = (float *)malloc(sizeof(float) * (size_t)(C * (2 + threads)));
+    if (!all) return -1;
+    if (bf16)
+        add_ln_bf16((const bf16_t *)x, (const bf16_t *)r, (const bf16_t *)w, (const bf16_t *)b, (bf16_t *)out, rows,
+                    C, eps, threads, all);
+    else
+        add_ln_f32((const float *)x, (const float *)r, (const float *)w, (const float *)b, (float *)out, rows, C, eps,
+                   threads, all);
+    free(all);
+    return 0;
 }
