@@ -118,3 +118,43 @@ def test_add_layer_norm_equals_torchs(C: int, dtype: torch.dtype) -> None:
         assert kernels.add_layer_norm(x.half(), r.half(), norm.half()) is None
         assert kernels.add_layer_norm(x.float(), r.to(torch.bfloat16), norm) is None
         assert kernels.add_layer_norm(x, r, torch.nn.LayerNorm((5, C)).to(dtype)) is None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("C", [64, 13])
+def test_gated_tanh_equals_torchs(C: int, dtype: torch.dtype) -> None:
+    """sigmoid(gate) * tanh(filter) against float64 torch, over a range that saturates both (|y| up to ~30) and
+    values near 0 (tanh's cancellation): float32 within 1e-6 absolute, bf16 within one bf16 rounding."""
+    g = torch.Generator().manual_seed(C)
+    y = (torch.randn(4, 9, 2 * C, generator=g) * torch.logspace(-4, 1.5, 2 * C)).to(dtype)
+    with torch.no_grad():
+        out = kernels.gated_tanh(y)
+    gate, filt = y.double().chunk(2, dim=-1)
+    exact = torch.sigmoid(gate) * torch.tanh(filt)
+    assert out is not None and out.dtype == dtype and out.shape == (4, 9, C)
+    tol = (2**-8, 1e-7) if dtype == torch.bfloat16 else (1e-6, 1e-6)
+    assert ((out.double() - exact).abs() <= exact.abs() * tol[0] + tol[1]).all()
+    assert kernels.gated_tanh(y[..., :-1]) is None  # odd width
+    assert kernels.gated_tanh(y.requires_grad_() if dtype == torch.float32 else y.float().requires_grad_()) is None
+
+
+def test_portable_build_without_avx2_gives_the_same_numbers(monkeypatch) -> None:
+    """The loops every x86-64 compiles (-march=x86-64: no AVX2, no FMA) against the machine's build."""
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(5, 2, 35, 8, generator=g) for _ in range(3))
+    y = torch.randn(7, 32, generator=g) * 3
+    norm = torch.nn.LayerNorm(16).requires_grad_(False)
+    x, r = torch.randn(6, 16, generator=g), torch.randn(6, 16, generator=g)
+    with torch.no_grad():
+        native = (kernels.short_attention(q, k, v), kernels.gated_tanh(y), kernels.add_layer_norm(x, r, norm))
+        try:
+            kernels.load.cache_clear()
+            monkeypatch.setattr(
+                kernels, "FLAGS", [f for f in kernels.FLAGS if f != "-march=native"] + ["-march=x86-64"]
+            )
+            portable = (kernels.short_attention(q, k, v), kernels.gated_tanh(y), kernels.add_layer_norm(x, r, norm))
+        finally:
+            kernels.load.cache_clear()
+    for a, b in zip(native, portable):
+        assert a is not None and b is not None
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

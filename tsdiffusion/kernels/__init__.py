@@ -6,6 +6,7 @@
   (sequence, head) pair per unit of work, all of it in L1 and in float32, with an AVX2 + FMA path for heads 8 wide.
 - :func:`add_layer_norm`: ``LayerNorm(x + r)`` in one pass over memory (torch: two, with the sum rounded to bf16
   in between under bf16).
+- :func:`gated_tanh`: ``sigmoid(gate) * tanh(filter)`` of a WaveNet-style layer in one pass (torch: three).
 
 ``benchmarks/scripts/bench_csdi_sampling.py`` times the sampling call with them and with torch's kernels.
 
@@ -97,6 +98,9 @@ def load() -> ctypes.CDLL | None:
     fn = lib.add_layer_norm
     fn.restype = ctypes.c_int
     fn.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 2 + [ctypes.c_float, ctypes.c_int, ctypes.c_int]
+    fn = lib.gated_tanh
+    fn.restype = ctypes.c_int
+    fn.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_int64] * 2 + [ctypes.c_int, ctypes.c_int]
     return lib
 
 
@@ -171,4 +175,35 @@ def add_layer_norm(x: Tensor, r: Tensor, norm: torch.nn.LayerNorm) -> Tensor | N
                                 torch.get_num_threads())  # fmt: skip
     if rc != 0:
         raise RuntimeError(f"add_layer_norm failed with code {rc} ({tuple(x.shape)})")
+    return out
+
+
+def _plain(*tensors: Tensor) -> bool:
+    """CPU, float32 or bfloat16 alike, contiguous, no autograd, not under ``torch.compile``."""
+    t0 = tensors[0]
+    return (
+        t0.device.type == "cpu"
+        and t0.dtype in (torch.float32, torch.bfloat16)
+        and all(t.dtype == t0.dtype and t.device == t0.device and t.is_contiguous() for t in tensors)
+        and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+        and not torch.compiler.is_compiling()
+    )
+
+
+def gated_tanh(y: Tensor) -> Tensor | None:
+    """``sigmoid(gate) * tanh(filter)`` for ``gate, filter = y.chunk(2, dim=-1)`` in one pass (float32, rounded
+    once): y (..., 2C) -> (..., C); None where it does not apply (CPU, float32 or bfloat16, contiguous, no autograd,
+    not under ``torch.compile``; then use torch's ops)."""
+    if not _plain(y) or y.shape[-1] % 2:
+        return None
+    lib = load()
+    if lib is None:
+        return None
+    C = y.shape[-1] // 2
+    out = torch.empty((*y.shape[:-1], C), dtype=y.dtype)
+    with torch.profiler.record_function("tsdiffusion::gated_tanh"):
+        rc = lib.gated_tanh(y.data_ptr(), out.data_ptr(), y.numel() // (2 * C), C, int(y.dtype == torch.bfloat16),
+                            torch.get_num_threads())  # fmt: skip
+    if rc != 0:
+        raise RuntimeError(f"gated_tanh failed with code {rc} ({tuple(y.shape)})")
     return out

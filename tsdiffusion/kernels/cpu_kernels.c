@@ -328,3 +328,55 @@ int add_layer_norm(const void *x, const void *r, const void *w, const void *b, v
     free(all);
     return 0;
 }
+
+/* out[t, c] = sigmoid(y[t, c]) * tanh(y[t, C + c]): the gated activation of a WaveNet-style residual layer on the
+ * (T, 2C) output of its projection (gate, filter halves), in float32, rounded once; y, out contiguous. */
+static inline float gated_tanh1(float a, float b) {
+    const float ea = expf(-fabsf(a)), eb = expf(-2.0f * fabsf(b));
+    const float s = (a >= 0.0f ? 1.0f : ea) / (1.0f + ea);
+    const float th = (1.0f - eb) / (1.0f + eb);
+    return s * (b >= 0.0f ? th : -th);
+}
+
+#ifdef HAVE_AVX2_D8
+static inline __m256 gated_tanh8(__m256 a, __m256 b) {
+    const __m256 sign = _mm256_set1_ps(-0.0f), one = _mm256_set1_ps(1.0f);
+    const __m256 ea = exp_nonpos(_mm256_or_ps(a, sign)); /* exp(-|a|) */
+    const __m256 eb = exp_nonpos(_mm256_mul_ps(_mm256_set1_ps(2.0f), _mm256_or_ps(b, sign)));
+    const __m256 num = _mm256_blendv_ps(one, ea, a); /* a < 0 (sign bit set): e^a / (1 + e^a) */
+    const __m256 s = _mm256_div_ps(num, _mm256_add_ps(one, ea));
+    const __m256 th = _mm256_div_ps(_mm256_sub_ps(one, eb), _mm256_add_ps(one, eb));
+    return _mm256_mul_ps(s, _mm256_xor_ps(th, _mm256_and_ps(b, sign))); /* tanh(b) = sign(b) tanh(|b|) */
+}
+#endif
+
+#define GATED(NAME, T, LOAD, STORE, LOAD8, STORE8)                                                               \
+    static void NAME(const T *y, T *out, int64_t rows, int64_t C, int threads) {                                 \
+        _Pragma("omp parallel for num_threads(threads) schedule(static)") for (int64_t t = 0; t < rows; t++) {   \
+            const T *g = y + t * 2 * C, *f = g + C;                                                              \
+            T *o = out + t * C;                                                                                  \
+            int64_t c = 0;                                                                                       \
+            GATED_VEC(LOAD8, STORE8)                                                                             \
+            for (; c < C; c++) STORE(o + c, gated_tanh1(LOAD(g + c), LOAD(f + c)));                               \
+        }                                                                                                        \
+    }
+
+#ifdef HAVE_AVX2_D8
+#define GATED_VEC(LOAD8, STORE8) \
+    for (; c + 8 <= C; c += 8) STORE8(o + c, gated_tanh8(LOAD8(g + c), LOAD8(f + c)));
+GATED(gated_f32, float, load_f32, store_f32, load8_f32, store8_f32)
+GATED(gated_bf16, bf16_t, load_bf16, store_bf16, load8_bf16, store8_bf16)
+#else
+#define GATED_VEC(LOAD8, STORE8)
+GATED(gated_f32, float, load_f32, store_f32, , )
+GATED(gated_bf16, bf16_t, load_bf16, store_bf16, , )
+#endif
+
+int gated_tanh(const void *y, void *out, int64_t rows, int64_t C, int bf16, int threads) {
+    if (C < 1 || threads < 1) return -2;
+    if (bf16)
+        gated_bf16((const bf16_t *)y, (bf16_t *)out, rows, C, threads);
+    else
+        gated_f32((const float *)y, (float *)out, rows, C, threads);
+    return 0;
+}
