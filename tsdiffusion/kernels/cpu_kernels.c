@@ -25,6 +25,8 @@
 
 typedef uint16_t bf16_t;
 
+#define QB 4 /* queries at a time in the AVX-512 attention path (scratch: QB score rows) */
+
 static inline float load_f32(const float *p) { return *p; }
 static inline float load_bf16(const bf16_t *p) {
     uint32_t u = (uint32_t)*p << 16;
@@ -156,6 +158,110 @@ UNIT8(unit8_f32, float, load8_f32, store8_f32)
 UNIT8(unit8_bf16, bf16_t, load8_bf16, store8_bf16)
 #endif
 
+#if defined(__AVX512F__) && defined(HAVE_AVX2_D8)
+#define HAVE_AVX512_D8 1
+/* exp_nonpos on 16 lanes (the same polynomial). */
+static inline __m512 exp_nonpos16(__m512 x) {
+    const __m512 lo = _mm512_set1_ps(-87.0f);
+    const __mmask16 under = _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ);
+    x = _mm512_max_ps(x, lo);
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 y = _mm512_set1_ps(1.9875691500e-4f);
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.3981999507e-3f));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(8.3334519073e-3f));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(4.1665795894e-2f));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.6666665459e-1f));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(5.0000001201e-1f));
+    y = _mm512_fmadd_ps(y, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    const __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
+    return _mm512_maskz_mul_ps((__mmask16)~under, y, _mm512_castsi512_ps(e));
+}
+
+/* Head width 8 on AVX-512: scores, exponentials and the value sum 16 lanes at a time, QB queries at a time (their
+ * dependency chains interleave; one query alone waits on its FMA and exp latencies). Keys transposed into kt
+ * (8 x SP, SP = S rounded up to 16, zero-padded), values as rows (S x 8, plus a zero row), so that one 16-lane load
+ * holds the value rows of two keys, whose two weights one permute spreads over the two halves. */
+#define UNIT16(NAME, T, LOAD8, STORE8)                                                                          \
+    static void NAME(const T *qb, const T *kb, const T *vb, T *ob, int64_t S, int64_t qs, int64_t ks,          \
+                     int64_t vs, int64_t os, float scale, float *restrict kt, float *restrict vv,              \
+                     float *restrict sc) {                                                                     \
+        const int64_t SP = (S + 15) & ~(int64_t)15;                                                            \
+        for (int64_t j = 0; j < S; j++) {                                                                      \
+            float row[8];                                                                                      \
+            _mm256_storeu_ps(row, LOAD8(kb + j * ks));                                                         \
+            for (int c = 0; c < 8; c++) kt[c * SP + j] = row[c];                                               \
+            _mm256_storeu_ps(vv + j * 8, LOAD8(vb + j * vs));                                                  \
+        }                                                                                                      \
+        for (int c = 0; c < 8; c++)                                                                            \
+            for (int64_t j = S; j < SP; j++) kt[c * SP + j] = 0.0f;                                            \
+        _mm256_storeu_ps(vv + S * 8, _mm256_setzero_ps()); /* the partner of an odd last key */                \
+        const __mmask16 tail = (__mmask16)((S % 16) ? ((1u << (S % 16)) - 1u) : 0xffffu);                      \
+        const __m512i pair = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);                 \
+        const __m512i two = _mm512_set1_epi32(2);                                                              \
+        for (int64_t i0 = 0; i0 < S; i0 += QB) {                                                               \
+            float qv[QB][8];                                                                                   \
+            for (int u = 0; u < QB; u++) {                                                                     \
+                const int64_t i = i0 + u < S ? i0 + u : S - 1; /* past the end: repeat the last, not stored */  \
+                _mm256_storeu_ps(qv[u], _mm256_mul_ps(LOAD8(qb + i * qs), _mm256_set1_ps(scale)));             \
+            }                                                                                                  \
+            __m512 mx[QB];                                                                                     \
+            for (int u = 0; u < QB; u++) mx[u] = _mm512_set1_ps(-1e30f);                                       \
+            for (int64_t j = 0; j < SP; j += 16) {                                                             \
+                __m512 s[QB];                                                                                  \
+                const __m512 k0 = _mm512_loadu_ps(kt + j);                                                     \
+                for (int u = 0; u < QB; u++) s[u] = _mm512_mul_ps(_mm512_set1_ps(qv[u][0]), k0);               \
+                for (int c = 1; c < 8; c++) {                                                                  \
+                    const __m512 kc = _mm512_loadu_ps(kt + c * SP + j);                                        \
+                    for (int u = 0; u < QB; u++) s[u] = _mm512_fmadd_ps(_mm512_set1_ps(qv[u][c]), kc, s[u]);   \
+                }                                                                                              \
+                for (int u = 0; u < QB; u++) {                                                                 \
+                    if (j + 16 == SP) s[u] = _mm512_mask_blend_ps(tail, _mm512_set1_ps(-1e30f), s[u]);         \
+                    _mm512_storeu_ps(sc + u * SP + j, s[u]);                                                   \
+                    mx[u] = _mm512_max_ps(mx[u], s[u]);                                                        \
+                }                                                                                              \
+            }                                                                                                  \
+            __m512 m[QB], sum[QB], a0[QB], a1[QB];                                                             \
+            for (int u = 0; u < QB; u++) {                                                                     \
+                m[u] = _mm512_set1_ps(_mm512_reduce_max_ps(mx[u]));                                            \
+                sum[u] = a0[u] = a1[u] = _mm512_setzero_ps();                                                  \
+            }                                                                                                  \
+            for (int64_t j = 0; j < SP; j += 16)                                                               \
+                for (int u = 0; u < QB; u++) {                                                                 \
+                    const __m512 e = exp_nonpos16(_mm512_sub_ps(_mm512_loadu_ps(sc + u * SP + j), m[u]));      \
+                    _mm512_storeu_ps(sc + u * SP + j, e);                                                      \
+                    sum[u] = _mm512_add_ps(sum[u], e);                                                         \
+                }                                                                                              \
+            for (int64_t j = 0; j < S; j += 16) {                                                              \
+                __m512 p[QB];                                                                                  \
+                for (int u = 0; u < QB; u++) p[u] = _mm512_loadu_ps(sc + u * SP + j); /* padding weighs 0 */   \
+                __m512i idx = pair;                                                                            \
+                const int64_t end = S - j < 16 ? S - j : 16;                                                   \
+                for (int64_t jj = 0; jj < end; jj += 2) {                                                      \
+                    const __m512 v2 = _mm512_loadu_ps(vv + (j + jj) * 8);                                      \
+                    for (int u = 0; u < QB; u++) {                                                             \
+                        if (jj & 2)                                                                            \
+                            a1[u] = _mm512_fmadd_ps(_mm512_permutexvar_ps(idx, p[u]), v2, a1[u]);              \
+                        else                                                                                   \
+                            a0[u] = _mm512_fmadd_ps(_mm512_permutexvar_ps(idx, p[u]), v2, a0[u]);              \
+                    }                                                                                          \
+                    idx = _mm512_add_epi32(idx, two);                                                          \
+                }                                                                                              \
+            }                                                                                                  \
+            for (int u = 0; u < QB && i0 + u < S; u++) {                                                       \
+                const __m512 a = _mm512_add_ps(a0[u], a1[u]);                                                  \
+                const __m256 acc = _mm256_add_ps(_mm512_castps512_ps256(a), _mm512_extractf32x8_ps(a, 1));     \
+                STORE8(ob + (i0 + u) * os, _mm256_mul_ps(acc, _mm256_set1_ps(1.0f / _mm512_reduce_add_ps(sum[u])))); \
+            }                                                                                                  \
+        }                                                                                                      \
+    }
+
+UNIT16(unit16_f32, float, load8_f32, store8_f32)
+UNIT16(unit16_bf16, bf16_t, load8_bf16, store8_bf16)
+#endif
+
 /* UNIT(name, T, D): one (n, h) unit for element type T and head width D (0: the runtime width d).
  * kt: D x SP scratch (SP = S rounded up to 8), vv: S x D, sc: SP, acc: D. */
 #define UNIT(NAME, T, LOAD, STORE, DW)                                                                          \
@@ -210,7 +316,10 @@ UNIT(unit_bf16_32, bf16_t, load_bf16, store_bf16, 32)
 UNIT(unit_bf16_64, bf16_t, load_bf16, store_bf16, 64)
 UNIT(unit_bf16_any, bf16_t, load_bf16, store_bf16, 0)
 
-#ifdef HAVE_AVX2_D8
+#if defined(HAVE_AVX512_D8)
+#define FAST8 1
+#define UNIT8_CALL(SUFFIX) unit16_##SUFFIX(qb, kb, vb, ob, S, qs[2], ks[2], vs[2], os[2], scale, kt, vv, sc)
+#elif defined(HAVE_AVX2_D8)
 #define FAST8 1
 #define UNIT8_CALL(SUFFIX) unit8_##SUFFIX(qb, kb, vb, ob, S, qs[2], ks[2], vs[2], os[2], scale, kt, vv, sc)
 #else
@@ -248,13 +357,13 @@ int short_attention(const void *q, const void *k, const void *v, void *o, int64_
                     int64_t D, const int64_t *qs, const int64_t *ks, const int64_t *vs, const int64_t *os,
                     float scale, int bf16, int threads) {
     if (D < 1 || D > 64 || S < 1 || threads < 1 || qs[3] != 1 || ks[3] != 1 || vs[3] != 1 || os[3] != 1) return -2;
-    const int64_t SP = (S + 7) & ~(int64_t)7;
-    const size_t per = (size_t)(((D * SP + S * D + SP + D) / 16 + 4) * 16); /* floats, a multiple of 64 bytes */
+    const int64_t SP = (S + 15) & ~(int64_t)15; /* the widest path's padding (the others use less) */
+    const size_t per = (size_t)(((D * SP + (S + 1) * D + QB * SP + D) / 16 + 4) * 16); /* floats, 64-byte multiple */
     float *all = (float *)aligned_alloc(64, sizeof(float) * per * (size_t)threads);
     if (!all) return -1; /* allocated before the parallel region: every thread reaches the omp for */
 #pragma omp parallel num_threads(threads)
     {
-        float *kt = all + per * (size_t)omp_get_thread_num(), *vv = kt + D * SP, *sc = vv + S * D, *acc = sc + SP;
+        float *kt = all + per * (size_t)omp_get_thread_num(), *vv = kt + D * SP, *sc = vv + (S + 1) * D, *acc = sc + SP;
         if (bf16)
             DISPATCH(bf16_t, bf16)
         else
