@@ -104,6 +104,7 @@ static inline void store8_bf16(bf16_t *p, __m256 v) { /* round to nearest even, 
 
 /* Head width 8 on AVX2 + FMA: a key or value row is one vector. Keys transposed into kt (8 x SP), values kept as
  * rows (S x 8); per query the scores of 8 keys at a time, max, exp, sum and the output row in registers. */
+#define QA 2 /* queries at a time in the AVX2 path (16 vector registers) */
 #define UNIT8(NAME, T, LOAD8, STORE8)                                                                           \
     static void NAME(const T *qb, const T *kb, const T *vb, T *ob, int64_t S, int64_t qs, int64_t ks,          \
                      int64_t vs, int64_t os, float scale, float *restrict kt, float *restrict vv,              \
@@ -117,40 +118,54 @@ static inline void store8_bf16(bf16_t *p, __m256 v) { /* round to nearest even, 
         }                                                                                                      \
         for (int c = 0; c < 8; c++)                                                                            \
             for (int64_t j = S; j < SP; j++) kt[c * SP + j] = 0.0f;                                            \
-        const __m256 ninf = _mm256_set1_ps(-1e30f); /* masked keys: exp gives 0 */                                                         \
+        const __m256 ninf = _mm256_set1_ps(-1e30f); /* masked keys: exp gives 0 */                             \
         const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);                                        \
         const __m256 tail = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32((int)(S - (SP - 8))), lane)); \
-        for (int64_t i = 0; i < S; i++) {                                                                      \
-            const __m256 q = _mm256_mul_ps(LOAD8(qb + i * qs), _mm256_set1_ps(scale));                         \
-            float qv[8];                                                                                       \
-            _mm256_storeu_ps(qv, q);                                                                           \
-            __m256 mx = ninf;                                                                                  \
+        for (int64_t i0 = 0; i0 < S; i0 += QA) {                                                               \
+            float qv[QA][8];                                                                                   \
+            for (int u = 0; u < QA; u++) {                                                                     \
+                const int64_t i = i0 + u < S ? i0 + u : S - 1; /* past the end: repeat the last, not stored */  \
+                _mm256_storeu_ps(qv[u], _mm256_mul_ps(LOAD8(qb + i * qs), _mm256_set1_ps(scale)));             \
+            }                                                                                                  \
+            __m256 mx[QA];                                                                                     \
+            for (int u = 0; u < QA; u++) mx[u] = ninf;                                                         \
             for (int64_t j = 0; j < SP; j += 8) {                                                              \
-                __m256 s = _mm256_mul_ps(_mm256_set1_ps(qv[0]), _mm256_loadu_ps(kt + j));                      \
-                for (int c = 1; c < 8; c++)                                                                    \
-                    s = _mm256_fmadd_ps(_mm256_set1_ps(qv[c]), _mm256_loadu_ps(kt + c * SP + j), s);           \
-                if (j + 8 == SP) s = _mm256_blendv_ps(ninf, s, tail);                                          \
-                _mm256_storeu_ps(sc + j, s);                                                                   \
-                mx = _mm256_max_ps(mx, s);                                                                     \
+                __m256 s[QA];                                                                                  \
+                const __m256 k0 = _mm256_loadu_ps(kt + j);                                                     \
+                for (int u = 0; u < QA; u++) s[u] = _mm256_mul_ps(_mm256_set1_ps(qv[u][0]), k0);               \
+                for (int c = 1; c < 8; c++) {                                                                  \
+                    const __m256 kc = _mm256_loadu_ps(kt + c * SP + j);                                        \
+                    for (int u = 0; u < QA; u++) s[u] = _mm256_fmadd_ps(_mm256_set1_ps(qv[u][c]), kc, s[u]);   \
+                }                                                                                              \
+                for (int u = 0; u < QA; u++) {                                                                 \
+                    if (j + 8 == SP) s[u] = _mm256_blendv_ps(ninf, s[u], tail);                                \
+                    _mm256_storeu_ps(sc + u * SP + j, s[u]);                                                   \
+                    mx[u] = _mm256_max_ps(mx[u], s[u]);                                                        \
+                }                                                                                              \
             }                                                                                                  \
-            const __m256 m = _mm256_set1_ps(hmax8(mx));                                                        \
-            __m256 sum = _mm256_setzero_ps();                                                                  \
-            for (int64_t j = 0; j < SP; j += 8) {                                                              \
-                const __m256 e = exp_nonpos(_mm256_sub_ps(_mm256_loadu_ps(sc + j), m));                        \
-                _mm256_storeu_ps(sc + j, e);                                                                   \
-                sum = _mm256_add_ps(sum, e);                                                                   \
+            __m256 m[QA], sum[QA], a0[QA], a1[QA];                                                             \
+            for (int u = 0; u < QA; u++) {                                                                     \
+                m[u] = _mm256_set1_ps(hmax8(mx[u]));                                                           \
+                sum[u] = a0[u] = a1[u] = _mm256_setzero_ps();                                                  \
             }                                                                                                  \
-            __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;                                        \
-            int64_t j = 0;                                                                                     \
-            for (; j + 4 <= S; j += 4) {                                                                       \
-                a0 = _mm256_fmadd_ps(_mm256_set1_ps(sc[j]), _mm256_loadu_ps(vv + j * 8), a0);                  \
-                a1 = _mm256_fmadd_ps(_mm256_set1_ps(sc[j + 1]), _mm256_loadu_ps(vv + (j + 1) * 8), a1);        \
-                a2 = _mm256_fmadd_ps(_mm256_set1_ps(sc[j + 2]), _mm256_loadu_ps(vv + (j + 2) * 8), a2);        \
-                a3 = _mm256_fmadd_ps(_mm256_set1_ps(sc[j + 3]), _mm256_loadu_ps(vv + (j + 3) * 8), a3);        \
+            for (int64_t j = 0; j < SP; j += 8)                                                                \
+                for (int u = 0; u < QA; u++) {                                                                 \
+                    const __m256 e = exp_nonpos(_mm256_sub_ps(_mm256_loadu_ps(sc + u * SP + j), m[u]));        \
+                    _mm256_storeu_ps(sc + u * SP + j, e);                                                      \
+                    sum[u] = _mm256_add_ps(sum[u], e);                                                         \
+                }                                                                                              \
+            for (int64_t j = 0; j < S; j++) {                                                                  \
+                const __m256 vj = _mm256_loadu_ps(vv + j * 8);                                                 \
+                for (int u = 0; u < QA; u++) {                                                                 \
+                    if (j & 1)                                                                                 \
+                        a1[u] = _mm256_fmadd_ps(_mm256_set1_ps(sc[u * SP + j]), vj, a1[u]);                    \
+                    else                                                                                       \
+                        a0[u] = _mm256_fmadd_ps(_mm256_set1_ps(sc[u * SP + j]), vj, a0[u]);                    \
+                }                                                                                              \
             }                                                                                                  \
-            for (; j < S; j++) a0 = _mm256_fmadd_ps(_mm256_set1_ps(sc[j]), _mm256_loadu_ps(vv + j * 8), a0);   \
-            const __m256 acc = _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3));                   \
-            STORE8(ob + i * os, _mm256_mul_ps(acc, _mm256_set1_ps(1.0f / hsum8(sum))));                        \
+            for (int u = 0; u < QA && i0 + u < S; u++)                                                         \
+                STORE8(ob + (i0 + u) * os,                                                                     \
+                       _mm256_mul_ps(_mm256_add_ps(a0[u], a1[u]), _mm256_set1_ps(1.0f / hsum8(sum[u]))));      \
         }                                                                                                      \
     }
 
