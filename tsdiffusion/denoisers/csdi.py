@@ -482,8 +482,9 @@ class CSDIDenoiser(nn.Module):
                     cache.update(self._chain_cache(x_t, cond), key=key)
                 else:  # the chain on a copy of the weights in ``lowp``, autocast off: no per-call weight casts
                     twin = self._low_precision_twin(lowp)
-                    low_cond = {
-                        k: v.to(lowp) if v.is_floating_point() and k != "timepoints" else v for k, v in cond.items()
+                    low_cond: Cond = {  # the same keys, floating values in lowp
+                        k: v.to(lowp) if isinstance(v, Tensor) and v.is_floating_point() and k != "timepoints" else v
+                        for k, v in cond.items()
                     }
                     with torch.autocast(x_t.device.type, enabled=False):
                         cache.update(twin._chain_cache(x_t.to(lowp), low_cond), key=key, twin=twin)
