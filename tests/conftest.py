@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import tarfile
 from pathlib import Path
 
@@ -25,6 +26,19 @@ NAB_SERIES = [
     for name in ("nyc_taxi", "ambient_temperature_system_failure", "ec2_request_latency_system_failure",
                  "rogue_agent_key_hold")
 ]  # fmt: skip
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _kernels_under_tmp(tmp_path_factory):
+    """tsdiffusion.kernels builds its library under pytest's temporary folder (subprocesses inherit the variable),
+    not in the user's cache."""
+    old = os.environ.get("TSDIFFUSION_KERNELS_DIR")
+    os.environ["TSDIFFUSION_KERNELS_DIR"] = str(tmp_path_factory.getbasetemp() / "kernels")
+    yield
+    if old is None:
+        os.environ.pop("TSDIFFUSION_KERNELS_DIR", None)
+    else:
+        os.environ["TSDIFFUSION_KERNELS_DIR"] = old
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:

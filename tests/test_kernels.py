@@ -18,7 +18,7 @@ pytestmark = pytest.mark.skipif(kernels._compiler() is None, reason="no C compil
 @pytest.fixture(autouse=True)
 def _kernel_cache(tmp_path_factory, monkeypatch):
     """Build into a folder of this session (the build itself is part of what is tested)."""
-    monkeypatch.setenv("TSDIFFUSION_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+    monkeypatch.setenv("TSDIFFUSION_KERNELS_DIR", str(tmp_path_factory.getbasetemp() / "kernels_test"))
     yield
 
 

@@ -11,8 +11,8 @@
 ``benchmarks/scripts/bench_csdi_sampling.py`` times the sampling call with them and with torch's kernels.
 
 The library is built once per machine type and source text (``cc -O3 -march=native -fopenmp``; the file name
-holds a hash of the source, the flags, the compiler's version and the CPU's flags) into
-``$TSDIFFUSION_CACHE/kernels`` (default ``~/.cache/tsdiffusion/kernels``), written atomically so that parallel
+holds a hash of the source, the flags, the compiler's version and the CPU's flags) into :func:`cache_dir`,
+written atomically so that parallel
 processes can race. Where no compiler runs, the build fails, or ``TSDIFFUSION_KERNELS=0`` is set, the functions
 return None (the build failure said once as a warning) and callers use torch's ops: the numbers are the same to
 float rounding, only slower.
@@ -40,6 +40,9 @@ _I64x4 = ctypes.c_int64 * 4
 
 
 def cache_dir() -> Path:
+    """``$TSDIFFUSION_KERNELS_DIR``, else ``$TSDIFFUSION_CACHE/kernels``, else ``~/.cache/tsdiffusion/kernels``."""
+    if os.environ.get("TSDIFFUSION_KERNELS_DIR"):
+        return Path(os.environ["TSDIFFUSION_KERNELS_DIR"])
     root = os.environ.get("TSDIFFUSION_CACHE", str(Path.home() / ".cache" / "tsdiffusion"))
     return Path(root) / "kernels"
 
