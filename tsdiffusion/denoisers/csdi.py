@@ -31,7 +31,7 @@ from torch.utils.checkpoint import checkpoint
 
 from tsdiffusion import kernels
 from tsdiffusion.batch import Cond
-from tsdiffusion.denoisers.layers import DiffusionStepEmbedding, time_sinusoids
+from tsdiffusion.denoisers.layers import DiffusionStepEmbedding, gated_activation, time_sinusoids
 from tsdiffusion.denoisers.protocol import Capabilities
 from tsdiffusion.fill import interpolate
 
@@ -176,16 +176,6 @@ class CSDILinearTransformerLayer(nn.Module):
         return self.to_out(rearrange(out, "b l k h d -> b l k (h d)"))
 
 
-def _gated_tanh(y: Tensor) -> Tensor:
-    """``sigmoid(gate) * tanh(filter)`` of ``y.chunk(2, dim=-1)``: in one pass by
-    :func:`tsdiffusion.kernels.gated_tanh` when sampling on the CPU."""
-    out = kernels.gated_tanh(y)
-    if out is None:
-        gate, filt = y.chunk(2, dim=-1)
-        out = torch.sigmoid(gate) * torch.tanh(filt)
-    return out
-
-
 def _add_norm(x: Tensor, r: Tensor, norm: nn.LayerNorm) -> Tensor:
     """``norm(x + r)``: in one pass by :func:`tsdiffusion.kernels.add_layer_norm` when sampling on the CPU."""
     out = kernels.add_layer_norm(x, r, norm)
@@ -299,7 +289,7 @@ class CSDIResidualLayer(nn.Module):
                 y.addcmul_(side.mask, side.w_mask)
         else:
             y = self._add_side(self.mid_projection(y), side)  # (B, L, K, 2C)
-        residual, skip = self.output_projection(_gated_tanh(y)).chunk(2, dim=-1)
+        residual, skip = self.output_projection(gated_activation(y)).chunk(2, dim=-1)
         return (x + residual) / math.sqrt(2.0), skip
 
     def chain_side(self, side: tuple[Tensor, Tensor, Tensor | None], full_budget: int) -> ChainSide:

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tsdiffusion import kernels
+
 StepFrequencies = Literal["csdi", "timegrad"]
 
 
@@ -69,3 +71,14 @@ class DiffusionStepEmbedding(nn.Module):
         """t: (B,) long -> (B, projection_dim)."""
         emb = step_sinusoids(t, self.embedding_dim, self.frequencies).to(self.projection1.weight.dtype)
         return F.silu(self.projection2(F.silu(self.projection1(emb))))
+
+
+def gated_activation(y: Tensor) -> Tensor:
+    """WaveNet's gated activation ``sigmoid(gate) * tanh(filter)`` of ``gate, filter = y.chunk(2, dim=-1)``:
+    (..., 2C) -> (..., C). In one pass by :func:`tsdiffusion.kernels.gated_tanh` when sampling on the CPU (no
+    autograd), else torch's three ops."""
+    out = kernels.gated_tanh(y)
+    if out is None:
+        gate, filt = y.chunk(2, dim=-1)
+        out = torch.sigmoid(gate) * torch.tanh(filt)
+    return out

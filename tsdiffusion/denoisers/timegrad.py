@@ -43,7 +43,7 @@ from einops import rearrange, repeat
 from torch import Tensor, nn
 
 from tsdiffusion.batch import Cond, TSBatch
-from tsdiffusion.denoisers.layers import DiffusionStepEmbedding, StepFrequencies
+from tsdiffusion.denoisers.layers import DiffusionStepEmbedding, StepFrequencies, gated_activation
 from tsdiffusion.denoisers.protocol import Capabilities
 from tsdiffusion.hardware import keep_freed_memory
 from tsdiffusion.masking import horizon_start
@@ -250,8 +250,7 @@ class TimeGradResidualBlock(nn.Module):
         y = x + self.step_projection(step).unsqueeze(1)
         y = torch.cat([y.roll(d, dims=1), y, y.roll(-d, dims=1)], dim=-1)
         y = self.dilated_conv(y) + self.cond_projection(cond)
-        gate, filt = y.chunk(2, dim=-1)
-        y = F.leaky_relu(self.output_projection(torch.sigmoid(gate) * torch.tanh(filt)), 0.4)
+        y = F.leaky_relu(self.output_projection(gated_activation(y)), 0.4)
         residual, skip = y.chunk(2, dim=-1)
         return (x + residual) / math.sqrt(2.0), skip
 
