@@ -5,6 +5,8 @@
         --checkpoint /work/ref/CSDI/save/pretrained/model.pth --run dpmpp:10 --commit
     # the sampler check: the first 64 records with DPM-Solver++(2M)-10 and DDPM-50, chunks interleaved:
     ... --run dpmpp:10 --run ddpm:50 --records 64 --chunk-size 4
+    # each run's CRPS on the records all runs have done, against the first run's (the sampler decision):
+    ... --run ddpm:50 --run dpmpp:10 --run dpmpp:5 --records 64 --compare
     # the record (and the partial summary) from the chunks committed so far, no sampling:
     ... --run dpmpp:10 --aggregate
 
@@ -132,6 +134,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--precision", default="auto", help="auto (the machine's policy), 32-true or bf16-mixed")
     p.add_argument("--commit", action="store_true", help="git commit each chunk file as it is written")
     p.add_argument("--aggregate", action="store_true", help="no sampling: write summary.json and the record")
+    p.add_argument(
+        "--compare",
+        action="store_true",
+        help="no sampling: print each run's metrics on the records every run has done (first run = ref)",
+    )
     p.add_argument("--cache-dir", default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -146,6 +153,22 @@ def main(argv: list[str] | None = None) -> None:
     runs = [ChunkedRun(args.results / c["name"], c) for c in configs]
     indices = list(range(args.first, min(args.records, FOLD_RECORDS)))
     scored = list(range(min(args.records, FOLD_RECORDS)))  # what the record aggregates: all done of the first N
+    if args.compare:  # the sampler decision: every run on the records all of them have done
+        common = set(scored)
+        for run in runs:
+            common &= run.rows().keys()
+        order = sorted(common)
+        print(f"{len(order)} records done by all {len(runs)} runs (of the first {len(scored)}): {_spans(order)}")
+        base = None
+        for run, config in zip(runs, configs):
+            s = run.summary(order) if order else {}
+            crps = s.get("crps", float("nan"))
+            base = crps if base is None else base
+            print(
+                f"  {config['name']:<44} CRPS {crps:.5f} ({100 * (crps / base - 1):+.2f}% vs the first run)  "
+                f"MAE {s.get('mae_median', float('nan')):.5f}  RMSE {s.get('rmse_median', float('nan')):.5f}"
+            )
+        return
     if args.aggregate:
         for run, config in zip(runs, configs):
             if not run.rows().keys() & set(scored):
