@@ -249,7 +249,7 @@ def main(argv=None) -> None:
         rec["date"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         rec["machine"] = "AMD EPYC (AVX2, no AVX-512), 2 cores shared with other agents, 1 thread per run"
         out.write_text(json.dumps(rec, indent=1, default=str) + "\n")
-        print(out, json.dumps({k: rec[k] for k in ("scored_by_reference", "scored_by_ours")}), flush=True)
+        print(out, json.dumps({k: rec.get(k) for k in ("scored_by_reference", "scored_by_ours")}), flush=True)
 
 
 if __name__ == "__main__":
