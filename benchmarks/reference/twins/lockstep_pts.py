@@ -8,6 +8,10 @@ Writes ``DIR/lockstep.pt``: the initial and final ``TimeGradTrainingNetwork`` st
 field names), the per-step diffusion steps ``t`` (B*T,) and noises (B*T, 1, K), the loss and learning rate of every
 step. Training is ``pts.Trainer.__call__`` itself (Adam + OneCycleLR, no clipping); only
 ``GaussianDiffusion.log_prob`` is replaced by the same computation with the pre-drawn ``t`` and noise.
+
+``--fixture`` writes the golden fixture ``tests/fixtures/reference/timegrad_training.pt`` instead (5 steps of 4
+windows, dropout 0; only the state-dict keys the converters map), checked by
+``tests/tasks/test_timegrad_training_reference.py``.
 """
 
 from __future__ import annotations
@@ -27,13 +31,16 @@ from timegrad_pts import DATA, load_dataset  # noqa: E402
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--out", type=Path, required=True, help="a folder; with --fixture the fixture's file")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--dropout", type=float, default=0.0)
     ap.add_argument("--max-lr", type=float, default=1e-2)
+    ap.add_argument("--fixture", action="store_true", help="write the test fixture (5 steps of 4 windows)")
     args = ap.parse_args(argv)
+    if args.fixture:
+        args.steps, args.batch_size, args.dropout = 5, 4, 0.0
 
     from gluonts.dataset.multivariate_grouper import MultivariateGrouper
     from pts import Trainer
@@ -92,9 +99,23 @@ def main(argv=None) -> None:
         return step0(self, *a, **kw)
 
     sched.OneCycleLR.step = step
-    import pts.trainer as pt
-    pt.OneCycleLR.step = step
     trainer(net=net, train_iter=batches)
+    lrs = lrs[1:]  # the first call is OneCycleLR's constructor; call k + 1 follows step k, whose lr it records
+    if args.fixture:
+        import importlib.metadata
+
+        keep = lambda sd: {k: v for k, v in sd.items() if k.startswith(("denoise_fn.", "rnn.", "embed.", "proj_dist"))}
+        ones = ("past_observed_values", "future_observed_values")
+        assert all(b[k].eq(1).all() for b in batches for k in ones) and all(b["past_is_pad"].eq(0).all() for b in batches)
+        batches = [{k: v for k, v in b.items() if k not in (*ones, "past_is_pad")} for b in batches]  # all observed
+        draws = [(t.to(torch.uint8), noise) for t, noise in draws]
+        torch.save({"init": keep(init), "final": keep(net.state_dict()), "batches": batches, "draws": draws,
+                    "losses": losses, "lrs": lrs, "args": vars(args) | {"out": None},
+                    "meta": {"writer": "benchmarks/reference/twins/lockstep_pts.py --fixture",
+                             "versions": {p: importlib.metadata.version(p) for p in ("pytorchts", "gluonts", "torch")}}},
+                   args.out)
+        print(args.out, "losses", losses, "lrs", lrs)
+        return
     args.out.mkdir(parents=True, exist_ok=True)
     torch.save({"init": init, "final": net.state_dict(), "batches": batches, "draws": draws, "losses": losses,
                 "lrs": lrs, "args": vars(args)}, args.out / "lockstep.pt")
