@@ -47,7 +47,8 @@ def ours_batch(b: dict, context: int) -> dict:
     target[:, -b["future_target_cdf"].shape[1] :] = 1
     return {"observed": seq / scale, "observed_mask": torch.ones_like(seq), "target_mask": target,
             "time_features": torch.cat([b["past_time_feat"], b["future_time_feat"]], dim=1),
-            "feature_ids": b["target_dimension_indicator"].long(), "loc": torch.zeros_like(scale), "scale": scale}  # fmt: skip
+            "feature_ids": b["target_dimension_indicator"].long(), "loc": torch.zeros_like(scale),
+            "scale": scale}  # fmt: skip
 
 
 class Recorder(L.Callback):

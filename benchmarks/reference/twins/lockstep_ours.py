@@ -17,11 +17,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_twins import pts_to_ours  # noqa: E402
+from run_twins import pts_to_ours
 
-from tsdiffusion.denoisers.timegrad import TimeGradDenoiser  # noqa: E402
-from tsdiffusion.diffusion import GaussianDiffusion  # noqa: E402
-from tsdiffusion.tasks.forecasting import TimeGradTask  # noqa: E402
+from tsdiffusion.denoisers.timegrad import TimeGradDenoiser
+from tsdiffusion.diffusion import GaussianDiffusion
+from tsdiffusion.tasks.forecasting import TimeGradTask
 
 
 def ours_batch(b: dict, context: int) -> dict:
@@ -34,9 +34,15 @@ def ours_batch(b: dict, context: int) -> dict:
     H = b["future_target_cdf"].shape[1]
     target = torch.zeros_like(seq)
     target[:, -H:] = 1
-    return {"observed": seq / scale, "observed_mask": obs, "target_mask": target,
-            "time_features": torch.cat([b["past_time_feat"], b["future_time_feat"]], dim=1),
-            "feature_ids": b["target_dimension_indicator"].long(), "loc": torch.zeros_like(scale), "scale": scale}
+    return {
+        "observed": seq / scale,
+        "observed_mask": obs,
+        "target_mask": target,
+        "time_features": torch.cat([b["past_time_feat"], b["future_time_feat"]], dim=1),
+        "feature_ids": b["target_dimension_indicator"].long(),
+        "loc": torch.zeros_like(scale),
+        "scale": scale,
+    }
 
 
 class Listed(Dataset):
@@ -51,11 +57,24 @@ class Listed(Dataset):
 
 
 def make_task(K: int, dropout: float, **overrides) -> TimeGradTask:
-    den = TimeGradDenoiser(K, cond_dim=100, residual_layers=8, residual_channels=8, dilation_cycle=2,
-                           step_frequencies="timegrad")
+    den = TimeGradDenoiser(
+        K, cond_dim=100, residual_layers=8, residual_channels=8, dilation_cycle=2, step_frequencies="timegrad"
+    )
     proc = GaussianDiffusion(num_steps=100, schedule="linear", beta_start=1e-4, beta_end=0.1, prediction="eps")
-    kw = dict(num_time_features=4, lags=[1, 2], cell="LSTM", rnn_layers=2, rnn_hidden=40, rnn_dropout=dropout,
-              lr=1e-3, weight_decay=1e-6, lr_schedule="onecycle", max_lr=0.01, plot_calibration=False, plot_series=0)
+    kw = dict(
+        num_time_features=4,
+        lags=[1, 2],
+        cell="LSTM",
+        rnn_layers=2,
+        rnn_hidden=40,
+        rnn_dropout=dropout,
+        lr=1e-3,
+        weight_decay=1e-6,
+        lr_schedule="onecycle",
+        max_lr=0.01,
+        plot_calibration=False,
+        plot_series=0,
+    )
     return TimeGradTask(den, proc, **(kw | overrides))
 
 
@@ -88,8 +107,16 @@ def main(argv=None) -> None:
             lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
 
     batches = [ours_batch(b, context) for b in ref["batches"]]
-    trainer = L.Trainer(max_epochs=1, precision="32-true", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, limit_val_batches=0, callbacks=[Rec()], accelerator="cpu")
+    trainer = L.Trainer(
+        max_epochs=1,
+        precision="32-true",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        limit_val_batches=0,
+        callbacks=[Rec()],
+        accelerator="cpu",
+    )
     trainer.fit(task, DataLoader(Listed(batches), batch_size=None))
     n = len(ref["losses"])
     print("step  loss_pts  loss_ours  lr_pts  lr_ours")

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timegrad_pts import DATA, load_dataset  # noqa: E402
+from timegrad_pts import DATA, load_dataset
 
 
 def main(argv=None) -> None:
@@ -43,11 +43,11 @@ def main(argv=None) -> None:
         args.steps, args.batch_size, args.dropout = 5, 4, 0.0
 
     from gluonts.dataset.multivariate_grouper import MultivariateGrouper
+    from gluonts.transform import SelectFields
     from pts import Trainer
+    from pts.dataset.loader import TransformedIterableDataset
     from pts.model.time_grad import TimeGradEstimator
     from pts.model.utils import get_module_forward_input_names
-    from pts.dataset.loader import TransformedIterableDataset
-    from gluonts.transform import SelectFields
 
     torch.set_num_threads(1)
     random.seed(args.seed)
@@ -58,17 +58,39 @@ def main(argv=None) -> None:
         K = int(ds.metadata.feat_static_cat[0].cardinality)
         H = ds.metadata.prediction_length
         train = MultivariateGrouper(max_target_dim=K)(ds.train)
-    trainer = Trainer(device="cpu", epochs=1, learning_rate=1e-3, maximum_learning_rate=args.max_lr,
-                      num_batches_per_epoch=args.steps, batch_size=args.batch_size)
-    est = TimeGradEstimator(target_dim=K, prediction_length=H, context_length=H, cell_type="LSTM",
-                            input_size=K * 2 + K + 4, freq=ds.metadata.freq, loss_type="l2", scaling=True,
-                            diff_steps=100, beta_end=0.1, beta_schedule="linear", dropout_rate=args.dropout,
-                            trainer=trainer)
+    trainer = Trainer(
+        device="cpu",
+        epochs=1,
+        learning_rate=1e-3,
+        maximum_learning_rate=args.max_lr,
+        num_batches_per_epoch=args.steps,
+        batch_size=args.batch_size,
+    )
+    est = TimeGradEstimator(
+        target_dim=K,
+        prediction_length=H,
+        context_length=H,
+        cell_type="LSTM",
+        input_size=K * 2 + K + 4,
+        freq=ds.metadata.freq,
+        loss_type="l2",
+        scaling=True,
+        diff_steps=100,
+        beta_end=0.1,
+        beta_schedule="linear",
+        dropout_rate=args.dropout,
+        trainer=trainer,
+    )
     net = est.create_training_network(torch.device("cpu"))
     init = {k: v.clone() for k, v in net.state_dict().items()}
     names = get_module_forward_input_names(net)
-    it = iter(TransformedIterableDataset(train, est.create_transformation() + est.create_instance_splitter("training")
-                                         + SelectFields(names), is_train=True))
+    it = iter(
+        TransformedIterableDataset(
+            train,
+            est.create_transformation() + est.create_instance_splitter("training") + SelectFields(names),
+            is_train=True,
+        )
+    )
     batches = []
     for _ in range(args.steps):
         items = [next(it) for _ in range(args.batch_size)]
@@ -76,8 +98,13 @@ def main(argv=None) -> None:
     batches = [{k: (v.float() if v.is_floating_point() else v) for k, v in b.items()} for b in batches]
     T = est.context_length + est.prediction_length
     g = torch.Generator().manual_seed(1000 + args.seed)
-    draws = [(torch.randint(0, 100, (args.batch_size * T,), generator=g),
-              torch.randn(args.batch_size * T, 1, K, generator=g)) for _ in range(args.steps)]
+    draws = [
+        (
+            torch.randint(0, 100, (args.batch_size * T,), generator=g),
+            torch.randn(args.batch_size * T, 1, K, generator=g),
+        )
+        for _ in range(args.steps)
+    ]
     queue = list(draws)
     diffusion = net.diffusion
 
@@ -92,6 +119,7 @@ def main(argv=None) -> None:
     losses, lrs = [], []
     net.register_forward_hook(lambda m, i, o: losses.append(float(o[0])))
     import torch.optim.lr_scheduler as sched
+
     step0 = sched.OneCycleLR.step
 
     def step(self, *a, **kw):
@@ -106,19 +134,30 @@ def main(argv=None) -> None:
 
         keep = lambda sd: {k: v for k, v in sd.items() if k.startswith(("denoise_fn.", "rnn.", "embed.", "proj_dist"))}
         ones = ("past_observed_values", "future_observed_values")
-        assert all(b[k].eq(1).all() for b in batches for k in ones) and all(b["past_is_pad"].eq(0).all() for b in batches)
+        assert all(b[k].eq(1).all() for b in batches for k in ones)
+        assert all(b["past_is_pad"].eq(0).all() for b in batches)
         batches = [{k: v for k, v in b.items() if k not in (*ones, "past_is_pad")} for b in batches]  # all observed
         draws = [(t.to(torch.uint8), noise) for t, noise in draws]
+        versions = {p: importlib.metadata.version(p) for p in ("pytorchts", "gluonts", "torch")}
         torch.save({"init": keep(init), "final": keep(net.state_dict()), "batches": batches, "draws": draws,
                     "losses": losses, "lrs": lrs, "args": vars(args) | {"out": None},
-                    "meta": {"writer": "benchmarks/reference/twins/lockstep_pts.py --fixture",
-                             "versions": {p: importlib.metadata.version(p) for p in ("pytorchts", "gluonts", "torch")}}},
-                   args.out)
+                    "meta": {"writer": "benchmarks/reference/twins/lockstep_pts.py --fixture", "versions": versions}},
+                   args.out)  # fmt: skip
         print(args.out, "losses", losses, "lrs", lrs)
         return
     args.out.mkdir(parents=True, exist_ok=True)
-    torch.save({"init": init, "final": net.state_dict(), "batches": batches, "draws": draws, "losses": losses,
-                "lrs": lrs, "args": vars(args)}, args.out / "lockstep.pt")
+    torch.save(
+        {
+            "init": init,
+            "final": net.state_dict(),
+            "batches": batches,
+            "draws": draws,
+            "losses": losses,
+            "lrs": lrs,
+            "args": vars(args),
+        },
+        args.out / "lockstep.pt",
+    )
     print("losses", [round(x, 4) for x in losses[:5]], "...", [round(x, 4) for x in losses[-5:]])
     print("mean first 10 / last 10:", np.mean(losses[:10]), np.mean(losses[-10:]))
 

@@ -209,7 +209,8 @@ def machine() -> str:
     except OSError:
         pass
     tags = ", ".join(tag for f, tag in (("amx_tile", "AMX"), ("avx512f", "AVX-512"), ("avx2", "AVX2")) if f in flags)
-    return (f"{name} ({tags or 'no AVX2'}), {os.cpu_count()} cores, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
+    threads = os.environ.get("OMP_NUM_THREADS", "unset")
+    return f"{name} ({tags or 'no AVX2'}), {os.cpu_count()} cores, OMP_NUM_THREADS={threads}"
 
 
 # -- the table ---------------------------------------------------------------------------------------------------
