@@ -285,13 +285,14 @@ def test_onecycle_schedule_is_pytorch_ts_trainers():
         TimeGradTask(TimeGradDenoiser(4, cond_dim=8), num_time_features=2, lags=[1], lr_schedule="cosine")
 
 
-def test_exchange_paper_config_is_pytorch_ts_timegrads():
-    """The paper config trains as pytorch-ts 0.6's TimeGradEstimator + Trainer (issue 26): OneCycle to 1e-2, no
-    gradient clipping, its Fourier time features (4 for business days), its step-encoding frequencies, and the whole
-    train part as training windows (no validation hold-out; the reference has none)."""
+@pytest.mark.parametrize("dataset", ["exchange", "electricity"])
+def test_timegrad_paper_configs_are_pytorch_ts_timegrads(dataset):
+    """The paper configs train as pytorch-ts 0.6's TimeGradEstimator + Trainer (issue 26): OneCycle to 1e-2, no
+    gradient clipping, its Fourier time features (4 for business days and for hours), its step-encoding frequencies,
+    and the whole train part as training windows (no validation hold-out; the reference has none)."""
     import yaml
 
-    path = Path(__file__).resolve().parents[2] / "experiments/forecasting/exchange/timegrad.yaml"
+    path = Path(__file__).resolve().parents[2] / f"experiments/forecasting/{dataset}/timegrad.yaml"
     cfg = yaml.safe_load(path.read_text())
     model, data = cfg["model"]["init_args"], cfg["data"]["init_args"]
     assert (model["lr_schedule"], model["max_lr"], model["num_time_features"]) == ("onecycle", 0.01, 4)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import statistics
 import subprocess
 import sys
@@ -195,6 +196,23 @@ def run_ours(seed: int, args) -> dict:
     return record | {"scored_by_reference": score_reference(args.pts, work / "as_pts.pt", seed, work)}
 
 
+def machine() -> str:
+    """This CPU's model name and vector extensions (from /proc/cpuinfo), cores, and the thread setting."""
+    name, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and name in ("", platform.machine(), platform.processor()):
+                name = value.strip()
+            if key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    except OSError:
+        pass
+    tags = ", ".join(tag for f, tag in (("amx_tile", "AMX"), ("avx512f", "AVX-512"), ("avx2", "AVX2")) if f in flags)
+    threads = os.environ.get("OMP_NUM_THREADS", "unset")
+    return f"{name} ({tags or 'no AVX2'}), {os.cpu_count()} cores, OMP_NUM_THREADS={threads}"
+
+
 # -- the table ---------------------------------------------------------------------------------------------------
 def table(results: Path) -> str:
     rows = []
@@ -247,9 +265,9 @@ def main(argv=None) -> None:
             continue
         rec = (run_reference if args.side == "reference" else run_ours)(seed, args)
         rec["date"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        rec["machine"] = "AMD EPYC (AVX2, no AVX-512), 2 cores shared with other agents, 1 thread per run"
+        rec["machine"] = machine()
         out.write_text(json.dumps(rec, indent=1, default=str) + "\n")
-        print(out, json.dumps({k: rec[k] for k in ("scored_by_reference", "scored_by_ours")}), flush=True)
+        print(out, json.dumps({k: rec.get(k) for k in ("scored_by_reference", "scored_by_ours")}), flush=True)
 
 
 if __name__ == "__main__":
