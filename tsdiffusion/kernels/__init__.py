@@ -148,6 +148,18 @@ def short_attention(q: Tensor, k: Tensor, v: Tensor, out: Tensor | None = None) 
     return out
 
 
+def _plain(*tensors: Tensor) -> bool:
+    """CPU, float32 or bfloat16 alike, contiguous, no autograd, not under ``torch.compile``."""
+    t0 = tensors[0]
+    return (
+        t0.device.type == "cpu"
+        and t0.dtype in (torch.float32, torch.bfloat16)
+        and all(t.dtype == t0.dtype and t.device == t0.device and t.is_contiguous() for t in tensors)
+        and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+        and not torch.compiler.is_compiling()
+    )
+
+
 def add_layer_norm(x: Tensor, r: Tensor, norm: torch.nn.LayerNorm) -> Tensor | None:
     """``norm(x + r)`` in one pass (float32 sums, rounded once), or None where it does not apply: CPU, no autograd,
     not under ``torch.compile``, x, r and the norm's weight and bias of one dtype (float32 or bfloat16), contiguous,
@@ -155,16 +167,11 @@ def add_layer_norm(x: Tensor, r: Tensor, norm: torch.nn.LayerNorm) -> Tensor | N
     bf16 before the norm."""
     w, b = norm.weight, norm.bias
     if (
-        x.device.type != "cpu"
-        or x.dtype not in (torch.float32, torch.bfloat16)
-        or w is None
+        w is None
         or b is None
-        or not (x.dtype == r.dtype == w.dtype == b.dtype)
         or x.shape != r.shape
         or tuple(norm.normalized_shape) != (x.shape[-1],)
-        or not (x.is_contiguous() and r.is_contiguous() and w.is_contiguous() and b.is_contiguous())
-        or (torch.is_grad_enabled() and (x.requires_grad or r.requires_grad or w.requires_grad))
-        or torch.compiler.is_compiling()
+        or not _plain(x, r, w, b)
     ):
         return None
     lib = load()
@@ -179,18 +186,6 @@ def add_layer_norm(x: Tensor, r: Tensor, norm: torch.nn.LayerNorm) -> Tensor | N
     if rc != 0:
         raise RuntimeError(f"add_layer_norm failed with code {rc} ({tuple(x.shape)})")
     return out
-
-
-def _plain(*tensors: Tensor) -> bool:
-    """CPU, float32 or bfloat16 alike, contiguous, no autograd, not under ``torch.compile``."""
-    t0 = tensors[0]
-    return (
-        t0.device.type == "cpu"
-        and t0.dtype in (torch.float32, torch.bfloat16)
-        and all(t.dtype == t0.dtype and t.device == t0.device and t.is_contiguous() for t in tensors)
-        and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
-        and not torch.compiler.is_compiling()
-    )
 
 
 def gated_tanh(y: Tensor) -> Tensor | None:

@@ -51,22 +51,34 @@ static inline void store_bf16(bf16_t *p, float f) { /* round to nearest even; Na
 #include <immintrin.h>
 #define HAVE_AVX2_D8 1
 
-/* exp(x) for x <= 0 (scores minus their maximum), 8 lanes: x = n ln2 + r, |r| <= ln2 / 2, exp(r) by a degree-6
- * polynomial (relative error ~2e-7), 2^n by the exponent bits; below -87 the result is 0. */
+/* exp(x) for x <= 0 (scores minus their maximum): x = n ln2 + r, |r| <= ln2 / 2 (ln2 split in two for accuracy),
+ * exp(r) by a degree-6 polynomial (relative error ~2e-7), 2^n by the exponent bits; below -87 the result is 0.
+ * The AVX2 (8 lanes) and AVX-512 (16 lanes) versions share these constants. */
+#define EXP_LO -87.0f
+#define EXP_LOG2E 1.44269504088896341f
+#define EXP_LN2_HI 0.693359375f
+#define EXP_LN2_LO -2.12194440e-4f
+#define EXP_P0 1.9875691500e-4f
+#define EXP_P1 1.3981999507e-3f
+#define EXP_P2 8.3334519073e-3f
+#define EXP_P3 4.1665795894e-2f
+#define EXP_P4 1.6666665459e-1f
+#define EXP_P5 5.0000001201e-1f
+
 static inline __m256 exp_nonpos(__m256 x) {
-    const __m256 lo = _mm256_set1_ps(-87.0f);
+    const __m256 lo = _mm256_set1_ps(EXP_LO);
     const __m256 under = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
     x = _mm256_max_ps(x, lo);
-    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(EXP_LOG2E)),
                                       _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-    __m256 y = _mm256_set1_ps(1.9875691500e-4f);
-    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.3981999507e-3f));
-    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(8.3334519073e-3f));
-    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(4.1665795894e-2f));
-    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.6666665459e-1f));
-    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(5.0000001201e-1f));
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(EXP_LN2_HI), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(EXP_LN2_LO), r);
+    __m256 y = _mm256_set1_ps(EXP_P0);
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(EXP_P1));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(EXP_P2));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(EXP_P3));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(EXP_P4));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(EXP_P5));
     y = _mm256_fmadd_ps(y, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
     const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
     return _mm256_andnot_ps(under, _mm256_mul_ps(y, _mm256_castsi256_ps(e)));
@@ -104,20 +116,27 @@ static inline void store8_bf16(bf16_t *p, __m256 v) { /* round to nearest even, 
 
 /* Head width 8 on AVX2 + FMA: a key or value row is one vector. Keys transposed into kt (8 x SP), values kept as
  * rows (S x 8); per query the scores of 8 keys at a time, max, exp, sum and the output row in registers. */
+/* A head-8 unit's keys transposed into kt (8 x SP, zero-padded to SP columns) and its values as float32 rows
+ * (S x 8), from rows at strides ks / vs; used by the AVX2 and AVX-512 units with their own SP. */
+#define STAGE_KV8(LOAD8)                                                                                        \
+    do {                                                                                                        \
+        for (int64_t j = 0; j < S; j++) {                                                                       \
+            float row[8];                                                                                       \
+            _mm256_storeu_ps(row, LOAD8(kb + j * ks));                                                          \
+            for (int c = 0; c < 8; c++) kt[c * SP + j] = row[c];                                                \
+            _mm256_storeu_ps(vv + j * 8, LOAD8(vb + j * vs));                                                   \
+        }                                                                                                       \
+        for (int c = 0; c < 8; c++)                                                                             \
+            for (int64_t j = S; j < SP; j++) kt[c * SP + j] = 0.0f;                                             \
+    } while (0)
+
 #define QA 2 /* queries at a time in the AVX2 path (16 vector registers) */
 #define UNIT8(NAME, T, LOAD8, STORE8)                                                                           \
     static void NAME(const T *qb, const T *kb, const T *vb, T *ob, int64_t S, int64_t qs, int64_t ks,          \
                      int64_t vs, int64_t os, float scale, float *restrict kt, float *restrict vv,              \
                      float *restrict sc) {                                                                     \
         const int64_t SP = (S + 7) & ~(int64_t)7;                                                              \
-        for (int64_t j = 0; j < S; j++) {                                                                      \
-            float row[8];                                                                                      \
-            _mm256_storeu_ps(row, LOAD8(kb + j * ks));                                                         \
-            for (int c = 0; c < 8; c++) kt[c * SP + j] = row[c];                                               \
-            _mm256_storeu_ps(vv + j * 8, LOAD8(vb + j * vs));                                                  \
-        }                                                                                                      \
-        for (int c = 0; c < 8; c++)                                                                            \
-            for (int64_t j = S; j < SP; j++) kt[c * SP + j] = 0.0f;                                            \
+        STAGE_KV8(LOAD8);                                                                                      \
         const __m256 ninf = _mm256_set1_ps(-1e30f); /* masked keys: exp gives 0 */                             \
         const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);                                        \
         const __m256 tail = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32((int)(S - (SP - 8))), lane)); \
@@ -175,21 +194,21 @@ UNIT8(unit8_bf16, bf16_t, load8_bf16, store8_bf16)
 
 #if defined(__AVX512F__) && defined(HAVE_AVX2_D8)
 #define HAVE_AVX512_D8 1
-/* exp_nonpos on 16 lanes (the same polynomial). */
+/* exp_nonpos on 16 lanes. */
 static inline __m512 exp_nonpos16(__m512 x) {
-    const __m512 lo = _mm512_set1_ps(-87.0f);
+    const __m512 lo = _mm512_set1_ps(EXP_LO);
     const __mmask16 under = _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ);
     x = _mm512_max_ps(x, lo);
-    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(EXP_LOG2E)),
                                           _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-    __m512 y = _mm512_set1_ps(1.9875691500e-4f);
-    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.3981999507e-3f));
-    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(8.3334519073e-3f));
-    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(4.1665795894e-2f));
-    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.6666665459e-1f));
-    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(5.0000001201e-1f));
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(EXP_LN2_HI), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(EXP_LN2_LO), r);
+    __m512 y = _mm512_set1_ps(EXP_P0);
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(EXP_P1));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(EXP_P2));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(EXP_P3));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(EXP_P4));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(EXP_P5));
     y = _mm512_fmadd_ps(y, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
     const __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
     return _mm512_maskz_mul_ps((__mmask16)~under, y, _mm512_castsi512_ps(e));
@@ -204,14 +223,7 @@ static inline __m512 exp_nonpos16(__m512 x) {
                      int64_t vs, int64_t os, float scale, float *restrict kt, float *restrict vv,              \
                      float *restrict sc) {                                                                     \
         const int64_t SP = (S + 15) & ~(int64_t)15;                                                            \
-        for (int64_t j = 0; j < S; j++) {                                                                      \
-            float row[8];                                                                                      \
-            _mm256_storeu_ps(row, LOAD8(kb + j * ks));                                                         \
-            for (int c = 0; c < 8; c++) kt[c * SP + j] = row[c];                                               \
-            _mm256_storeu_ps(vv + j * 8, LOAD8(vb + j * vs));                                                  \
-        }                                                                                                      \
-        for (int c = 0; c < 8; c++)                                                                            \
-            for (int64_t j = S; j < SP; j++) kt[c * SP + j] = 0.0f;                                            \
+        STAGE_KV8(LOAD8);                                                                                      \
         _mm256_storeu_ps(vv + S * 8, _mm256_setzero_ps()); /* the partner of an odd last key */                \
         const __mmask16 tail = (__mmask16)((S % 16) ? ((1u << (S % 16)) - 1u) : 0xffffu);                      \
         const __m512i pair = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);                 \
