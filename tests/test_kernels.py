@@ -1,4 +1,5 @@
-"""tsdiffusion.kernels.short_attention against float64 softmax attention, on the strided layouts CSDI passes."""
+"""tsdiffusion.kernels against torch's ops: short_attention against float64 softmax attention on the strided layouts
+CSDI passes, add_layer_norm, gated_tanh, and dropout's statistics, gradient and reproducibility."""
 
 from __future__ import annotations
 
@@ -151,17 +152,91 @@ def test_other_builds_give_the_same_numbers(flags: list[str], monkeypatch) -> No
     y = torch.randn(7, 32, generator=g) * 3
     norm = torch.nn.LayerNorm(16).requires_grad_(False)
     x, r = torch.randn(6, 16, generator=g), torch.randn(6, 16, generator=g)
-    with torch.no_grad():
-        native = (kernels.short_attention(q, k, v), kernels.short_attention(q2, k2, v2), kernels.gated_tanh(y),
-                  kernels.add_layer_norm(x, r, norm))  # fmt: skip
-        try:
-            kernels.load.cache_clear()
-            monkeypatch.setattr(kernels, "FLAGS", [f for f in kernels.FLAGS if f != "-march=native"] + flags)
-            other = (kernels.short_attention(q, k, v), kernels.short_attention(q2, k2, v2), kernels.gated_tanh(y),
-                     kernels.add_layer_norm(x, r, norm))  # fmt: skip
-        finally:
-            kernels.load.cache_clear()
+    d = torch.randn(1001, generator=g)  # dropout: 62 vector blocks of 16 and a tail of 9
+
+    def run() -> tuple:
+        with torch.no_grad():
+            return (kernels.short_attention(q, k, v), kernels.short_attention(q2, k2, v2), kernels.gated_tanh(y),
+                    kernels.add_layer_norm(x, r, norm), kernels.dropout(d, 0.3, torch.Generator().manual_seed(5)),
+                    kernels.dropout(d.bfloat16(), 0.3, torch.Generator().manual_seed(5)))  # fmt: skip
+
+    native = run()
+    try:
+        kernels.load.cache_clear()
+        monkeypatch.setattr(kernels, "FLAGS", [f for f in kernels.FLAGS if f != "-march=native"] + flags)
+        other = run()
+    finally:
+        kernels.load.cache_clear()
     for a, b in zip(native, other):
         assert a is not None and b is not None
         rtol = 2**-7 if a.dtype == torch.bfloat16 else 1e-5  # bf16: one rounding apart at most
         torch.testing.assert_close(a.float(), b.float(), rtol=rtol, atol=1e-6)
+    assert torch.equal(native[4] != 0, other[4] != 0)  # the same mask: a function of (seed, index) only
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_dropout_rate_scale_and_independence(p: float, dtype: torch.dtype) -> None:
+    """The kept share is 1 - round(p 2^16) / 2^16 within 5 binomial standard deviations, overall and in each of the
+    16 lanes of a vector block; kept values are x / P(keep) (one rounding in bf16); neighbours' and two calls'
+    masks are uncorrelated (|r| < 5 / sqrt(n))."""
+    n, drop = 1_600_000, round(p * 65536)
+    keep_p = 1 - drop / 65536
+    x = (torch.rand(n, generator=torch.Generator().manual_seed(0)) + 0.5).to(dtype)
+    torch.manual_seed(1)
+    y = kernels.dropout(x, p)
+    assert y is not None and y.dtype == dtype and y.shape == x.shape
+    kept = (y != 0).double()
+    sd = (keep_p * (1 - keep_p) / n) ** 0.5
+    assert abs(kept.mean().item() - keep_p) < 5 * sd
+    lanes = kept.view(-1, 16).mean(0)  # n / 16 elements each
+    assert ((lanes - keep_p).abs() < 5 * sd * 4).all(), lanes
+    expected = (x.float() * (65536 / (65536 - drop))).to(dtype)
+    torch.testing.assert_close(y[y != 0], expected[y != 0], rtol=2**-8 if dtype == torch.bfloat16 else 1e-7, atol=0)
+
+    def corr(a: torch.Tensor, b: torch.Tensor) -> float:
+        return torch.corrcoef(torch.stack([a, b]))[0, 1].item()
+
+    bound = 5 / n**0.5
+    assert abs(corr(kept[1:], kept[:-1])) < bound and abs(corr(kept[4:], kept[:-4])) < bound
+    again = (kernels.dropout(x, p) != 0).double()  # the next seed of torch's generator
+    assert abs(corr(kept, again)) < bound
+
+
+def test_dropout_gradient_repeats_and_thread_count() -> None:
+    """The backward pass applies the forward's mask and scale to the gradient; torch.manual_seed repeats a mask;
+    the result does not depend on the thread count; a prefix of the elements has the same mask as the whole
+    (the vector blocks and the scalar tail draw the same bits)."""
+    x = torch.randn(3, 1000, 7, requires_grad=True)
+    w = torch.randn(3, 1000, 7)
+    torch.manual_seed(4)
+    y = kernels.dropout(x, 0.2)
+    assert y is not None
+    (y * w).sum().backward()
+    assert x.grad is not None
+    kept = y.detach() != 0
+    scale = 65536 / (65536 - round(0.2 * 65536))
+    torch.testing.assert_close(x.grad, torch.where(kept, w * scale, 0.0))
+    threads = torch.get_num_threads()
+    try:
+        for n_threads in (1, 2):
+            torch.set_num_threads(n_threads)
+            torch.manual_seed(4)
+            assert torch.equal(kernels.dropout(x.detach(), 0.2), y.detach())
+    finally:
+        torch.set_num_threads(threads)
+    flat = x.detach().flatten()
+    whole = kernels.dropout(flat, 0.2, torch.Generator().manual_seed(9))
+    for m in (1, 15, 16, 17, 37, 999):
+        part = kernels.dropout(flat[:m], 0.2, torch.Generator().manual_seed(9))
+        assert part is not None and whole is not None and torch.equal(part != 0, whole[:m] != 0), m
+    nan = kernels.dropout(torch.full((64,), float("nan")), 0.5)
+    assert nan is not None and nan.isnan().all()  # x * 0 where dropped, as torch's dropout
+    assert kernels.dropout(x.detach().transpose(0, 2), 0.2) is not None  # any strides (copied to contiguous first)
+
+
+def test_dropout_declines_what_it_does_not_do() -> None:
+    x = torch.randn(8)
+    assert kernels.dropout(x.double(), 0.1) is None
+    assert kernels.dropout(x, 0.0) is None and kernels.dropout(x, 1.0) is None
+    assert kernels.dropout(x, 1e-6) is None  # rounds to no drop at 16 bits

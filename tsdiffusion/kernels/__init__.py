@@ -1,4 +1,5 @@
-"""Hand-written CPU kernels for sampling, compiled on first use with the machine's C compiler, loaded with ``ctypes``.
+"""Hand-written CPU kernels for sampling and training, compiled on first use with the machine's C compiler and
+loaded with ``ctypes``.
 
 - :func:`short_attention`: softmax attention for many short sequences with narrow heads, without autograd. At
   CSDI's sampling shapes (thousands of sequences of 35-48 positions, heads 8 wide) torch's fused CPU kernel
@@ -7,6 +8,10 @@
 - :func:`add_layer_norm`: ``LayerNorm(x + r)`` in one pass over memory (torch: two, with the sum rounded to bf16
   in between under bf16).
 - :func:`gated_tanh`: ``sigmoid(gate) * tanh(filter)`` of a WaveNet-style layer in one pass (torch: three).
+- :func:`dropout`: training's dropout, with autograd, in one pass forward and one backward: the mask comes from a
+  counter-based generator (splitmix64 of the element's index and a seed drawn from torch's generator), so it is
+  never drawn by torch's Mersenne twister nor stored (torch: a draw, a compare, a select and a scale forward, a
+  select backward; at CSDI's training shapes a third of the step).
 
 ``benchmarks/scripts/bench_csdi_sampling.py`` times the sampling call with them and with torch's kernels.
 
@@ -104,6 +109,10 @@ def load() -> ctypes.CDLL | None:
     fn = lib.gated_tanh
     fn.restype = ctypes.c_int
     fn.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_int64] * 2 + [ctypes.c_int, ctypes.c_int]
+    fn = lib.dropout
+    fn.restype = ctypes.c_int
+    fn.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_int64, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_float]
+    fn.argtypes += [ctypes.c_int, ctypes.c_int]
     return lib
 
 
@@ -205,3 +214,51 @@ def gated_tanh(y: Tensor) -> Tensor | None:
     if rc != 0:
         raise RuntimeError(f"gated_tanh failed with code {rc} ({tuple(y.shape)})")
     return out
+
+
+def dropout(x: Tensor, p: float, generator: torch.Generator | None = None) -> Tensor | None:
+    """``F.dropout(x, p, training=True)`` with autograd, in one pass forward and one backward, or None where it
+    does not apply (then use torch's): CPU, float32 or bfloat16, not under ``torch.compile``, ``p`` a multiple of
+    2^-16 within rounding (an element is kept iff 16 random bits reach ``round(p * 2^16)``; 0.1 -> drop 0.100006),
+    0 < p < 1.
+
+    The mask is a pure function of the element's index and one 64-bit seed drawn from ``generator`` (default:
+    torch's global one, so ``torch.manual_seed`` / ``seed_everything`` make runs repeat), never stored: the
+    backward pass recomputes it. Kept values are scaled by ``1 / P(keep)`` exactly. The result does not depend on
+    the thread count."""
+    drop = round(p * 65536)
+    if not (0 < drop < 65536) or x.device.type != "cpu" or x.dtype not in (torch.float32, torch.bfloat16):
+        return None
+    if torch.compiler.is_compiling() or load() is None:
+        return None
+    # a signed int64 (profilers record the Function's arguments and take no larger ints), unsigned in the call
+    seed = int(torch.randint(-(2**63), 2**63 - 1, (), dtype=torch.int64, generator=generator))
+    return _Dropout.apply(x, drop, seed)
+
+
+def _dropout_apply(x: Tensor, drop: int, seed: int) -> Tensor:
+    lib = load()
+    assert lib is not None  # dropout() checked
+    x = x.contiguous()
+    out = torch.empty_like(x)
+    with torch.profiler.record_function("tsdiffusion::dropout"):
+        rc = lib.dropout(x.data_ptr(), out.data_ptr(), x.numel(), seed % 2**64, drop, 65536 / (65536 - drop),
+                         int(x.dtype == torch.bfloat16), torch.get_num_threads())  # fmt: skip
+    if rc != 0:
+        raise RuntimeError(f"dropout failed with code {rc} ({tuple(x.shape)})")
+    return out
+
+
+class _Dropout(torch.autograd.Function):
+    """y = x * mask * scale; its gradient is the same map of the incoming gradient (same seed, same mask)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, drop: int, seed: int) -> Tensor:
+        ctx.drop, ctx.seed = drop, seed
+        return _dropout_apply(x, drop, seed)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
+        if grad.dtype not in (torch.float32, torch.bfloat16):  # pragma: no cover - autograd keeps x's dtype
+            raise TypeError(f"dropout: gradient of dtype {grad.dtype}")
+        return _Dropout.apply(grad, ctx.drop, ctx.seed), None, None

@@ -1,5 +1,5 @@
-/* CPU kernels for sampling (no autograd), where torch's spend their time in overhead: built and loaded by
- * tsdiffusion/kernels/__init__.py with ctypes.
+/* CPU kernels where torch's spend their time in overhead (sampling without autograd; dropout also in training):
+ * built and loaded by tsdiffusion/kernels/__init__.py with ctypes.
  *
  * short_attention: softmax attention for many short sequences with narrow heads,
  *
@@ -514,5 +514,87 @@ int gated_tanh(const void *y, void *out, int64_t rows, int64_t C, int bf16, int 
         gated_bf16((const bf16_t *)y, (bf16_t *)out, rows, C, threads);
     else
         gated_f32((const float *)y, (float *)out, rows, C, threads);
+    return 0;
+}
+
+/* dropout: out[i] = x[i] * scale where the element is kept, x[i] * 0 where dropped (NaN and inf give NaN, as
+ * torch's), the mask a pure function of (seed, i).
+ *
+ * Element i takes 16 bits of splitmix64's output for block i / 4 (the generator's mixing function applied to the
+ * counter seed + (i / 4 + 1) * golden gamma, as splitmix64's i-th draw from state seed): lane i % 4, kept iff those
+ * bits are >= drop16, so P(keep) = 1 - drop16 / 2^16. Being counter-based, the mask is never stored: the backward
+ * pass is the same call on the gradient with the same seed (dropout is linear in x). Blocks are independent, so
+ * the loop splits over threads at any boundary of 4 elements and its result does not depend on the thread count. */
+static inline uint64_t splitmix64_at(uint64_t seed, uint64_t block) {
+    uint64_t z = seed + (block + 1) * 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+#if defined(__AVX512F__) && defined(__AVX512DQ__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+/* 16 elements (4 blocks) at a time: the 4 hashes in one vector of 64-bit lanes, read as 16 lanes of 16 bits in
+ * element order (little endian: bits 16l..16l+15 of block j are element 4j + l), compared with drop16 at once. */
+static inline __m512 dropout_scale16(uint64_t seed, int64_t j, __m256i drop, __m512 scale) {
+    const __m256i gamma = _mm256_set1_epi64x((long long)0x9E3779B97F4A7C15ull);
+    __m256i z = _mm256_add_epi64(_mm256_set1_epi64x((long long)seed),
+                                 _mm256_mullo_epi64(_mm256_add_epi64(_mm256_set1_epi64x(j + 1),
+                                                                     _mm256_setr_epi64x(0, 1, 2, 3)), gamma));
+    z = _mm256_mullo_epi64(_mm256_xor_si256(z, _mm256_srli_epi64(z, 30)),
+                           _mm256_set1_epi64x((long long)0xBF58476D1CE4E5B9ull));
+    z = _mm256_mullo_epi64(_mm256_xor_si256(z, _mm256_srli_epi64(z, 27)),
+                           _mm256_set1_epi64x((long long)0x94D049BB133111EBull));
+    z = _mm256_xor_si256(z, _mm256_srli_epi64(z, 31));
+    return _mm512_maskz_mov_ps(_mm256_cmpge_epu16_mask(z, drop), scale);
+}
+static inline __m512 load16_bf16(const bf16_t *p) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
+}
+static inline void store16_bf16(bf16_t *p, __m512 v) { /* round to nearest even, NaN stays NaN, as store_bf16 */
+    __m512i u = _mm512_castps_si512(v);
+    __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff),
+                                                     _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1))));
+    __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)),
+                                            _mm512_set1_epi32(0x7f800000));
+    r = _mm512_mask_or_epi32(r, nan, u, _mm512_set1_epi32(0x400000));
+    _mm256_storeu_si256((__m256i *)p, _mm512_cvtepi32_epi16(_mm512_srli_epi32(r, 16)));
+}
+#define DROPOUT_VEC(LOAD16, STORE16)                                                                           \
+    _Pragma("omp parallel for num_threads(threads) schedule(static) if (n > 65536)")                            \
+    for (int64_t j = 0; j < n / 16; j++)                                                                       \
+        STORE16(out + 16 * j, _mm512_mul_ps(LOAD16(x + 16 * j), dropout_scale16(seed, 4 * j, drop, vscale)));  \
+    done = n / 16 * 4;
+#define DROPOUT_VEC_SETUP                                                                                      \
+    const __m256i drop = _mm256_set1_epi16((short)drop16);                                                     \
+    const __m512 vscale = _mm512_set1_ps(scale);
+#else
+#define DROPOUT_VEC(LOAD16, STORE16)
+#define DROPOUT_VEC_SETUP
+#endif
+
+/* blocks from `done` on one at a time (all of them without the AVX-512 path) */
+#define DROPOUT(NAME, T, LOAD, STORE, LOAD16, STORE16)                                                         \
+    static void NAME(const T *x, T *out, int64_t n, uint64_t seed, uint32_t drop16, float scale, int threads) { \
+        int64_t done = 0;                                                                                      \
+        DROPOUT_VEC_SETUP                                                                                      \
+        DROPOUT_VEC(LOAD16, STORE16)                                                                           \
+        _Pragma("omp parallel for num_threads(threads) schedule(static) if (n - 4 * done > 65536)")            \
+        for (int64_t j = done; j < (n + 3) / 4; j++) {                                                         \
+            uint64_t h = splitmix64_at(seed, (uint64_t)j);                                                    \
+            for (int64_t i = 4 * j; i < 4 * j + 4 && i < n; i++) {                                             \
+                float keep = ((uint32_t)(h >> (16 * (i - 4 * j))) & 0xffffu) >= drop16 ? scale : 0.0f;         \
+                STORE(out + i, LOAD(x + i) * keep);                                                            \
+            }                                                                                                  \
+        }                                                                                                      \
+    }
+DROPOUT(dropout_f32, float, load_f32, store_f32, _mm512_loadu_ps, _mm512_storeu_ps)
+DROPOUT(dropout_bf16, bf16_t, load_bf16, store_bf16, load16_bf16, store16_bf16)
+
+int dropout(const void *x, void *out, int64_t n, uint64_t seed, uint32_t drop16, float scale, int bf16, int threads) {
+    if (n < 0 || drop16 >= 65536u || threads < 1) return -2;
+    if (bf16)
+        dropout_bf16((const bf16_t *)x, (bf16_t *)out, n, seed, drop16, scale, threads);
+    else
+        dropout_f32((const float *)x, (float *)out, n, seed, drop16, scale, threads);
     return 0;
 }
