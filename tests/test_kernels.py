@@ -158,7 +158,8 @@ def test_other_builds_give_the_same_numbers(flags: list[str], monkeypatch) -> No
         with torch.no_grad():
             return (kernels.short_attention(q, k, v), kernels.short_attention(q2, k2, v2), kernels.gated_tanh(y),
                     kernels.add_layer_norm(x, r, norm), kernels.dropout(d, 0.3, torch.Generator().manual_seed(5)),
-                    kernels.dropout(d.bfloat16(), 0.3, torch.Generator().manual_seed(5)))  # fmt: skip
+                    kernels.dropout(d.bfloat16(), 0.3, torch.Generator().manual_seed(5)),
+                    kernels.softmax_dropout(d.view(-1, 7), 0.3, None, torch.Generator().manual_seed(5)))  # fmt: skip
 
     native = run()
     try:
@@ -240,3 +241,48 @@ def test_dropout_declines_what_it_does_not_do() -> None:
     assert kernels.dropout(x.double(), 0.1) is None
     assert kernels.dropout(x, 0.0) is None and kernels.dropout(x, 1.0) is None
     assert kernels.dropout(x, 1e-6) is None  # rounds to no drop at 16 bits
+
+
+_F32, _BF16 = torch.float32, torch.bfloat16
+
+
+@pytest.mark.parametrize(("s_dtype", "y_dtype"), [(_F32, _F32), (_BF16, _BF16), (_BF16, _F32), (_F32, _BF16)])
+@pytest.mark.parametrize("S", [1, 7, 16, 17, 35, 48, 100])
+def test_softmax_dropout_equals_torchs_ops_with_the_same_mask(
+    S: int, s_dtype: torch.dtype, y_dtype: torch.dtype
+) -> None:
+    """Forward and gradient against float64 softmax, dropout with :func:`kernels.dropout`'s mask for the same seed
+    (the mask of element i of s is dropout's of element i), at row lengths around the 16-lane blocks."""
+    g = torch.Generator().manual_seed(S)
+    s = (torch.randn(3, 5, S, generator=g) * 4).to(s_dtype).requires_grad_()
+    w = torch.randn(3, 5, S, generator=g)
+    y = kernels.softmax_dropout(s, 0.25, y_dtype, generator=torch.Generator().manual_seed(11))
+    assert y is not None and y.dtype == y_dtype and y.shape == s.shape
+    mask = kernels.dropout(torch.ones(s.shape), 0.25, torch.Generator().manual_seed(11))
+    assert mask is not None
+    s64 = s.detach().double().requires_grad_()
+    exact = s64.softmax(-1) * mask.double()
+    tol = 2**-8 if torch.bfloat16 in (s_dtype, y_dtype) else 2e-6
+    assert ((y.double() - exact).abs() <= exact.abs() * tol + 1e-7).all()
+    (y.double() * w.double()).sum().backward()
+    (exact * w.double()).sum().backward()
+    assert s.grad is not None and s.grad.dtype == s_dtype and s64.grad is not None
+    scale = s64.grad.abs().max().item()
+    assert (s.grad.double() - s64.grad).abs().max().item() <= 4 * tol * scale + 1e-6
+
+
+def test_softmax_dropout_in_csdi_attention_under_autocast() -> None:
+    """CSDI's training attention uses it: bf16 weights out under bf16 autocast, float32 without; the result is
+    softmax attention with the mask of the seed drawn from torch's generator."""
+    from tsdiffusion.denoisers.csdi import _attention_with_dropout
+
+    q, k, v = (torch.randn(4, 2, 9, 8, generator=torch.Generator().manual_seed(i)) for i in range(3))
+    torch.manual_seed(0)
+    out = _attention_with_dropout(q, k, v, 0.2)
+    torch.manual_seed(0)
+    weights = kernels.softmax_dropout(q @ k.transpose(-1, -2) * 8**-0.5, 0.2)
+    assert weights is not None
+    torch.testing.assert_close(out, weights @ v)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert _attention_with_dropout(q, k, v, 0.2).dtype == torch.bfloat16
+    assert kernels.softmax_dropout(torch.randn(2, 5000), 0.2) is None  # rows over 4096: torch's ops

@@ -198,10 +198,14 @@ def _attention_with_dropout(q: Tensor, k: Tensor, v: Tensor, p: float) -> Tensor
 
     What ``scaled_dot_product_attention`` computes on CPU when dropout is on (its math kernel, the
     only one with dropout there), without that kernel's guard for fully masked rows (an ``isneginf``,
-    ``all`` and ``where`` over the (S x S) weights: a tenth of a training step at CSDI's config).
+    ``all`` and ``where`` over the (S x S) weights: a tenth of a training step at CSDI's config). On the CPU the
+    softmax and dropout are :func:`tsdiffusion.kernels.softmax_dropout` where it builds.
     """
     scores = torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-1, -2))  # (N, H, S, S)
-    return torch.matmul(_dropout(scores.softmax(dim=-1), p), v)
+    # one pass each way on the CPU, the weights written in the dtype the next matmul takes (no autocast cast)
+    dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else v.dtype
+    weights = kernels.softmax_dropout(scores, p, dtype)
+    return torch.matmul(_dropout(scores.softmax(dim=-1), p) if weights is None else weights, v)
 
 
 def _dropout(x: Tensor, p: float) -> Tensor:

@@ -12,6 +12,8 @@ loaded with ``ctypes``.
   counter-based generator (splitmix64 of the element's index and a seed drawn from torch's generator), so it is
   never drawn by torch's Mersenne twister nor stored (torch: a draw, a compare, a select and a scale forward, a
   select backward; at CSDI's training shapes a third of the step).
+- :func:`softmax_dropout`: attention's ``dropout(softmax(scores))`` with autograd, one pass each way over the
+  (S x S) weights, written in the dtype the next matmul wants (bf16 under autocast: no cast pass).
 
 ``benchmarks/scripts/bench_csdi_sampling.py`` times the sampling call with them and with torch's kernels.
 
@@ -113,6 +115,14 @@ def load() -> ctypes.CDLL | None:
     fn.restype = ctypes.c_int
     fn.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_int64, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_float]
     fn.argtypes += [ctypes.c_int, ctypes.c_int]
+    fn = lib.softmax_dropout
+    fn.restype = ctypes.c_int
+    fn.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_int64] * 2 + [ctypes.c_uint64, ctypes.c_uint32, ctypes.c_float]
+    fn.argtypes += [ctypes.c_int] * 3
+    fn = lib.softmax_dropout_backward
+    fn.restype = ctypes.c_int
+    fn.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 2 + [ctypes.c_uint64, ctypes.c_uint32, ctypes.c_float]
+    fn.argtypes += [ctypes.c_int] * 3
     return lib
 
 
@@ -262,3 +272,69 @@ class _Dropout(torch.autograd.Function):
         if grad.dtype not in (torch.float32, torch.bfloat16):  # pragma: no cover - autograd keeps x's dtype
             raise TypeError(f"dropout: gradient of dtype {grad.dtype}")
         return _Dropout.apply(grad, ctx.drop, ctx.seed), None, None
+
+
+MAX_SOFTMAX_LEN = 4096
+
+
+def softmax_dropout(
+    s: Tensor, p: float, dtype: torch.dtype | None = None, generator: torch.Generator | None = None
+) -> Tensor | None:
+    """``F.dropout(s.softmax(-1), p, training=True).to(dtype)`` with autograd, in one pass forward and one backward
+    (the softmax in float32 whatever ``s``'s dtype, the result rounded once to ``dtype``, default ``s.dtype``), or
+    None where it does not apply (then use torch's ops): CPU, float32 or bfloat16 in and out, a last dim of at most
+    4096, not under ``torch.compile``, ``p`` as :func:`dropout` takes it. The mask is :func:`dropout`'s for the
+    same seed (a function of the element's index in ``s`` and one seed from ``generator``, default torch's). The
+    backward pass recomputes the softmax from ``s`` (kept instead of a float32 softmax, as torch's under autocast
+    would keep), bit for bit as the forward pass computed it."""
+    dtype = s.dtype if dtype is None else dtype
+    drop = round(p * 65536)
+    if not (0 < drop < 65536) or s.device.type != "cpu" or s.dim() == 0 or not 0 < s.shape[-1] <= MAX_SOFTMAX_LEN:
+        return None
+    if s.dtype not in _KERNEL_DTYPES or dtype not in _KERNEL_DTYPES or torch.compiler.is_compiling() or load() is None:
+        return None
+    seed = int(torch.randint(-(2**63), 2**63 - 1, (), dtype=torch.int64, generator=generator))
+    return _SoftmaxDropout.apply(s, drop, seed, dtype)
+
+
+_KERNEL_DTYPES = (torch.float32, torch.bfloat16)
+
+
+class _SoftmaxDropout(torch.autograd.Function):
+    """y = dropout(softmax(s)); ds = p * (g - sum(g * p)) with g = dropout(dy) (same seed, same mask) and
+    p = softmax(s) recomputed from the saved s (not stored: half the memory of a float32 softmax under bf16)."""
+
+    @staticmethod
+    def forward(ctx, s: Tensor, drop: int, seed: int, dtype: torch.dtype) -> Tensor:
+        lib = load()
+        assert lib is not None  # softmax_dropout() checked
+        s = s.contiguous()
+        y = torch.empty(s.shape, dtype=dtype)
+        S = s.shape[-1]
+        with torch.profiler.record_function("tsdiffusion::softmax_dropout"):
+            rc = lib.softmax_dropout(s.data_ptr(), y.data_ptr(), s.numel() // S, S, seed % 2**64, drop,
+                                     65536 / (65536 - drop), int(s.dtype == torch.bfloat16),
+                                     int(dtype == torch.bfloat16), torch.get_num_threads())  # fmt: skip
+        if rc != 0:
+            raise RuntimeError(f"softmax_dropout failed with code {rc} ({tuple(s.shape)})")
+        ctx.save_for_backward(s)
+        ctx.drop, ctx.seed = drop, seed
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None, None]:
+        lib = load()
+        assert lib is not None
+        (s,) = ctx.saved_tensors
+        grad = (grad if grad.dtype in _KERNEL_DTYPES else grad.float()).contiguous()
+        out = torch.empty_like(s)
+        S = s.shape[-1]
+        with torch.profiler.record_function("tsdiffusion::softmax_dropout_backward"):
+            rc = lib.softmax_dropout_backward(s.data_ptr(), grad.data_ptr(), out.data_ptr(), s.numel() // S, S,
+                                              ctx.seed % 2**64, ctx.drop, 65536 / (65536 - ctx.drop),
+                                              int(s.dtype == torch.bfloat16), int(grad.dtype == torch.bfloat16),
+                                              torch.get_num_threads())  # fmt: skip
+        if rc != 0:
+            raise RuntimeError(f"softmax_dropout_backward failed with code {rc} ({tuple(s.shape)})")
+        return out, None, None, None

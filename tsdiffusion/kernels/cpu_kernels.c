@@ -598,3 +598,193 @@ int dropout(const void *x, void *out, int64_t n, uint64_t seed, uint32_t drop16,
         dropout_f32((const float *)x, (float *)out, n, seed, drop16, scale, threads);
     return 0;
 }
+
+/* softmax_dropout: y = dropout(softmax(s)) over the last dim of a (rows, S) tensor, the dropout mask of element
+ * i = row * S + t the one dropout() gives element i for the same seed. softmax_dropout_backward: gs = p (gp -
+ * sum_t gp p) with gp = dropout(gy) and p = softmax(s) recomputed from s (bit for bit as the forward computed it),
+ * so that only s is kept for the backward pass, not the float32 softmax (half the memory under bf16, and no
+ * (S x S) float32 tensor written per call). Each of s / y / gy / gs is float32 or bf16 (flags); bf16 rows are
+ * widened into float32 scratch, float32 rows read in place; results are rounded once when stored. One row is one
+ * unit of work; S <= 4096 (scratch on the stack). */
+static inline void row_mask(uint64_t seed, int64_t i0, int64_t S, uint32_t drop16, float scale, float *m) {
+    /* the blocks holding elements i0 .. i0 + S - 1, hashed in one loop (vectorised), read as 16-bit lanes */
+    int64_t j0 = i0 / 4, nb = (i0 % 4 + S + 3) / 4;
+    uint64_t h[nb];
+    for (int64_t b = 0; b < nb; b++) h[b] = splitmix64_at(seed, (uint64_t)(j0 + b));
+    uint16_t bits[4 * nb];
+    memcpy(bits, h, sizeof(h)); /* little endian: lane l of block b is bits[4 b + l], as in dropout() */
+    const uint16_t *u = bits + i0 % 4;
+    for (int64_t t = 0; t < S; t++) m[t] = u[t] >= drop16 ? scale : 0.0f;
+}
+static inline void row_load(const void *base, int bf16, int64_t off, int64_t S, float *dst) {
+    if (bf16) {
+        const uint16_t *p = (const uint16_t *)base + off;
+        for (int64_t t = 0; t < S; t++) {
+            uint32_t u = (uint32_t)p[t] << 16;
+            memcpy(dst + t, &u, 4);
+        }
+    } else {
+        memcpy(dst, (const float *)base + off, (size_t)S * 4);
+    }
+}
+static inline void row_store(void *base, int bf16, int64_t off, int64_t S, const float *src) {
+    if (bf16) { /* round to nearest even, NaN stays NaN (branch-free, as store_bf16) */
+        uint16_t *p = (uint16_t *)base + off;
+        for (int64_t t = 0; t < S; t++) {
+            uint32_t u;
+            memcpy(&u, src + t, 4);
+            uint32_t r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+            p[t] = (uint16_t)((u & 0x7fffffffu) > 0x7f800000u ? (u >> 16) | 0x40u : r);
+        }
+    } else {
+        memcpy((float *)base + off, src, (size_t)S * 4);
+    }
+}
+
+/* p[t] = softmax(x)[t] for one row (x float32, p any float32 scratch; the same instructions forward and backward) */
+static inline void row_softmax(const float *x, int64_t S, float *p) {
+    float mx = x[0];
+    for (int64_t t = 1; t < S; t++) mx = x[t] > mx ? x[t] : mx;
+    float sum = 0.0f;
+    for (int64_t t = 0; t < S; t++) {
+        p[t] = expf(x[t] - mx);
+        sum += p[t];
+    }
+    float inv = 1.0f / sum;
+    for (int64_t t = 0; t < S; t++) p[t] *= inv;
+}
+
+/* row r of s as float32: in place for float32, widened into buf for bf16 */
+static inline const float *row_f32(const void *s, int bf16, int64_t r, int64_t S, float *buf) {
+    if (!bf16) return (const float *)s + r * S;
+    row_load(s, 1, r * S, S, buf);
+    return buf;
+}
+
+#if defined(HAVE_AVX512_D8) && defined(__AVX512DQ__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+/* The AVX-512 rows: 16 lanes at a time, the tail under a lane mask, bf16 widened and rounded in registers. */
+#define SOFTMAX_FILL -3.0e38f /* the tail lanes' score: exp_nonpos16 of it minus the maximum is 0 */
+static inline __mmask16 tail16(int64_t n) { return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1u); }
+static inline __m512 mload16(const void *base, int bf16, int64_t off, __mmask16 k, float fill) {
+    if (bf16) {
+        __m256i h = _mm256_maskz_loadu_epi16(k, (const uint16_t *)base + off);
+        __m512 v = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+        return _mm512_mask_blend_ps(k, _mm512_set1_ps(fill), v);
+    }
+    return _mm512_mask_loadu_ps(_mm512_set1_ps(fill), k, (const float *)base + off);
+}
+static inline void mstore16(void *base, int bf16, int64_t off, __mmask16 k, __m512 v) {
+    if (!bf16) {
+        _mm512_mask_storeu_ps((float *)base + off, k, v);
+        return;
+    }
+    __m512i u = _mm512_castps_si512(v); /* round to nearest even, NaN stays NaN, as store16_bf16 */
+    __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff),
+                                                     _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1))));
+    __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)),
+                                            _mm512_set1_epi32(0x7f800000));
+    r = _mm512_mask_or_epi32(r, nan, u, _mm512_set1_epi32(0x400000));
+    _mm256_mask_storeu_epi16((uint16_t *)base + off, k, _mm512_cvtepi32_epi16(_mm512_srli_epi32(r, 16)));
+}
+/* p[0 .. S rounded up to 16) = softmax of the row (0 past S); the same instructions forward and backward */
+static inline void row_softmax16(const void *s, int bf16, int64_t off, int64_t S, float *p) {
+    __m512 vmx = _mm512_set1_ps(SOFTMAX_FILL);
+    for (int64_t c = 0; c < S; c += 16) vmx = _mm512_max_ps(vmx, mload16(s, bf16, off + c, tail16(S - c), SOFTMAX_FILL));
+    const __m512 mx = _mm512_set1_ps(_mm512_reduce_max_ps(vmx));
+    __m512 sum = _mm512_setzero_ps();
+    for (int64_t c = 0; c < S; c += 16) {
+        __m512 e = exp_nonpos16(_mm512_sub_ps(mload16(s, bf16, off + c, tail16(S - c), SOFTMAX_FILL), mx));
+        _mm512_storeu_ps(p + c, e);
+        sum = _mm512_add_ps(sum, e);
+    }
+    const __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(sum));
+    for (int64_t c = 0; c < S; c += 16) _mm512_storeu_ps(p + c, _mm512_mul_ps(_mm512_loadu_ps(p + c), inv));
+}
+/* bits[0 .. S + 16) = the 16-bit draws of elements i0, i0 + 1, ... (dropout()'s, from its blocks) */
+static inline void row_bits(uint64_t seed, int64_t i0, int64_t S, uint16_t *bits) {
+    int64_t j0 = i0 / 4, nb = (i0 % 4 + S + 16 + 3) / 4;
+    uint64_t h[nb];
+    for (int64_t b = 0; b < nb; b++) h[b] = splitmix64_at(seed, (uint64_t)(j0 + b));
+    memcpy(bits, (const uint16_t *)h + i0 % 4, (size_t)(S + 16) * 2); /* little endian: lane l of block b */
+}
+
+int softmax_dropout(const void *s, void *y, int64_t rows, int64_t S, uint64_t seed, uint32_t drop16, float scale,
+                    int s_bf16, int y_bf16, int threads) {
+    if (S < 1 || S > 4096 || drop16 >= 65536u || threads < 1) return -2;
+    const __m256i drop = _mm256_set1_epi16((short)drop16);
+    const __m512 vscale = _mm512_set1_ps(scale);
+#pragma omp parallel for num_threads(threads) schedule(static) if (rows * S > 16384)
+    for (int64_t r = 0; r < rows; r++) {
+        float p[S + 16];
+        uint16_t bits[S + 16];
+        row_softmax16(s, s_bf16, r * S, S, p);
+        row_bits(seed, r * S, S, bits);
+        for (int64_t c = 0; c < S; c += 16) {
+            __mmask16 keep = _mm256_cmpge_epu16_mask(_mm256_loadu_si256((const __m256i *)(bits + c)), drop);
+            mstore16(y, y_bf16, r * S + c, tail16(S - c), _mm512_maskz_mul_ps(keep, _mm512_loadu_ps(p + c), vscale));
+        }
+    }
+    return 0;
+}
+
+int softmax_dropout_backward(const void *s, const void *gy, void *gs, int64_t rows, int64_t S, uint64_t seed,
+                             uint32_t drop16, float scale, int s_bf16, int gy_bf16, int threads) {
+    if (S < 1 || S > 4096 || drop16 >= 65536u || threads < 1) return -2;
+    const __m256i drop = _mm256_set1_epi16((short)drop16);
+    const __m512 vscale = _mm512_set1_ps(scale);
+#pragma omp parallel for num_threads(threads) schedule(static) if (rows * S > 16384)
+    for (int64_t r = 0; r < rows; r++) {
+        float p[S + 16], g[S + 16];
+        uint16_t bits[S + 16];
+        row_softmax16(s, s_bf16, r * S, S, p);
+        row_bits(seed, r * S, S, bits);
+        __m512 dot = _mm512_setzero_ps();
+        for (int64_t c = 0; c < S; c += 16) {
+            __mmask16 keep = _mm256_cmpge_epu16_mask(_mm256_loadu_si256((const __m256i *)(bits + c)), drop);
+            __m512 gv = _mm512_maskz_mul_ps(keep, mload16(gy, gy_bf16, r * S + c, tail16(S - c), 0.0f), vscale);
+            _mm512_storeu_ps(g + c, gv);
+            dot = _mm512_fmadd_ps(gv, _mm512_loadu_ps(p + c), dot);
+        }
+        const __m512 d = _mm512_set1_ps(_mm512_reduce_add_ps(dot));
+        for (int64_t c = 0; c < S; c += 16)
+            mstore16(gs, s_bf16, r * S + c, tail16(S - c),
+                     _mm512_mul_ps(_mm512_loadu_ps(p + c), _mm512_sub_ps(_mm512_loadu_ps(g + c), d)));
+    }
+    return 0;
+}
+#else
+int softmax_dropout(const void *s, void *y, int64_t rows, int64_t S, uint64_t seed, uint32_t drop16, float scale,
+                    int s_bf16, int y_bf16, int threads) {
+    if (S < 1 || S > 4096 || drop16 >= 65536u || threads < 1) return -2;
+#pragma omp parallel for num_threads(threads) schedule(static) if (rows * S > 16384)
+    for (int64_t r = 0; r < rows; r++) {
+        float buf[S], p[S], m[S];
+        row_softmax(row_f32(s, s_bf16, r, S, buf), S, p);
+        row_mask(seed, r * S, S, drop16, scale, m);
+        for (int64_t t = 0; t < S; t++) m[t] *= p[t];
+        row_store(y, y_bf16, r * S, S, m);
+    }
+    return 0;
+}
+
+int softmax_dropout_backward(const void *s, const void *gy, void *gs, int64_t rows, int64_t S, uint64_t seed,
+                             uint32_t drop16, float scale, int s_bf16, int gy_bf16, int threads) {
+    /* gs has s's dtype */
+    if (S < 1 || S > 4096 || drop16 >= 65536u || threads < 1) return -2;
+#pragma omp parallel for num_threads(threads) schedule(static) if (rows * S > 16384)
+    for (int64_t r = 0; r < rows; r++) {
+        float buf[S], gbuf[S], p[S], m[S];
+        row_softmax(row_f32(s, s_bf16, r, S, buf), S, p);
+        const float *g = row_f32(gy, gy_bf16, r, S, gbuf);
+        row_mask(seed, r * S, S, drop16, scale, m);
+        float dot = 0.0f;
+        for (int64_t t = 0; t < S; t++) {
+            m[t] *= g[t];
+            dot += m[t] * p[t];
+        }
+        for (int64_t t = 0; t < S; t++) m[t] = p[t] * (m[t] - dot);
+        row_store(gs, s_bf16, r * S, S, m);
+    }
+    return 0;
+}
+#endif
