@@ -15,6 +15,7 @@ from tsdiffusion.baselines import SamplingBaseline
 from tsdiffusion.metrics import Coverage
 from tsdiffusion.plots import CalibrationCallback, calibration_plot, central_coverage, pit_values
 from tsdiffusion.tasks import ForecastingTask
+from tsdiffusion.tasks.base import KeepFreedMemory
 
 
 def _gaussian(B=4, S=50, L=16, K=3, spread=1.0, seed=0):
@@ -88,4 +89,5 @@ def test_the_callback_saves_logs_and_agrees_with_the_task_metrics(tmp_path):
     assert (folder / "calibration.png").stat().st_size > 1000 and sum(summary["pit_counts"]) == 6 * 4 * 2
     cov = dict(zip(summary["levels"], summary["coverage"]))
     assert cov[0.5] == pytest.approx(out["test/coverage_50"]) and cov[0.9] == pytest.approx(out["test/coverage_90"])
-    assert not ForecastingTask(baseline=_Noisy(), plot_series=0, plot_calibration=False).configure_callbacks()
+    quiet = ForecastingTask(baseline=_Noisy(), plot_series=0, plot_calibration=False).configure_callbacks()
+    assert [type(c) for c in quiet] == [KeepFreedMemory]  # no figure callbacks

@@ -12,6 +12,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader
 
+from tsdiffusion import hardware
 from tsdiffusion.baselines import SamplingBaseline
 from tsdiffusion.denoisers import CSDIDenoiser
 from tsdiffusion.diffusion import GaussianDiffusion
@@ -120,3 +121,28 @@ def test_record_flags_name_non_finite_metrics_and_skip_zero_counts():
     record = make_record(task="T", dataset="d", model="M", metrics=metrics, config={}, seed=1, wall_time_s=0)
     assert record["flags"] == {"non_finite": ["crps", "mae_median"]} and record["baseline"] is None
     assert record_flags({"crps": 0.2, "flag_nonfinite_samples": 3.0}) == {"nonfinite_samples": 3.0}
+
+
+class _Watch(_BrokenAt):
+    """Records the allocator's tuning depth at every training step."""
+
+    def training_step(self, batch, batch_idx):
+        self.depths.append(hardware._state.depth)
+        return super().training_step(batch, batch_idx)
+
+
+@pytest.mark.skipif(hardware._glibc() is None, reason="glibc's allocator only")
+@pytest.mark.parametrize("factor", [1.0, math.nan])
+def test_fit_keeps_freed_memory_while_training_and_gives_it_back(tmp_path, factor):
+    """glibc keeps freed memory on its heap during every step of a CPU fit (``keep_freed_memory``) and is set back
+    when the fit ends, normally or by an error."""
+    torch.manual_seed(0)
+    task = _Watch(bad_step=2, factor=factor)
+    task.depths = []
+    if math.isnan(factor):
+        with pytest.raises(TrainingDivergedError):
+            _fit(task, tmp_path, epochs=1)
+    else:
+        _fit(task, tmp_path, epochs=1)
+    assert task.depths and all(d == 1 for d in task.depths)
+    assert hardware._state.depth == 0

@@ -140,8 +140,9 @@ class AnomalyTask(DiffusionTask):
         return make_cond_mask(self.hparams.mask_strategy, batch)
 
     def configure_callbacks(self) -> list:
-        """An :class:`AnomalyPlotCallback` of ``plot_series`` series (none for 0)."""
-        return [AnomalyPlotCallback(self.hparams.plot_series)] if self.hparams.plot_series else []
+        """The base task's and an :class:`AnomalyPlotCallback` of ``plot_series`` series (none for 0)."""
+        plots = [AnomalyPlotCallback(self.hparams.plot_series)] if self.hparams.plot_series else []
+        return [*super().configure_callbacks(), *plots]
 
     # -- scores per window ------------------------------------------------------------------------
     def score_batch(self, batch: TSBatch, generator: Source = None) -> Tensor:

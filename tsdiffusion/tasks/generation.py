@@ -105,8 +105,8 @@ class GenerationTask(DiffusionTask):
 
     # -- evaluation ---------------------------------------------------------------------------------
     def configure_callbacks(self) -> list:
-        """A :class:`GenerationPlotCallback` when ``plot``."""
-        return [GenerationPlotCallback()] if self.hparams.plot else []
+        """The base task's and a :class:`GenerationPlotCallback` when ``plot``."""
+        return [*super().configure_callbacks(), *([GenerationPlotCallback()] if self.hparams.plot else [])]
 
     def test_step(self, batch: TSBatch, batch_idx: int) -> dict[str, Tensor]:
         """Draws S synthetic windows per real one; returns ``{"real": (B, L, K), "synth": (B S, L, K)}``."""
