@@ -68,11 +68,13 @@ def variants(args) -> dict:
         step = bs.original_step_fn(*bs.original_physio(args.original))
         out["original"] = (step, True, False, torch.float32)
         out["original, kept memory"] = (step, True, True, torch.float32)
+    torch.manual_seed(0)
+    init = bs.physionet_task().state_dict()  # every variant of ours starts from the same weights
     for bf16 in (False, True) if args.bf16 else (False,):
         tag = "bf16" if bf16 else "fp32"
         for name, on, kept in ((f"{tag} torch ops", False, False), (f"{tag} kernels", True, False), (tag, True, True)):
             task = bs.physionet_task()
-            task.load_state_dict(_shared_init().state_dict())  # every variant starts from the same weights
+            task.load_state_dict(init)
             out[name] = (
                 bs.train_step_fn(task, bs.physionet_batch(), bf16),
                 on,
@@ -80,16 +82,6 @@ def variants(args) -> dict:
                 torch.bfloat16 if bf16 else torch.float32,
             )
     return out
-
-
-_INIT: list = []
-
-
-def _shared_init():
-    if not _INIT:
-        torch.manual_seed(0)
-        _INIT.append(bs.physionet_task())
-    return _INIT[0]
 
 
 def timed(fn, on: bool, kept: bool) -> tuple[float, float]:

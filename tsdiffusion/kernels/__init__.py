@@ -241,9 +241,13 @@ def dropout(x: Tensor, p: float, generator: torch.Generator | None = None) -> Te
         return None
     if torch.compiler.is_compiling() or load() is None:
         return None
-    # a signed int64 (profilers record the Function's arguments and take no larger ints), unsigned in the call
-    seed = int(torch.randint(-(2**63), 2**63 - 1, (), dtype=torch.int64, generator=generator))
-    return _Dropout.apply(x, drop, seed)
+    return _Dropout.apply(x, drop, _draw_seed(generator))
+
+
+def _draw_seed(generator: torch.Generator | None) -> int:
+    """One seed of a counter-based mask from ``generator`` (default torch's): a signed int64, since profilers
+    record a Function's arguments and take no larger ints (made unsigned in the call)."""
+    return int(torch.randint(-(2**63), 2**63 - 1, (), dtype=torch.int64, generator=generator))
 
 
 def _dropout_apply(x: Tensor, drop: int, seed: int) -> Tensor:
@@ -293,8 +297,7 @@ def softmax_dropout(
         return None
     if s.dtype not in _KERNEL_DTYPES or dtype not in _KERNEL_DTYPES or torch.compiler.is_compiling() or load() is None:
         return None
-    seed = int(torch.randint(-(2**63), 2**63 - 1, (), dtype=torch.int64, generator=generator))
-    return _SoftmaxDropout.apply(s, drop, seed, dtype)
+    return _SoftmaxDropout.apply(s, drop, _draw_seed(generator), dtype)
 
 
 _KERNEL_DTYPES = (torch.float32, torch.bfloat16)

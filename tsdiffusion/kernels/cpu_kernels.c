@@ -550,15 +550,16 @@ static inline __m512 dropout_scale16(uint64_t seed, int64_t j, __m256i drop, __m
 static inline __m512 load16_bf16(const bf16_t *p) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
 }
-static inline void store16_bf16(bf16_t *p, __m512 v) { /* round to nearest even, NaN stays NaN, as store_bf16 */
+static inline __m256i round16_bf16(__m512 v) { /* round to nearest even, NaN stays NaN, as store_bf16 */
     __m512i u = _mm512_castps_si512(v);
     __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff),
                                                      _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1))));
     __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)),
                                             _mm512_set1_epi32(0x7f800000));
     r = _mm512_mask_or_epi32(r, nan, u, _mm512_set1_epi32(0x400000));
-    _mm256_storeu_si256((__m256i *)p, _mm512_cvtepi32_epi16(_mm512_srli_epi32(r, 16)));
+    return _mm512_cvtepi32_epi16(_mm512_srli_epi32(r, 16));
 }
+static inline void store16_bf16(bf16_t *p, __m512 v) { _mm256_storeu_si256((__m256i *)p, round16_bf16(v)); }
 #define DROPOUT_VEC(LOAD16, STORE16)                                                                           \
     _Pragma("omp parallel for num_threads(threads) schedule(static) if (n > 65536)")                            \
     for (int64_t j = 0; j < n / 16; j++)                                                                       \
@@ -606,15 +607,18 @@ int dropout(const void *x, void *out, int64_t n, uint64_t seed, uint32_t drop16,
  * (S x S) float32 tensor written per call). Each of s / y / gy / gs is float32 or bf16 (flags); bf16 rows are
  * widened into float32 scratch, float32 rows read in place; results are rounded once when stored. One row is one
  * unit of work; S <= 4096 (scratch on the stack). */
-static inline void row_mask(uint64_t seed, int64_t i0, int64_t S, uint32_t drop16, float scale, float *m) {
-    /* the blocks holding elements i0 .. i0 + S - 1, hashed in one loop (vectorised), read as 16-bit lanes */
-    int64_t j0 = i0 / 4, nb = (i0 % 4 + S + 3) / 4;
+/* bits[0 .. S + 16) = the 16-bit draws of elements i0, i0 + 1, ... (dropout()'s, from its blocks: hashed in one
+ * vectorised loop, read as 16-bit lanes; 16 past S so that a vector path may read whole blocks of 16) */
+static inline void row_bits(uint64_t seed, int64_t i0, int64_t S, uint16_t *bits) {
+    int64_t j0 = i0 / 4, nb = (i0 % 4 + S + 16 + 3) / 4;
     uint64_t h[nb];
     for (int64_t b = 0; b < nb; b++) h[b] = splitmix64_at(seed, (uint64_t)(j0 + b));
-    uint16_t bits[4 * nb];
-    memcpy(bits, h, sizeof(h)); /* little endian: lane l of block b is bits[4 b + l], as in dropout() */
-    const uint16_t *u = bits + i0 % 4;
-    for (int64_t t = 0; t < S; t++) m[t] = u[t] >= drop16 ? scale : 0.0f;
+    memcpy(bits, (const uint16_t *)h + i0 % 4, (size_t)(S + 16) * 2); /* little endian: lane l of block b */
+}
+static inline void row_mask(uint64_t seed, int64_t i0, int64_t S, uint32_t drop16, float scale, float *m) {
+    uint16_t bits[S + 16];
+    row_bits(seed, i0, S, bits);
+    for (int64_t t = 0; t < S; t++) m[t] = bits[t] >= drop16 ? scale : 0.0f;
 }
 static inline void row_load(const void *base, int bf16, int64_t off, int64_t S, float *dst) {
     if (bf16) {
@@ -678,13 +682,7 @@ static inline void mstore16(void *base, int bf16, int64_t off, __mmask16 k, __m5
         _mm512_mask_storeu_ps((float *)base + off, k, v);
         return;
     }
-    __m512i u = _mm512_castps_si512(v); /* round to nearest even, NaN stays NaN, as store16_bf16 */
-    __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff),
-                                                     _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1))));
-    __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)),
-                                            _mm512_set1_epi32(0x7f800000));
-    r = _mm512_mask_or_epi32(r, nan, u, _mm512_set1_epi32(0x400000));
-    _mm256_mask_storeu_epi16((uint16_t *)base + off, k, _mm512_cvtepi32_epi16(_mm512_srli_epi32(r, 16)));
+    _mm256_mask_storeu_epi16((uint16_t *)base + off, k, round16_bf16(v));
 }
 /* p[0 .. S rounded up to 16) = softmax of the row (0 past S); the same instructions forward and backward */
 static inline void row_softmax16(const void *s, int bf16, int64_t off, int64_t S, float *p) {
@@ -700,14 +698,6 @@ static inline void row_softmax16(const void *s, int bf16, int64_t off, int64_t S
     const __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(sum));
     for (int64_t c = 0; c < S; c += 16) _mm512_storeu_ps(p + c, _mm512_mul_ps(_mm512_loadu_ps(p + c), inv));
 }
-/* bits[0 .. S + 16) = the 16-bit draws of elements i0, i0 + 1, ... (dropout()'s, from its blocks) */
-static inline void row_bits(uint64_t seed, int64_t i0, int64_t S, uint16_t *bits) {
-    int64_t j0 = i0 / 4, nb = (i0 % 4 + S + 16 + 3) / 4;
-    uint64_t h[nb];
-    for (int64_t b = 0; b < nb; b++) h[b] = splitmix64_at(seed, (uint64_t)(j0 + b));
-    memcpy(bits, (const uint16_t *)h + i0 % 4, (size_t)(S + 16) * 2); /* little endian: lane l of block b */
-}
-
 int softmax_dropout(const void *s, void *y, int64_t rows, int64_t S, uint64_t seed, uint32_t drop16, float scale,
                     int s_bf16, int y_bf16, int threads) {
     if (S < 1 || S > 4096 || drop16 >= 65536u || threads < 1) return -2;
